@@ -1,0 +1,1 @@
+"""sdft: fine-tune text-to-image diffusion models, with checkpoints chosen by measurement."""
