@@ -1,0 +1,26 @@
+"""Export the trained result at the end of fit, in the method's consumer format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+
+class FinalExport(Callback):
+    """Call the method's ``export`` into ``<run>/<dirname>`` when training ends (global rank 0)."""
+
+    def __init__(self, dirname: str = "final") -> None:
+        """
+        Args:
+            dirname: sub-folder of the run folder to export into.
+        """
+        self.dirname = dirname
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.interrupted:
+            return
+        path = pl_module.export(Path(trainer.log_dir) / self.dirname)
+        rank_zero_info(f"exported step {trainer.global_step} to {path}")

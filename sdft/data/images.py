@@ -1,0 +1,218 @@
+"""Reading a folder of subject photos: listing, decoding to RGB, resolution checks, and the crop to a tensor.
+
+Real photo folders hold phone JPEGs rotated by EXIF, PNGs with transparency, 16-bit scans, palette GIFs and
+the odd caption file. Everything here either turns such a file into a plain RGB image or raises
+:class:`ImageDataError` naming the file and the fix; nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+SIDECAR_EXTENSIONS = frozenset({".txt", ".json", ".jsonl", ".caption", ".npz", ".npy", ".yaml", ".yml"})
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+WHITE = (255, 255, 255, 255)
+
+
+class ImageDataError(ValueError):
+    """A subject image or image folder that cannot be used; the message names the path and the fix."""
+
+
+def list_images(folder: Path, key: str) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name; hidden files and sidecars are skipped.
+
+    Args:
+        folder: the folder of images.
+        key: the config key that named the folder (e.g. ``"data.instance_dir"``), quoted in errors.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise ImageDataError(f"{folder} does not exist; set {key} to a folder of images")
+    if not folder.is_dir():
+        raise ImageDataError(f"{folder} is a file, not a folder; set {key} to a folder of images")
+    images = [path for path in sorted(folder.iterdir()) if _is_image_file(path)]
+    if not images:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ImageDataError(
+            f"{folder} contains no images ({extensions}; subfolders are not searched); "
+            f"add photos to it or set {key} to another folder"
+        )
+    return images
+
+
+def _is_image_file(path: Path) -> bool:
+    """Whether ``path`` is an image to use; False for hidden files, folders and sidecars, an error otherwise.
+
+    Args:
+        path: one entry of the image folder.
+    """
+    if path.name.startswith(".") or path.is_dir():
+        return False
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return True
+    if suffix in SIDECAR_EXTENSIONS:
+        return False
+    raise ImageDataError(
+        f"{path} is not an image file (expected {', '.join(sorted(IMAGE_EXTENSIONS))}, or a sidecar such as "
+        f".txt captions); remove it or move it out of the folder"
+    )
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an image file to an upright 8-bit RGB image: EXIF rotation applied, transparency on white.
+
+    Animated files give their first frame; 16-bit and float images are scaled to 8 bits by their range.
+
+    Args:
+        path: the image file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise ImageDataError(
+            f"{path} could not be read as an image ({error}); re-save it as PNG or JPEG, or remove it"
+        ) from error
+    return _to_rgb(image, path)
+
+
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """Convert any Pillow mode to RGB, compositing transparent pixels on white.
+
+    Args:
+        image: the decoded image, any mode.
+        path: its file, quoted in errors.
+    """
+    if image.mode in HIGH_DEPTH_MODES:
+        image = Image.fromarray(_grey_to_uint8(np.asarray(image), image.mode))
+    try:
+        if image.mode in ALPHA_MODES or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as error:
+        raise ImageDataError(
+            f"{path} has pixel mode {image.mode}, which cannot be converted to RGB ({error}); "
+            f"re-save it as an 8-bit RGB PNG or JPEG"
+        ) from error
+
+
+def _grey_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale one-channel 16-bit, 32-bit or float pixels (H, W) to uint8 by the range they use.
+
+    ``I;16*`` is 16-bit (``v >> 8``); ``I`` and ``F`` count as 8-bit if their peak is below 256, 16-bit
+    below 65,536, else are scaled by their peak; floats peaking at or below 1.0 count as [0, 1]. Negatives
+    clip to 0.
+
+    Args:
+        values: the pixel array of shape (H, W).
+        mode: its Pillow mode.
+    """
+    is_float = values.dtype.kind == "f"
+    values = np.clip(np.nan_to_num(values.astype(np.float64)), 0.0, None)
+    peak = float(values.max(initial=0.0))
+    if is_float and peak <= 1.0:
+        return np.round(values * 255.0).astype(np.uint8)
+    if peak >= 65536.0:
+        levels = peak + 1.0
+    elif mode.startswith("I;16") or peak >= 256.0:
+        levels = 65536.0
+    else:
+        levels = 256.0
+    return np.floor(values * (256.0 / levels)).astype(np.uint8)
+
+
+def check_resolution(path: Path, size: tuple[int, int], resolution: int, key: str) -> None:
+    """Raise if an image is far smaller than the training resolution, warn if it will be upscaled.
+
+    Args:
+        path: the image file, quoted in the message.
+        size: its (width, height) in pixels.
+        resolution: the training resolution (the side of the square crop).
+        key: the config key that set the resolution (e.g. ``"data.resolution"``).
+    """
+    width, height = size
+    short_side = min(width, height)
+    if short_side < resolution // 2:
+        raise ImageDataError(
+            f"{path} is {width}x{height}, far smaller than {key}={resolution}; use a larger image or lower {key}"
+        )
+    if short_side < resolution:
+        warnings.warn(
+            f"{path} is {width}x{height}, smaller than {key}={resolution}; it will be upscaled and look soft",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def prepare_image(
+    image: Image.Image,
+    resolution: int,
+    center_crop: bool,
+    flip: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Resize the short side to ``resolution``, crop a square, optionally mirror; float (3, R, R) in [-1, 1].
+
+    Args:
+        image: an RGB image, as from :func:`load_rgb`.
+        resolution: the side R of the square output, in pixels.
+        center_crop: crop the centre; otherwise a random offset drawn from ``generator``.
+        flip: mirror left-right (the caller draws this decision).
+        generator: the source of the random crop offsets; torch's default generator when None.
+    """
+    if image.mode != "RGB":
+        raise ValueError(f"prepare_image needs an RGB image, got mode {image.mode}; load it with load_rgb")
+    if resolution < 1:
+        raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
+    image = resize_short_side(image, resolution)
+    left, top = _crop_offsets(image.size, resolution, center_crop, generator)
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return (pixels.permute(2, 0, 1).float() / 127.5 - 1.0).contiguous()
+
+
+def resize_short_side(image: Image.Image, resolution: int) -> Image.Image:
+    """Scale (bicubic) so the shorter side is exactly ``resolution``, keeping the aspect ratio.
+
+    Args:
+        image: the image to scale.
+        resolution: the target length of the shorter side.
+    """
+    width, height = image.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _crop_offsets(
+    size: tuple[int, int], resolution: int, center: bool, generator: torch.Generator | None
+) -> tuple[int, int]:
+    """The (left, top) corner of a ``resolution`` square inside ``size``: centred or uniformly random.
+
+    Args:
+        size: the (width, height) of the image to crop.
+        resolution: the side of the square.
+        center: centre the square instead of drawing its position.
+        generator: the source of the random offsets.
+    """
+    slack_x, slack_y = size[0] - resolution, size[1] - resolution
+    if center:
+        return slack_x // 2, slack_y // 2
+    left = int(torch.randint(slack_x + 1, (1,), generator=generator))
+    top = int(torch.randint(slack_y + 1, (1,), generator=generator))
+    return left, top

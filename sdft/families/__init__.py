@@ -1,0 +1,6 @@
+"""Model families: how each kind of text-to-image model loads, encodes, noises and samples."""
+
+from sdft.families.base import ModelFamily, NoisedLatents
+from sdft.families.stable_diffusion import StableDiffusion
+
+__all__ = ["ModelFamily", "NoisedLatents", "StableDiffusion"]

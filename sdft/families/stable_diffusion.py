@@ -1,0 +1,105 @@
+"""Stable Diffusion 1.x and 2.x: one CLIP text encoder, a UNet, a KL autoencoder and a DDPM objective."""
+
+from __future__ import annotations
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from sdft.assets import resolve
+from sdft.families.base import ModelFamily, NoisedLatents
+from sdft.objectives import add_noise, diffusion_target, levels_to_timesteps
+
+UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class StableDiffusion(ModelFamily):
+    """Stable Diffusion 1.x (epsilon) and 2.x (v-prediction for the 768 px models), from any diffusers folder.
+
+    The prediction type comes from the model's scheduler config unless overridden.
+    """
+
+    denoiser_name = "unet"
+    text_encoder_names = ("text_encoder",)
+    pipeline_class = StableDiffusionPipeline
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str,
+        revision: str | None = None,
+        variant: str | None = None,
+        prediction_type: str | None = None,
+    ) -> None:
+        """
+        Args:
+            pretrained_model_name_or_path: hub id, local diffusers folder, or ``builtin:tiny-sd1``.
+            revision: hub revision (branch, tag or commit) of the model.
+            variant: weight variant to load, e.g. ``fp16``.
+            prediction_type: ``epsilon``, ``v_prediction`` or ``sample``; None reads the scheduler config.
+        """
+        super().__init__(pretrained_model_name_or_path)
+        self.revision = revision
+        self.variant = variant
+        self.prediction_type = prediction_type
+
+    def load(self) -> None:
+        source = resolve(self.pretrained_model_name_or_path)
+        kwargs = {"revision": self.revision}
+        self.tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+        kwargs["variant"] = self.variant
+        self.text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+        self.vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
+        self.unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler", revision=self.revision)
+        self.prediction_type = self.prediction_type or scheduler_config.get("prediction_type", "epsilon")
+        self.sampler_config = {**scheduler_config, "prediction_type": self.prediction_type}
+        alphas_cumprod = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
+        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
+        self.requires_grad_(False)
+        self.is_loaded = True
+
+    def default_lora_targets(self, component: str) -> list[str]:
+        return list(UNET_ATTENTION if component == self.denoiser_name else CLIP_ATTENTION)
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        input_ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        return {"encoder_hidden_states": self.text_encoder(input_ids)[0]}
+
+    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        return posterior.sample(generator) * self.vae.config.scaling_factor
+
+    def add_training_noise(
+        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
+    ) -> NoisedLatents:
+        if levels is None:
+            levels = torch.rand(latents.shape[0], generator=generator, device=generator.device)
+        timesteps = levels_to_timesteps(levels.to(latents.device), len(self.alphas_cumprod))
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
+        alpha_bar = self.alphas_cumprod[timesteps]
+        target = diffusion_target(latents, noise, alpha_bar, self.prediction_type)
+        return NoisedLatents(add_noise(latents, noise, alpha_bar), timesteps, target)
+
+    def predict(self, noised: NoisedLatents, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.unet(noised.noisy, noised.timesteps, **conditioning).sample
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        scheduler = getattr(diffusers, self.sampler_config["_class_name"]).from_config(self.sampler_config)
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )

@@ -1,0 +1,67 @@
+"""A run folder and what can be rebuilt from it: the model of its ``config.yaml`` and exports of its checkpoints.
+
+Layout (``<run>`` is the logger's version folder, e.g. ``runs/quickstart/version_0``)::
+
+    <run>/config.yaml          resolved configuration (LightningCLI)
+    <run>/events.out.tfevents.* TensorBoard logs: train/loss, lr, samples/grid, val/*
+    <run>/checkpoints/*.ckpt   trainable weights + optimizer, scheduler and loop state
+    <run>/samples/step_N/      fixed-seed sample images
+    <run>/final/               the export of the last step
+    <run>/exports/<ckpt>/      exports of chosen checkpoints (``sdft export``)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+
+from sdft.methods.base import DiffusionFineTuner
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder that holds ``checkpoint`` (its ``checkpoints/`` parent's parent)."""
+    return checkpoint.resolve().parent.parent
+
+
+def model_from_config(config_path: Path) -> DiffusionFineTuner:
+    """Instantiate (but not load) the ``model`` section of a run's ``config.yaml``.
+
+    Args:
+        config_path: the resolved config LightningCLI wrote into the run folder.
+    """
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: pass a checkpoint inside a run folder made by `sdft fit`")
+    section = yaml.safe_load(config_path.read_text())["model"]
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(DiffusionFineTuner, "model")
+    config = parser.parse_object({"model": section})
+    return parser.instantiate_classes(config).model
+
+
+def load_checkpoint(checkpoint: Path) -> DiffusionFineTuner:
+    """The run's model with its base weights loaded and the checkpoint's trained tensors applied.
+
+    Args:
+        checkpoint: a ``.ckpt`` written during ``sdft fit``.
+    """
+    model = model_from_config(run_dir_of(checkpoint) / "config.yaml")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model.configure_model()
+    model.on_load_checkpoint(state)
+    model.load_state_dict(state["state_dict"], strict=False)
+    return model
+
+
+def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:
+    """Export one checkpoint in its method's consumer format; return the written file or folder.
+
+    Args:
+        checkpoint: a ``.ckpt`` file in ``<run>/checkpoints/``.
+        output: destination folder; default ``<run>/exports/<checkpoint name>``.
+    """
+    checkpoint = Path(checkpoint)
+    output = output or run_dir_of(checkpoint) / "exports" / checkpoint.stem
+    return load_checkpoint(checkpoint).export(output)

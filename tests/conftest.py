@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny SD-1.x model folder and a toy subject, built once per session, fully offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sdft.data.toy import write_toy_subject
+from sdft.tiny_models import build_tiny_sd1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # No test may reach a model hub: fail fast instead of hanging on the network.
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[variable] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def asset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built-in assets (``builtin:...``) go to a per-session folder, never to the user's cache."""
+    folder = tmp_path_factory.mktemp("sdft-cache")
+    previous = os.environ.get("SDFT_CACHE")
+    os.environ["SDFT_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SDFT_CACHE")
+    else:
+        os.environ["SDFT_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sd1(tmp_path_factory.mktemp("models") / "tiny-sd1", seed=0)
+
+
+@pytest.fixture(scope="session")
+def subject_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("subject")
+    write_toy_subject(folder, num_images=4, size=64, seed=0)
+    return folder
