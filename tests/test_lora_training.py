@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from training import LossRecorder, checkpointer, cpu_trainer, lora_tuner, subject_data
 
 

@@ -1,0 +1,123 @@
+"""Subject-fidelity metrics of DreamBench (DreamBooth, arXiv 2208.12242, Sec. 4.1) as ``torchmetrics`` metrics.
+
+States are a sum and a count reduced with ``sum``, so the value is exact under DDP whatever the split of images
+across ranks. Values are plain cosines on a 0-1 scale (not x100 as in ``torchmetrics`` ``CLIPScore``).
+
+Metric keys used by the evaluation callback (REFERENCE.md Sec. 1):
+
+- ``val/dino``: :class:`SubjectSimilarity` on :class:`~sdft.evaluation.features.DinoFeatures`.
+- ``val/clip_i``: :class:`SubjectSimilarity` on :class:`~sdft.evaluation.features.ClipFeatures` (image view).
+- ``val/clip_t``: :class:`PromptSimilarity` on ``ClipFeatures``, prompts stripped of the identifier.
+- ``val/pres``: :class:`SubjectSimilarity` on ``DinoFeatures``, fed images of the bare class prompt (``a dog``);
+  lower is better, compare with the base model's value.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from sdft.evaluation.features import ClipFeatures
+from sdft.evaluation.similarity import cosine_matrix, mean_distinct_pair_similarity
+
+
+class SubjectSimilarity(Metric):
+    """Mean cosine over all (generated, real) pairs of image embeddings: DINO, CLIP-I or PRES.
+
+    DINO: mean over all (generated, real) pairs of cosine(DINO ViT-S/16 CLS embeddings).
+    CLIP-I: the same with CLIP ViT-B/32 image embeddings.
+    PRES: DINO similarity between images generated from the bare class prompt and the real subject photos;
+    a rise over the base model means language drift / prior collapse.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, features: nn.Module) -> None:
+        """Hold the frozen feature extractor; the real photos come later through :meth:`set_reference`.
+
+        Args:
+            features: maps (N, 3, H, W) images to (N, D) embeddings, e.g. ``DinoFeatures`` or ``ClipFeatures``.
+        """
+        super().__init__()
+        self.features = features
+        self.register_buffer("reference", torch.empty(0), persistent=False)
+        self.add_state("similarity_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("pair_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def set_reference(self, real_images: Tensor) -> None:
+        """Embed the real subject photos once; every rank must pass the same photos. Survives :meth:`reset`.
+
+        Args:
+            real_images: (M, 3, H, W) uint8 or [0, 1] float photos of the subject.
+        """
+        if real_images.shape[0] == 0:
+            raise ValueError("set_reference needs at least one real image of the subject")
+        self.reference = self.features(real_images.to(self.device))
+
+    def update(self, generated_images: Tensor) -> None:
+        """Add the cosines of every (generated, real) pair.
+
+        Args:
+            generated_images: (N, 3, H, W) uint8 or [0, 1] float generated images.
+        """
+        similarity = cosine_matrix(self.features(generated_images.to(self.device)), self.reference_embeddings())
+        self.similarity_sum += similarity.sum().double()
+        self.pair_count += similarity.numel()
+
+    def compute(self) -> Tensor:
+        """The mean cosine over all accumulated pairs."""
+        return (self.similarity_sum / self.pair_count).float()
+
+    def reference_ceiling(self) -> Tensor:
+        """The real-real ceiling: mean cosine over pairs of distinct real photos (diagonal excluded)."""
+        return mean_distinct_pair_similarity(self.reference_embeddings())
+
+    def reference_embeddings(self) -> Tensor:
+        """The (M, D) embeddings of the real photos; raises if :meth:`set_reference` was not called."""
+        if self.reference.numel() == 0:
+            raise RuntimeError("call set_reference(real_images) before using SubjectSimilarity")
+        return self.reference
+
+
+class PromptSimilarity(Metric):
+    """CLIP-T: mean cosine between each image's CLIP embedding and its prompt's CLIP embedding.
+
+    The prompts must already be stripped of the rare identifier (``a sks dog in the snow`` ->
+    ``a dog in the snow``, see :func:`~sdft.evaluation.similarity.strip_identifier`).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, clip_features: ClipFeatures) -> None:
+        """Hold the frozen CLIP.
+
+        Args:
+            clip_features: image and text embeddings from the same CLIP.
+        """
+        super().__init__()
+        self.clip_features = clip_features
+        self.add_state("similarity_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("pair_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, images: Tensor, prompts: list[str]) -> None:
+        """Add the image-prompt cosines of a batch.
+
+        Args:
+            images: (N, 3, H, W) uint8 or [0, 1] float generated images.
+            prompts: the N prompts they were generated from, identifier removed.
+        """
+        if images.shape[0] != len(prompts):
+            raise ValueError(f"got {images.shape[0]} images for {len(prompts)} prompts; pass one prompt per image")
+        image_embeddings = self.clip_features.encode_images(images.to(self.device))
+        text_embeddings = self.clip_features.encode_texts(prompts)
+        self.similarity_sum += (image_embeddings * text_embeddings).sum().double()
+        self.pair_count += len(prompts)
+
+    def compute(self) -> Tensor:
+        """The mean image-prompt cosine."""
+        return (self.similarity_sum / self.pair_count).float()

@@ -1,0 +1,107 @@
+"""The sdft command: help, every shipped config, and a whole quickstart-style run through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sdft.cli import main
+from sdft.methods.lora import LORA_WEIGHTS
+from sdft.runs import model_from_config
+
+CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
+
+
+def test_help_lists_every_command(capsys):
+    main(["--help"])
+    listed = capsys.readouterr().out
+    for command in ("fit", "validate", "export", "tiny-model"):
+        assert f"\n  {command} " in listed
+
+
+def test_fit_help_documents_the_method_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model", "sdft.methods.LoRAFineTuner", "--model.help", "sdft.methods.LoRAFineTuner"])
+    assert exit_info.value.code == 0
+    assert "LoRA alpha" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(c.parents[1])) for c in CONFIGS])
+def test_every_shipped_config_parses_and_builds_its_model(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_steps"] > 0
+    model_from_config(config)  # instantiates the method and family without loading weights
+
+
+def write_test_overrides(tmp_path: Path) -> Path:
+    """A second config composed over the quickstart: fewer, smaller steps into a temporary run folder."""
+    overrides = {
+        "trainer": {
+            "max_steps": 4,
+            "log_every_n_steps": 1,
+            "val_check_interval": 2,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(tmp_path), "name": "run"}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "filename": "step={step:06d}",
+                               "auto_insert_metric_name": False}},
+                {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+                {"class_path": "sdft.callbacks.SamplePreview",
+                 "init_args": {"prompts": ["a photo of sks toy"], "every_n_steps": 2, "num_inference_steps": 2}},
+            ],
+        },
+        "data": {"init_args": {"resolution": 32}},
+    }
+    path = tmp_path / "overrides.yaml"
+    path.write_text(yaml.safe_dump(overrides))
+    return path
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("cli")
+    main(["fit", "--config", "configs/quickstart.yaml", "--config", str(write_test_overrides(tmp_path)),
+          "--trainer.enable_progress_bar=false"])
+    return tmp_path / "run" / "version_0"
+
+
+def test_fit_leaves_a_complete_run_folder(quick_run):
+    assert (quick_run / "config.yaml").is_file()
+    assert sorted(p.name for p in (quick_run / "checkpoints").iterdir()) == ["step=000002.ckpt", "step=000004.ckpt"]
+    assert (quick_run / "final" / LORA_WEIGHTS).is_file()
+    assert sorted(p.name for p in (quick_run / "samples").iterdir()) == ["step_000000", "step_000002", "step_000004"]
+    assert len(list((quick_run / "samples" / "step_000004").glob("*.png"))) == 2
+    events = EventAccumulator(str(quick_run), size_guidance={"images": 0})
+    events.Reload()
+    assert {"train/loss", "val/loss", "lr-AdamW"} <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Images("samples/grid")] == [0, 2, 4]
+
+
+def test_export_tool_writes_the_checkpoint_adapter(quick_run):
+    main(["export", str(quick_run / "checkpoints" / "step=000004.ckpt")])
+    exported = load_file(quick_run / "exports" / "step=000004" / LORA_WEIGHTS)
+    final = load_file(quick_run / "final" / LORA_WEIGHTS)
+    assert exported.keys() == final.keys()
+    assert all(torch.equal(exported[key], final[key]) for key in final)
+    first = load_file(Path(main_export(quick_run, "step=000002")))
+    assert not all(torch.equal(first[key], final[key]) for key in final)
+
+
+def main_export(run: Path, name: str) -> Path:
+    main(["export", str(run / "checkpoints" / f"{name}.ckpt"), "--output", str(run / name)])
+    return run / name / LORA_WEIGHTS
+
+
+def test_validate_scores_a_checkpoint(quick_run, capsys):
+    main(["validate", "--config", str(quick_run / "config.yaml"), "--ckpt_path",
+          str(quick_run / "checkpoints" / "step=000004.ckpt"), "--trainer.logger=false"])
+    assert "val/loss" in capsys.readouterr().out

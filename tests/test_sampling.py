@@ -1,0 +1,24 @@
+"""Step-indexed sampling: epochs are permutations, ranks partition positions, resume starts mid-run."""
+
+from __future__ import annotations
+
+from sdft.data.sampling import RunSampler, epoch_order, item_at
+
+
+def test_every_epoch_shows_every_item_once_in_a_fresh_order():
+    orders = [epoch_order(7, epoch, seed=0) for epoch in range(4)]
+    assert all(sorted(order) == list(range(7)) for order in orders)
+    assert len({tuple(order) for order in orders}) > 1
+    assert [item_at(p, 7, 0) for p in range(7, 14)] == orders[1]
+
+
+def test_ranks_partition_the_run_positions():
+    shards = [list(RunSampler(0, 12, num_replicas=3, rank=rank)) for rank in range(3)]
+    assert sorted(p for shard in shards for p in shard) == list(range(12))
+    assert shards[1] == [1, 4, 7, 10]
+    assert len(RunSampler(0, 12, num_replicas=3, rank=1)) == 4
+
+
+def test_resumed_sampler_yields_the_tail_of_the_uninterrupted_one():
+    full, tail = list(RunSampler(0, 20, 2, 1)), list(RunSampler(8, 20, 2, 1))
+    assert tail == full[4:]
