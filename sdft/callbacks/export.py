@@ -17,10 +17,14 @@ class FinalExport(Callback):
             dirname: sub-folder of the run folder to export into.
         """
         self.dirname = dirname
+        self.run_dir = Path()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.run_dir = Path(trainer.log_dir)  # a collective call under DDP: every rank makes it here
 
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.interrupted:
             return
-        path = pl_module.export(Path(trainer.log_dir) / self.dirname)
+        path = pl_module.export(self.run_dir / self.dirname)
         rank_zero_info(f"exported step {trainer.global_step} to {path}")

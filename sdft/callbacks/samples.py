@@ -51,6 +51,10 @@ class SamplePreview(Callback):
         self.seed, self.num_inference_steps, self.guidance_scale = seed, num_inference_steps, guidance_scale
         self.resolution = resolution
         self.last_sampled_step = -1
+        self.run_dir = Path()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.run_dir = Path(trainer.log_dir)  # a collective call under DDP: every rank makes it here
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.sample(trainer, pl_module)
@@ -73,7 +77,7 @@ class SamplePreview(Callback):
         seeds = [self.seed + i for _ in self.prompts for i in range(self.num_images_per_prompt)]
         resolution = self.resolution or trainer.datamodule.resolution
         images = pl_module.generate(prompts, seeds, resolution, self.num_inference_steps, self.guidance_scale)
-        folder = Path(trainer.log_dir) / "samples" / f"step_{step:06d}"
+        folder = self.run_dir / "samples" / f"step_{step:06d}"
         write_images(images, folder, [f"{i // self.num_images_per_prompt}_{seed}" for i, seed in enumerate(seeds)])
         grid = image_grid(images, columns=self.num_images_per_prompt)
         for logger in trainer.loggers:

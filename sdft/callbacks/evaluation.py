@@ -1,0 +1,263 @@
+"""Subject-fidelity evaluation at every checkpoint step, and the choice of the step to keep.
+
+At step 0 (the base model), every ``every_n_steps`` and at the end of training, :class:`SubjectEvaluator`
+generates a fixed-seed probe set with the weights in training, scores it against the subject photos and logs
+``val/clip_i``, ``val/clip_t``, ``val/dino`` and ``val/pres``. After the last evaluation it applies the selection
+rule to the whole table and exports the chosen step to ``<run>/best/``. Files, under ``<run>/evaluation/``:
+
+- ``metrics.jsonl``: one row per evaluation (``step``, the four metrics, ``grid``);
+- ``step_<N>.png``: the probe images of the evaluation (this rank's share under DDP);
+- ``reference.json``: the real-real ceilings of CLIP-I and DINO;
+- ``selection.json``: the chosen step, the reason, the candidates, the rejected steps and the rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from PIL import Image
+
+from sdft.callbacks.samples import as_uint8, image_grid
+from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
+from sdft.evaluation.metrics import PromptSimilarity, SubjectSimilarity
+from sdft.evaluation.probes import Probe, build_probes, infer_subject, subject_prompts
+from sdft.evaluation.selection import Selection, select_step
+from sdft.evaluation.similarity import strip_identifier
+from sdft.files import write_json, write_jsonl
+from sdft.methods.base import DiffusionFineTuner
+
+METRIC_KEYS = ("val/clip_i", "val/clip_t", "val/dino", "val/pres")
+
+
+class SubjectEvaluator(Callback):
+    """Score the subject fidelity of generated probe images at checkpoint steps; keep the best step by rule."""
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        identifier: str | None = None,
+        class_noun: str | None = None,
+        live: bool = False,
+        prompts: list[str] | str | None = None,
+        num_prompts: int | None = 4,
+        images_per_prompt: int = 2,
+        class_images: int = 4,
+        seed: int = 0,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        resolution: int | None = None,
+        batch_size: int = 8,
+        clip_model: str = DEFAULT_CLIP,
+        dino_model: str = DEFAULT_DINO,
+        fidelity: str = "val/dino",
+        clip_t_margin: float | None = 0.03,
+        pres_margin: float | None = 0.05,
+        tie_tolerance: float = 0.02,
+        export_best: bool = True,
+    ) -> None:
+        """
+        Args:
+            every_n_steps: evaluate after every this many steps; a multiple of ModelCheckpoint.every_n_train_steps.
+            identifier: the rare token of the instance prompt; None reads it from data.instance_prompt.
+            class_noun: the subject's class noun; None reads it from data.instance_prompt.
+            live: DreamBench's live-subject (pet) prompts instead of the object prompts.
+            prompts: probe prompts (list or text file, ``{identifier}``/``{class_noun}`` filled); None: DreamBench.
+            num_prompts: keep this many prompts, evenly spread; None keeps all 25 (slow during training).
+            images_per_prompt: images per probe prompt, seeds ``seed, seed + 1, ...``.
+            class_images: images of the bare class prompt (``a dog``) for PRES; 0 disables PRES.
+            seed: first seed of every prompt; the same at each evaluation.
+            num_inference_steps: denoising steps per probe image.
+            guidance_scale: classifier-free guidance scale.
+            resolution: image side; None uses the data module's resolution.
+            batch_size: images generated per pipeline call.
+            clip_model: CLIP for CLIP-I and CLIP-T (``open_clip:<model>/<pretrained>``, ``transformers:<path>``).
+            dino_model: DINO ViT for DINO and PRES (a transformers name or path).
+            fidelity: the metric the selection rule maximises (``val/dino`` or ``val/clip_i``).
+            clip_t_margin: a step is rejected if its CLIP-T is below the base model's by more; None: no limit.
+            pres_margin: a step is rejected if its PRES is above the base model's by more; None: no limit.
+            tie_tolerance: steps this close to the best fidelity count as tied; the earliest wins.
+            export_best: export the chosen step to ``<run>/best/`` at the end of training.
+        """
+        if every_n_steps < 1:
+            raise ValueError(f"SubjectEvaluator.every_n_steps must be >= 1, got {every_n_steps}")
+        if fidelity not in ("val/dino", "val/clip_i"):
+            raise ValueError(f"SubjectEvaluator.fidelity must be val/dino or val/clip_i, got {fidelity!r}")
+        self.every_n_steps, self.identifier, self.class_noun, self.live = every_n_steps, identifier, class_noun, live
+        self.prompts, self.num_prompts, self.images_per_prompt = prompts, num_prompts, images_per_prompt
+        self.class_images, self.seed, self.resolution, self.batch_size = class_images, seed, resolution, batch_size
+        self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
+        self.clip_model, self.dino_model, self.export_best = clip_model, dino_model, export_best
+        self.rule = {"fidelity": fidelity, "clip_t_margin": clip_t_margin, "pres_margin": pres_margin,
+                     "tie_tolerance": tie_tolerance}
+        self.rows: list[dict[str, Any]] = []
+        self.probes: list[Probe] = []
+        self.run_dir = Path()
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.run_dir = Path(trainer.log_dir)  # collective under DDP: every rank calls setup
+        self.check_checkpoint_cadence(trainer)
+        datamodule = trainer.datamodule
+        identifier, class_noun = infer_subject(datamodule.instance_prompt)
+        self.identifier, self.class_noun = self.identifier or identifier, self.class_noun or class_noun
+        self.resolution = self.resolution or datamodule.resolution
+        prompts = subject_prompts(self.identifier, self.class_noun, self.live, self.prompts, self.num_prompts)
+        class_prompt = f"a {self.class_noun}" if self.class_images > 0 else None
+        self.probes = build_probes(prompts, self.images_per_prompt, class_prompt, self.class_images, self.seed)
+        clip, dino = load_clip(self.clip_model), load_dino(self.dino_model)
+        self.metrics = torch.nn.ModuleDict({
+            "clip_i": SubjectSimilarity(clip), "clip_t": PromptSimilarity(clip),
+            "dino": SubjectSimilarity(dino), "pres": SubjectSimilarity(dino),
+        })
+
+    def check_checkpoint_cadence(self, trainer: Trainer) -> None:
+        """The best step must have a checkpoint: evaluations fall on checkpoint steps."""
+        for callback in trainer.checkpoint_callbacks:
+            every = callback._every_n_train_steps
+            if self.export_best and every and self.every_n_steps % every:
+                raise ValueError(
+                    f"SubjectEvaluator.every_n_steps={self.every_n_steps} is not a multiple of ModelCheckpoint."
+                    f"every_n_train_steps={every}: the best step could have no checkpoint; make it a multiple"
+                )
+
+    def on_train_start(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> None:
+        self.metrics.to(pl_module.device)
+        reference = as_uint8([center_square(image) for image in trainer.datamodule.images])
+        for name in ("clip_i", "dino", "pres"):
+            self.metrics[name].set_reference(reference)
+        if trainer.is_global_zero:
+            ceilings = {f"val/{n}": float(self.metrics[n].reference_ceiling()) for n in ("clip_i", "dino")}
+            write_json(self.run_dir / "evaluation" / "reference.json", {**ceilings, "num_reference_images": len(reference)})
+        if not self.rows:  # a resumed run already has its base-model row
+            self.evaluate(trainer, pl_module)
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: DiffusionFineTuner, *args) -> None:
+        if trainer.global_step % self.every_n_steps == 0 and not self.evaluated(trainer.global_step):
+            values = self.evaluate(trainer, pl_module)
+            pl_module.log_dict(values, on_step=True, on_epoch=False, logger=False)
+
+    def on_train_end(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> None:
+        if not self.evaluated(trainer.global_step):
+            self.evaluate(trainer, pl_module)
+        selection = select_step(self.rows, **self.rule)
+        self.record_selection(trainer, pl_module, selection)
+
+    def evaluated(self, step: int) -> bool:
+        return bool(self.rows) and self.rows[-1]["step"] == step
+
+    def evaluate(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> dict[str, float]:
+        """Generate this rank's share of the probes, score them, reduce across ranks, record the row."""
+        share = self.probes[trainer.global_rank :: trainer.world_size]
+        images: list[Image.Image] = []
+        for start in range(0, len(share), self.batch_size):
+            batch = share[start : start + self.batch_size]
+            generated = pl_module.generate([p.prompt for p in batch], [p.seed for p in batch], self.resolution,
+                                           self.num_inference_steps, self.guidance_scale)
+            self.update_metrics(batch, as_uint8(generated).to(pl_module.device))
+            images += generated
+        values = self.compute_metrics()
+        self.record_row(trainer, values, images)
+        return values
+
+    def update_metrics(self, probes: list[Probe], images: torch.Tensor) -> None:
+        subject = torch.tensor([not p.is_class for p in probes], device=images.device)
+        if subject.any():
+            prompts = [strip_identifier(p.prompt, self.identifier) for p in probes if not p.is_class]
+            self.metrics["clip_i"].update(images[subject])
+            self.metrics["dino"].update(images[subject])
+            self.metrics["clip_t"].update(images[subject], prompts)
+        if not subject.all():
+            self.metrics["pres"].update(images[~subject])
+
+    def compute_metrics(self) -> dict[str, float]:
+        """Reduce every metric across ranks (all ranks call this), then reset them for the next evaluation."""
+        values = {}
+        for name, metric in self.metrics.items():
+            if name != "pres" or self.class_images > 0:
+                values[f"val/{name}"] = float(metric.compute())
+            metric.reset()
+        return values
+
+    def record_row(self, trainer: Trainer, values: dict[str, float], images: list[Image.Image]) -> None:
+        step = trainer.global_step
+        grid = f"evaluation/step_{step:06d}.png"
+        self.rows.append({"step": step, **values, "grid": grid})
+        if not trainer.is_global_zero:
+            return
+        grid_image = image_grid(images, columns=self.images_per_prompt)
+        grid_image.save(self.run_dir / grid)
+        write_jsonl(self.run_dir / "evaluation" / "metrics.jsonl", self.rows)
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("evaluation/grid", torch.from_numpy(np.array(grid_image)), step,
+                                            dataformats="HWC")
+        rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+
+    # -- selection ------------------------------------------------------------------------------------------------
+
+    def record_selection(self, trainer: Trainer, pl_module: DiffusionFineTuner, selection: Selection) -> None:
+        checkpoint = find_checkpoint(trainer, selection.step)
+        if trainer.is_global_zero and self.export_best:
+            export_step(pl_module, checkpoint, trainer.global_step, selection.step, self.run_dir / "best")
+        record = {"step": selection.step, "reason": selection.reason, "candidates": list(selection.candidates),
+                  "rejected": {str(k): v for k, v in selection.rejected.items()}, "rule": self.rule,
+                  "checkpoint": str(checkpoint) if checkpoint else None, "export": "best" if self.export_best else None,
+                  "values": next(row for row in self.rows if row["step"] == selection.step)}
+        if trainer.is_global_zero:
+            write_json(self.run_dir / "evaluation" / "selection.json", record)
+            rank_zero_info(f"selected step {selection.step}: {selection.reason}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+def find_checkpoint(trainer: Trainer, step: int) -> Path | None:
+    """The checkpoint file a ModelCheckpoint wrote at ``step``, read from the files' own ``global_step``."""
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or not callback.dirpath or not Path(callback.dirpath).is_dir():
+            continue
+        for path in sorted(Path(callback.dirpath).glob("*.ckpt")):
+            if torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"] == step:
+                return path
+    return None
+
+
+def export_step(
+    pl_module: DiffusionFineTuner, checkpoint: Path | None, current_step: int, step: int, directory: Path
+) -> None:
+    """Export the weights of ``step``: the live ones if it is the current step, else those of its checkpoint."""
+    if step == current_step:
+        pl_module.export(directory)
+        return
+    if checkpoint is None:
+        rank_zero_warn(f"no checkpoint holds step {step}; {directory} was not written")
+        return
+    live = {key: value.clone() for key, value in pl_module.trainable_state_dict().items()}
+    pl_module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"], strict=False)
+    try:
+        pl_module.export(directory)
+    finally:
+        pl_module.load_state_dict(live, strict=False)
+
+
+def center_square(image: Image.Image) -> Image.Image:
+    """The largest centred square of an image."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))
