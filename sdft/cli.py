@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from sdft.callbacks import FinalExport
 from sdft.methods import DiffusionFineTuner
+from sdft.reporting import write_report
 from sdft.runs import export_checkpoint
 from sdft.tiny_models import build_tiny_sd1
 
@@ -44,7 +45,17 @@ def tiny_model(output: Path, seed: int = 0) -> None:
     print(build_tiny_sd1(output, seed))
 
 
-TOOLS = {"export": export, "tiny-model": tiny_model}
+def report(run_dir: Path, output: Path | None = None) -> None:
+    """Write a markdown report of a run's evaluations: metric plots, the chosen step and why, the image grids.
+
+    Args:
+        run_dir: a run folder made by ``sdft fit`` with the ``SubjectEvaluator`` callback.
+        output: destination folder; default ``<run_dir>/report``.
+    """
+    print(write_report(run_dir, output))
+
+
+TOOLS = {"export": export, "report": report, "tiny-model": tiny_model}
 
 
 def usage() -> str:

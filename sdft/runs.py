@@ -41,18 +41,27 @@ def model_from_config(config_path: Path) -> DiffusionFineTuner:
     return parser.instantiate_classes(config).model
 
 
-def load_checkpoint(checkpoint: Path) -> DiffusionFineTuner:
-    """The run's model with its base weights loaded and the checkpoint's trained tensors applied.
+def apply_checkpoint(model: DiffusionFineTuner, checkpoint: Path) -> DiffusionFineTuner:
+    """Load ``model``'s base weights if needed, then the trained tensors of ``checkpoint``; return ``model``.
 
     Args:
+        model: a method configured like the run that wrote the checkpoint.
         checkpoint: a ``.ckpt`` written during ``sdft fit``.
     """
-    model = model_from_config(run_dir_of(checkpoint) / "config.yaml")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model.configure_model()
     model.on_load_checkpoint(state)
     model.load_state_dict(state["state_dict"], strict=False)
     return model
+
+
+def load_checkpoint(checkpoint: Path) -> DiffusionFineTuner:
+    """The run's model (from its ``config.yaml``) with the checkpoint's trained tensors applied.
+
+    Args:
+        checkpoint: a ``.ckpt`` written during ``sdft fit``.
+    """
+    return apply_checkpoint(model_from_config(run_dir_of(checkpoint) / "config.yaml"), checkpoint)
 
 
 def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:

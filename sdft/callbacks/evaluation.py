@@ -32,6 +32,7 @@ from sdft.evaluation.selection import Selection, select_step
 from sdft.evaluation.similarity import strip_identifier
 from sdft.files import write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
+from sdft.runs import apply_checkpoint
 
 METRIC_KEYS = ("val/clip_i", "val/clip_t", "val/dino", "val/pres")
 
@@ -249,7 +250,7 @@ def export_step(
         rank_zero_warn(f"no checkpoint holds step {step}; {directory} was not written")
         return
     live = {key: value.clone() for key, value in pl_module.trainable_state_dict().items()}
-    pl_module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"], strict=False)
+    apply_checkpoint(pl_module, checkpoint)
     try:
         pl_module.export(directory)
     finally:

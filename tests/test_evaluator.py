@@ -1,0 +1,102 @@
+"""SubjectEvaluator in a real fit: the metrics table, the selection, the best export, and DDP equality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from training import checkpointer, cpu_trainer, lora_tuner, subject_data
+
+from sdft.callbacks import SubjectEvaluator
+from sdft.callbacks.evaluation import export_step
+from sdft.cli import main
+from sdft.methods.lora import LORA_WEIGHTS
+from sdft.runs import apply_checkpoint
+
+TINY = {"clip_model": "builtin:tiny-clip", "dino_model": "builtin:tiny-dino", "num_inference_steps": 2}
+
+
+def evaluator(**kwargs) -> SubjectEvaluator:
+    return SubjectEvaluator(**{"every_n_steps": 2, "num_prompts": 2, "images_per_prompt": 2, "class_images": 2,
+                               **TINY, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tiny_sd1, subject_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("evaluated")
+    logger = TensorBoardLogger(root, name="run", version=0)
+    trainer = cpu_trainer(root, 4, [evaluator(), checkpointer(root / "run" / "version_0", 2)], logger=logger)
+    trainer.fit(lora_tuner(tiny_sd1, lr=2e-2), datamodule=subject_data(subject_dir))
+    return root / "run" / "version_0"
+
+
+def read_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "evaluation" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_every_checkpoint_step_and_the_base_model_are_scored(evaluated_run):
+    rows = read_rows(evaluated_run)
+    assert [row["step"] for row in rows] == [0, 2, 4]
+    for row in rows:
+        assert {"val/clip_i", "val/clip_t", "val/dino", "val/pres"} <= row.keys()
+        assert all(-1.0 <= row[key] <= 1.0 for key in row if key.startswith("val/"))
+        assert (evaluated_run / row["grid"]).is_file()
+    reference = json.loads((evaluated_run / "evaluation" / "reference.json").read_text())
+    assert reference["num_reference_images"] == 4 and 0 < reference["val/dino"] <= 1
+    events = EventAccumulator(str(evaluated_run), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/dino")] == [0, 2, 4]
+    assert [e.value for e in events.Scalars("val/dino")] == pytest.approx([row["val/dino"] for row in rows])
+
+
+def export_of(checkpoint: Path, model_dir: Path, directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(apply_checkpoint(lora_tuner(model_dir), checkpoint).export(directory))
+
+
+def test_selection_records_the_winner_and_the_best_export_equals_its_checkpoint(evaluated_run, tiny_sd1, tmp_path):
+    selection = json.loads((evaluated_run / "evaluation" / "selection.json").read_text())
+    assert selection["step"] in (2, 4) and str(selection["step"]) in selection["reason"]
+    assert selection["values"]["step"] == selection["step"]
+    best = load_file(evaluated_run / "best" / LORA_WEIGHTS)
+    reference = export_of(Path(selection["checkpoint"]), tiny_sd1, tmp_path)
+    assert best.keys() == reference.keys() and all(torch.equal(best[k], reference[k]) for k in best)
+
+
+def test_exporting_an_earlier_step_leaves_the_live_weights_alone(evaluated_run, tiny_sd1, tmp_path):
+    model = apply_checkpoint(lora_tuner(tiny_sd1), evaluated_run / "checkpoints" / "step=4.ckpt")
+    live = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    export_step(model, evaluated_run / "checkpoints" / "step=2.ckpt", current_step=4, step=2, directory=tmp_path)
+    exported = load_file(tmp_path / LORA_WEIGHTS)
+    earlier = export_of(evaluated_run / "checkpoints" / "step=2.ckpt", tiny_sd1, tmp_path / "reference")
+    assert all(torch.equal(exported[k], earlier[k]) for k in earlier)
+    assert all(torch.equal(live[k], v) for k, v in model.trainable_state_dict().items())
+
+
+def test_evaluation_cadence_must_fall_on_checkpoints(tiny_sd1, subject_dir, tmp_path):
+    trainer = cpu_trainer(tmp_path, 4, [evaluator(every_n_steps=3), checkpointer(tmp_path, 2)])
+    with pytest.raises(ValueError, match="every_n_steps=3 is not a multiple of ModelCheckpoint.every_n_train_steps=2"):
+        trainer.fit(lora_tuner(tiny_sd1), datamodule=subject_data(subject_dir))
+
+
+def cli_run(tmp_path: Path, name: str, *options: str) -> list[dict]:
+    main(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_steps=1", "--trainer.callbacks=[]",
+          "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
+          f"--trainer.logger.init_args.name={name}", "--data.init_args.resolution=32",
+          "--trainer.callbacks+=sdft.callbacks.SubjectEvaluator", "--trainer.callbacks.every_n_steps=1",
+          "--trainer.callbacks.num_prompts=3", "--trainer.callbacks.images_per_prompt=1",
+          "--trainer.callbacks.class_images=1", "--trainer.callbacks.export_best=false",
+          *[f"--trainer.callbacks.{key}={value}" for key, value in TINY.items()], *options])
+    return read_rows(tmp_path / name / "version_0")
+
+
+def test_ddp_splits_the_probes_and_logs_the_single_process_numbers(tmp_path):
+    single = cli_run(tmp_path, "single")
+    ddp = cli_run(tmp_path, "ddp", "--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu")
+    assert single[0]["step"] == ddp[0]["step"] == 0
+    for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres"):
+        assert ddp[0][key] == pytest.approx(single[0][key], abs=1e-5)

@@ -1,0 +1,130 @@
+"""The run report: markdown contents, one plot per metric, grid links, and errors on missing or bad inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sdft.reporting import read_metrics, write_report
+
+ROWS = [
+    {"step": 0, "val/clip_i": 0.61, "val/clip_t": 0.24, "val/dino": 0.35, "val/pres": 0.30},
+    {"step": 100, "val/clip_i": 0.7234, "val/clip_t": 0.245, "val/dino": 0.5512, "val/pres": 0.31},
+    {"step": 200, "val/clip_i": 0.74, "val/clip_t": 0.23, "val/dino": 0.5601, "val/pres": 0.33},
+    {"step": 300, "val/clip_i": 0.80, "val/clip_t": 0.20, "val/dino": 0.6199, "val/pres": 0.36},
+]
+SELECTION = {
+    "step": 100,
+    "reason": "step 100 has the highest val/dino within 0.02 of the best",
+    "candidates": [100, 200],
+    "rejected": {"300": "val/clip_t 0.20 < base 0.24 - 0.03"},
+    "rule": {"fidelity": "val/dino", "clip_t_margin": 0.03, "pres_margin": 0.05, "tie_tolerance": 0.02},
+    "export": "best",
+}
+REFERENCE = {"val/clip_i": 0.88, "val/dino": 0.77, "num_reference_images": 5}
+
+
+def make_run(root: Path, rows: list[dict] = ROWS, selection: dict | None = SELECTION, grids: bool = True) -> Path:
+    """A run folder with metrics.jsonl, reference.json, optional selection.json and small grid PNGs."""
+    run = root / "version_0"
+    (run / "evaluation").mkdir(parents=True)
+    lines = []
+    for row in rows:
+        grid = f"evaluation/step_{row['step']:06d}.png"
+        if grids:
+            Image.new("RGB", (16, 8), (row["step"] % 256, 0, 0)).save(run / grid)
+        lines.append(json.dumps({**row, "grid": grid}))
+    (run / "evaluation" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "evaluation" / "reference.json").write_text(json.dumps(REFERENCE))
+    if selection is not None:
+        (run / "evaluation" / "selection.json").write_text(json.dumps(selection))
+    (run / "config.yaml").write_text("model: {}\n")
+    return run
+
+
+def table_row(text: str, first_cell: str) -> str:
+    """The markdown table line whose first cell is ``first_cell``."""
+    return next(line for line in text.splitlines() if re.match(rf"\|\s*{re.escape(first_cell)}\s*\|", line))
+
+
+def test_report_lists_selection_values_and_markers(tmp_path: Path) -> None:
+    report = write_report(make_run(tmp_path))
+    assert report == (tmp_path / "version_0" / "report" / "report.md").resolve()
+    text = report.read_text()
+    assert text.startswith("# Run report: version_0")
+    assert "Chosen step: 100" in text and SELECTION["reason"] in text
+    assert "config.yaml" in text
+    for row in ROWS:
+        line = table_row(text, str(row["step"]) if row["step"] != 100 else "**100**")
+        for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres"):
+            assert f"{row[key]:.3f}" in line
+    assert "0.723" in table_row(text, "**100**") and "0.7234" not in text
+    assert "base model" in table_row(text, "0") and "★" in table_row(text, "**100**")
+    assert "rejected: val/clip_t 0.20 < base 0.24 - 0.03" in table_row(text, "300")
+    ceiling = table_row(text, "real-real ceiling")
+    assert "0.880" in ceiling and "0.770" in ceiling and "5 images" in ceiling
+
+
+def test_one_plot_per_metric_embedded(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    text = write_report(make_run(tmp_path), output).read_text()
+    for name in ("val_clip_i", "val_clip_t", "val_dino", "val_pres"):
+        with Image.open(output / f"{name}.png") as image:
+            assert image.format == "PNG" and image.size == (600, 350)
+        assert f"]({name}.png)" in text
+    assert sorted(path.name for path in output.glob("*.png")) == sorted(
+        f"{name}.png" for name in ("val_clip_i", "val_clip_t", "val_dino", "val_pres")
+    )
+    assert not list(output.glob(".*.tmp"))
+
+
+def test_grid_links_resolve_relative_to_report(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    output = tmp_path / "elsewhere" / "report"
+    report = write_report(run, output)
+    targets = re.findall(r"!\[samples at step \d+\]\(([^)]+)\)", report.read_text())
+    assert len(targets) == len(ROWS)
+    for target, row in zip(targets, ROWS, strict=True):
+        assert not Path(target).is_absolute()
+        assert (report.parent / target).resolve() == (run / f"evaluation/step_{row['step']:06d}.png").resolve()
+
+
+def test_missing_grids_are_skipped(tmp_path: Path) -> None:
+    text = write_report(make_run(tmp_path, grids=False)).read_text()
+    assert "samples at step" not in text and "No sample grids were found." in text
+
+
+def test_missing_selection_is_reported(tmp_path: Path) -> None:
+    text = write_report(make_run(tmp_path, selection=None)).read_text()
+    assert "No selection was recorded" in text
+    assert "★" not in text and "**" not in table_row(text, "100")
+
+
+def test_run_without_pres_has_no_pres_plot(tmp_path: Path) -> None:
+    rows = [{key: value for key, value in row.items() if key != "val/pres"} for row in ROWS]
+    report = write_report(make_run(tmp_path, rows=rows))
+    assert (report.parent / "val_dino.png").is_file()
+    assert not (report.parent / "val_pres.png").exists()
+    assert "val/pres" not in report.read_text()
+
+
+def test_missing_metrics_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"evaluation/metrics\.jsonl.*SubjectEvaluator"):
+        write_report(tmp_path)
+
+
+def test_malformed_line_names_the_line(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    path = run / "evaluation" / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 400, "val/dino": \n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl line 5 is not valid JSON"):
+        read_metrics(run)
+
+
+def test_read_metrics_sorts_by_step(tmp_path: Path) -> None:
+    run = make_run(tmp_path, rows=list(reversed(ROWS)))
+    assert [row["step"] for row in read_metrics(run)] == [0, 100, 200, 300]
