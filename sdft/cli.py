@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from sdft.callbacks import FinalExport
+from sdft.evaluation.folders import evaluate_folders
 from sdft.methods import DiffusionFineTuner
 from sdft.reporting import write_report
 from sdft.runs import export_checkpoint
@@ -55,7 +56,7 @@ def report(run_dir: Path, output: Path | None = None) -> None:
     print(write_report(run_dir, output))
 
 
-TOOLS = {"export": export, "report": report, "tiny-model": tiny_model}
+TOOLS = {"evaluate": evaluate_folders, "export": export, "report": report, "tiny-model": tiny_model}
 
 
 def usage() -> str:

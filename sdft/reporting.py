@@ -150,7 +150,7 @@ def _parse_selection(data: Mapping[str, Any], path: Path) -> RecordedSelection:
 
 
 def metric_names(rows: Sequence[Row]) -> list[str]:
-    """The numeric keys of the table other than ``step``, in order of first appearance.
+    """The metric keys (``val/...``) of the table, in order of first appearance; timings are not plotted.
 
     Args:
         rows: the metrics table.
@@ -158,7 +158,7 @@ def metric_names(rows: Sequence[Row]) -> list[str]:
     names: dict[str, None] = {}
     for row in rows:
         for key, value in row.items():
-            if key not in NON_METRIC_KEYS and _is_number(value):
+            if key.startswith("val/") and key not in NON_METRIC_KEYS and _is_number(value):
                 names.setdefault(key)
     return list(names)
 

@@ -20,7 +20,7 @@ CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
 def test_help_lists_every_command(capsys):
     main(["--help"])
     listed = capsys.readouterr().out
-    for command in ("fit", "validate", "export", "tiny-model"):
+    for command in ("fit", "validate", "evaluate", "export", "report", "tiny-model"):
         assert f"\n  {command} " in listed
 
 
@@ -48,15 +48,25 @@ def write_test_overrides(tmp_path: Path) -> Path:
             "max_steps": 4,
             "log_every_n_steps": 1,
             "val_check_interval": 2,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": str(tmp_path), "name": "run"}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path), "name": "run"},
+            },
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "filename": "step={step:06d}",
-                               "auto_insert_metric_name": False}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "every_n_train_steps": 2,
+                        "save_top_k": -1,
+                        "filename": "step={step:06d}",
+                        "auto_insert_metric_name": False,
+                    },
+                },
                 {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
-                {"class_path": "sdft.callbacks.SamplePreview",
-                 "init_args": {"prompts": ["a photo of sks toy"], "every_n_steps": 2, "num_inference_steps": 2}},
+                {
+                    "class_path": "sdft.callbacks.SamplePreview",
+                    "init_args": {"prompts": ["a photo of sks toy"], "every_n_steps": 2, "num_inference_steps": 2},
+                },
             ],
         },
         "data": {"init_args": {"resolution": 32}},
@@ -69,8 +79,16 @@ def write_test_overrides(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
     tmp_path = tmp_path_factory.mktemp("cli")
-    main(["fit", "--config", "configs/quickstart.yaml", "--config", str(write_test_overrides(tmp_path)),
-          "--trainer.enable_progress_bar=false"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/quickstart.yaml",
+            "--config",
+            str(write_test_overrides(tmp_path)),
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     return tmp_path / "run" / "version_0"
 
 
@@ -102,6 +120,14 @@ def main_export(run: Path, name: str) -> Path:
 
 
 def test_validate_scores_a_checkpoint(quick_run, capsys):
-    main(["validate", "--config", str(quick_run / "config.yaml"), "--ckpt_path",
-          str(quick_run / "checkpoints" / "step=000004.ckpt"), "--trainer.logger=false"])
+    main(
+        [
+            "validate",
+            "--config",
+            str(quick_run / "config.yaml"),
+            "--ckpt_path",
+            str(quick_run / "checkpoints" / "step=000004.ckpt"),
+            "--trainer.logger=false",
+        ]
+    )
     assert "val/loss" in capsys.readouterr().out

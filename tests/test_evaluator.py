@@ -22,8 +22,9 @@ TINY = {"clip_model": "builtin:tiny-clip", "dino_model": "builtin:tiny-dino", "n
 
 
 def evaluator(**kwargs) -> SubjectEvaluator:
-    return SubjectEvaluator(**{"every_n_steps": 2, "num_prompts": 2, "images_per_prompt": 2, "class_images": 2,
-                               **TINY, **kwargs})
+    return SubjectEvaluator(
+        **{"every_n_steps": 2, "num_prompts": 2, "images_per_prompt": 2, "class_images": 2, **TINY, **kwargs}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +85,27 @@ def test_evaluation_cadence_must_fall_on_checkpoints(tiny_sd1, subject_dir, tmp_
 
 
 def cli_run(tmp_path: Path, name: str, *options: str) -> list[dict]:
-    main(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_steps=1", "--trainer.callbacks=[]",
-          "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
-          f"--trainer.logger.init_args.name={name}", "--data.init_args.resolution=32",
-          "--trainer.callbacks+=sdft.callbacks.SubjectEvaluator", "--trainer.callbacks.every_n_steps=1",
-          "--trainer.callbacks.num_prompts=3", "--trainer.callbacks.images_per_prompt=1",
-          "--trainer.callbacks.class_images=1", "--trainer.callbacks.export_best=false",
-          *[f"--trainer.callbacks.{key}={value}" for key, value in TINY.items()], *options])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/quickstart.yaml",
+            "--trainer.max_steps=1",
+            "--trainer.callbacks=[]",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.logger.init_args.name={name}",
+            "--data.init_args.resolution=32",
+            "--trainer.callbacks+=sdft.callbacks.SubjectEvaluator",
+            "--trainer.callbacks.every_n_steps=1",
+            "--trainer.callbacks.num_prompts=3",
+            "--trainer.callbacks.images_per_prompt=1",
+            "--trainer.callbacks.class_images=1",
+            "--trainer.callbacks.export_best=false",
+            *[f"--trainer.callbacks.{key}={value}" for key, value in TINY.items()],
+            *options,
+        ]
+    )
     return read_rows(tmp_path / name / "version_0")
 
 

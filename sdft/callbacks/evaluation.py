@@ -5,7 +5,7 @@ generates a fixed-seed probe set with the weights in training, scores it against
 ``val/clip_i``, ``val/clip_t``, ``val/dino`` and ``val/pres``. After the last evaluation it applies the selection
 rule to the whole table and exports the chosen step to ``<run>/best/``. Files, under ``<run>/evaluation/``:
 
-- ``metrics.jsonl``: one row per evaluation (``step``, the four metrics, ``grid``);
+- ``metrics.jsonl``: one row per evaluation (``step``, the four metrics, ``grid``, wall ``seconds``);
 - ``step_<N>.png``: the probe images of the evaluation (this rank's share under DDP);
 - ``reference.json``: the real-real ceilings of CLIP-I and DINO;
 - ``selection.json``: the chosen step, the reason, the candidates, the rejected steps and the rule.
@@ -13,6 +13,7 @@ rule to the whole table and exports the chosen step to ``<run>/best/``. Files, u
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,12 @@ class SubjectEvaluator(Callback):
         self.class_images, self.seed, self.resolution, self.batch_size = class_images, seed, resolution, batch_size
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
         self.clip_model, self.dino_model, self.export_best = clip_model, dino_model, export_best
-        self.rule = {"fidelity": fidelity, "clip_t_margin": clip_t_margin, "pres_margin": pres_margin,
-                     "tie_tolerance": tie_tolerance}
+        self.rule = {
+            "fidelity": fidelity,
+            "clip_t_margin": clip_t_margin,
+            "pres_margin": pres_margin,
+            "tie_tolerance": tie_tolerance,
+        }
         self.rows: list[dict[str, Any]] = []
         self.probes: list[Probe] = []
         self.run_dir = Path()
@@ -116,10 +121,14 @@ class SubjectEvaluator(Callback):
         class_prompt = f"a {self.class_noun}" if self.class_images > 0 else None
         self.probes = build_probes(prompts, self.images_per_prompt, class_prompt, self.class_images, self.seed)
         clip, dino = load_clip(self.clip_model), load_dino(self.dino_model)
-        self.metrics = torch.nn.ModuleDict({
-            "clip_i": SubjectSimilarity(clip), "clip_t": PromptSimilarity(clip),
-            "dino": SubjectSimilarity(dino), "pres": SubjectSimilarity(dino),
-        })
+        self.metrics = torch.nn.ModuleDict(
+            {
+                "clip_i": SubjectSimilarity(clip),
+                "clip_t": PromptSimilarity(clip),
+                "dino": SubjectSimilarity(dino),
+                "pres": SubjectSimilarity(dino),
+            }
+        )
 
     def check_checkpoint_cadence(self, trainer: Trainer) -> None:
         """The best step must have a checkpoint: evaluations fall on checkpoint steps."""
@@ -138,7 +147,9 @@ class SubjectEvaluator(Callback):
             self.metrics[name].set_reference(reference)
         if trainer.is_global_zero:
             ceilings = {f"val/{n}": float(self.metrics[n].reference_ceiling()) for n in ("clip_i", "dino")}
-            write_json(self.run_dir / "evaluation" / "reference.json", {**ceilings, "num_reference_images": len(reference)})
+            write_json(
+                self.run_dir / "evaluation" / "reference.json", {**ceilings, "num_reference_images": len(reference)}
+            )
         if not self.rows:  # a resumed run already has its base-model row
             self.evaluate(trainer, pl_module)
 
@@ -160,16 +171,22 @@ class SubjectEvaluator(Callback):
 
     def evaluate(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> dict[str, float]:
         """Generate this rank's share of the probes, score them, reduce across ranks, record the row."""
+        started = time.perf_counter()
         share = self.probes[trainer.global_rank :: trainer.world_size]
         images: list[Image.Image] = []
         for start in range(0, len(share), self.batch_size):
             batch = share[start : start + self.batch_size]
-            generated = pl_module.generate([p.prompt for p in batch], [p.seed for p in batch], self.resolution,
-                                           self.num_inference_steps, self.guidance_scale)
+            generated = pl_module.generate(
+                [p.prompt for p in batch],
+                [p.seed for p in batch],
+                self.resolution,
+                self.num_inference_steps,
+                self.guidance_scale,
+            )
             self.update_metrics(batch, as_uint8(generated).to(pl_module.device))
             images += generated
         values = self.compute_metrics()
-        self.record_row(trainer, values, images)
+        self.record_row(trainer, values, images, time.perf_counter() - started)
         return values
 
     def update_metrics(self, probes: list[Probe], images: torch.Tensor) -> None:
@@ -191,10 +208,10 @@ class SubjectEvaluator(Callback):
             metric.reset()
         return values
 
-    def record_row(self, trainer: Trainer, values: dict[str, float], images: list[Image.Image]) -> None:
+    def record_row(self, trainer: Trainer, values: dict[str, float], images: list[Image.Image], seconds: float) -> None:
         step = trainer.global_step
         grid = f"evaluation/step_{step:06d}.png"
-        self.rows.append({"step": step, **values, "grid": grid})
+        self.rows.append({"step": step, **values, "grid": grid, "seconds": round(seconds, 3)})
         if not trainer.is_global_zero:
             return
         grid_image = image_grid(images, columns=self.images_per_prompt)
@@ -203,8 +220,9 @@ class SubjectEvaluator(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(values, step=step)
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("evaluation/grid", torch.from_numpy(np.array(grid_image)), step,
-                                            dataformats="HWC")
+                logger.experiment.add_image(
+                    "evaluation/grid", torch.from_numpy(np.array(grid_image)), step, dataformats="HWC"
+                )
         rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
 
     # -- selection ------------------------------------------------------------------------------------------------
@@ -213,10 +231,16 @@ class SubjectEvaluator(Callback):
         checkpoint = find_checkpoint(trainer, selection.step)
         if trainer.is_global_zero and self.export_best:
             export_step(pl_module, checkpoint, trainer.global_step, selection.step, self.run_dir / "best")
-        record = {"step": selection.step, "reason": selection.reason, "candidates": list(selection.candidates),
-                  "rejected": {str(k): v for k, v in selection.rejected.items()}, "rule": self.rule,
-                  "checkpoint": str(checkpoint) if checkpoint else None, "export": "best" if self.export_best else None,
-                  "values": next(row for row in self.rows if row["step"] == selection.step)}
+        record = {
+            "step": selection.step,
+            "reason": selection.reason,
+            "candidates": list(selection.candidates),
+            "rejected": {str(k): v for k, v in selection.rejected.items()},
+            "rule": self.rule,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "export": "best" if self.export_best else None,
+            "values": next(row for row in self.rows if row["step"] == selection.step),
+        }
         if trainer.is_global_zero:
             write_json(self.run_dir / "evaluation" / "selection.json", record)
             rank_zero_info(f"selected step {selection.step}: {selection.reason}")
