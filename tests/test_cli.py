@@ -119,7 +119,7 @@ def main_export(run: Path, name: str) -> Path:
     return run / name / LORA_WEIGHTS
 
 
-def test_validate_scores_a_checkpoint(quick_run, capsys):
+def test_validate_scores_a_checkpoint(quick_run, capsys, tmp_path):
     main(
         [
             "validate",
@@ -128,6 +128,7 @@ def test_validate_scores_a_checkpoint(quick_run, capsys):
             "--ckpt_path",
             str(quick_run / "checkpoints" / "step=000004.ckpt"),
             "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
         ]
     )
     assert "val/loss" in capsys.readouterr().out
