@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from sdft.callbacks import FinalExport
 from sdft.evaluation.folders import evaluate_folders
+from sdft.evaluation.posthoc import score_run
 from sdft.methods import DiffusionFineTuner
 from sdft.reporting import write_report
 from sdft.runs import export_checkpoint
@@ -56,7 +57,13 @@ def report(run_dir: Path, output: Path | None = None) -> None:
     print(write_report(run_dir, output))
 
 
-TOOLS = {"evaluate": evaluate_folders, "export": export, "report": report, "tiny-model": tiny_model}
+TOOLS = {
+    "evaluate": evaluate_folders,
+    "evaluate-run": score_run,
+    "export": export,
+    "report": report,
+    "tiny-model": tiny_model,
+}
 
 
 def usage() -> str:
@@ -72,8 +79,8 @@ def usage() -> str:
         "test": "run the test loop",
         "predict": "run the predict loop",
     }
-    lines += [f"  {name:<12}{text}" for name, text in lightning.items() if name in LightningCLI.subcommands()]
-    lines += [f"  {name:<12}{tool.__doc__.splitlines()[0]}" for name, tool in TOOLS.items()]
+    lines += [f"  {name:<13}{text}" for name, text in lightning.items() if name in LightningCLI.subcommands()]
+    lines += [f"  {name:<13}{tool.__doc__.splitlines()[0]}" for name, tool in TOOLS.items()]
     return "\n".join(lines)
 
 

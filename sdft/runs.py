@@ -13,6 +13,7 @@ Layout (``<run>`` is the logger's version folder, e.g. ``runs/quickstart/version
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -26,19 +27,29 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.resolve().parent.parent
 
 
+def instantiate(section: dict[str, Any], base: type) -> Any:
+    """Instantiate one ``class_path`` / ``init_args`` section of a config as a subclass of ``base``."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(base, "section")
+    return parser.instantiate_classes(parser.parse_object({"section": section})).section
+
+
+def read_config(config_path: Path) -> dict[str, Any]:
+    """The resolved ``config.yaml`` of a run, as plain data."""
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: pass a run folder (or a checkpoint in one) made by `sdft fit`"
+        )
+    return yaml.safe_load(config_path.read_text())
+
+
 def model_from_config(config_path: Path) -> DiffusionFineTuner:
     """Instantiate (but not load) the ``model`` section of a run's ``config.yaml``.
 
     Args:
         config_path: the resolved config LightningCLI wrote into the run folder.
     """
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: pass a checkpoint inside a run folder made by `sdft fit`")
-    section = yaml.safe_load(config_path.read_text())["model"]
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(DiffusionFineTuner, "model")
-    config = parser.parse_object({"model": section})
-    return parser.instantiate_classes(config).model
+    return instantiate(read_config(config_path)["model"], DiffusionFineTuner)
 
 
 def apply_checkpoint(model: DiffusionFineTuner, checkpoint: Path) -> DiffusionFineTuner:

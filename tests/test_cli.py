@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,18 @@ def write_test_overrides(tmp_path: Path) -> Path:
                     "class_path": "sdft.callbacks.SamplePreview",
                     "init_args": {"prompts": ["a photo of sks toy"], "every_n_steps": 2, "num_inference_steps": 2},
                 },
+                {
+                    "class_path": "sdft.callbacks.SubjectEvaluator",
+                    "init_args": {
+                        "every_n_steps": 2,
+                        "num_prompts": 2,
+                        "images_per_prompt": 1,
+                        "class_images": 1,
+                        "num_inference_steps": 2,
+                        "clip_model": "builtin:tiny-clip",
+                        "dino_model": "builtin:tiny-dino",
+                    },
+                },
             ],
         },
         "data": {"init_args": {"resolution": 32}},
@@ -95,7 +108,8 @@ def quick_run(tmp_path_factory) -> Path:
 def test_fit_leaves_a_complete_run_folder(quick_run):
     assert (quick_run / "config.yaml").is_file()
     assert sorted(p.name for p in (quick_run / "checkpoints").iterdir()) == ["step=000002.ckpt", "step=000004.ckpt"]
-    assert (quick_run / "final" / LORA_WEIGHTS).is_file()
+    assert (quick_run / "final" / LORA_WEIGHTS).is_file() and (quick_run / "best" / LORA_WEIGHTS).is_file()
+    assert (quick_run / "evaluation" / "selection.json").is_file()
     assert sorted(p.name for p in (quick_run / "samples").iterdir()) == ["step_000000", "step_000002", "step_000004"]
     assert len(list((quick_run / "samples" / "step_000004").glob("*.png"))) == 2
     events = EventAccumulator(str(quick_run), size_guidance={"images": 0})
@@ -132,3 +146,18 @@ def test_validate_scores_a_checkpoint(quick_run, capsys, tmp_path):
         ]
     )
     assert "val/loss" in capsys.readouterr().out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_evaluate_run_rescores_every_checkpoint_like_training_did(quick_run, capsys):
+    main(["evaluate-run", str(quick_run)])
+    posthoc = read_jsonl(quick_run / "evaluation" / "posthoc.jsonl")
+    during = read_jsonl(quick_run / "evaluation" / "metrics.jsonl")
+    assert [row["step"] for row in posthoc] == [row["step"] for row in during] == [0, 2, 4]
+    for after, before in zip(posthoc, during, strict=True):
+        for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres"):
+            assert after[key] == pytest.approx(before[key], abs=1e-5)
+    assert "selected step" in capsys.readouterr().out

@@ -25,12 +25,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 
-from sdft.callbacks.samples import as_uint8, image_grid
+from sdft.callbacks.samples import image_grid
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
-from sdft.evaluation.metrics import PromptSimilarity, SubjectSimilarity
-from sdft.evaluation.probes import Probe, build_probes, infer_subject, subject_prompts
+from sdft.evaluation.probes import build_probes, infer_subject, subject_prompts
+from sdft.evaluation.scoring import ProbeScorer
 from sdft.evaluation.selection import Selection, select_step
-from sdft.evaluation.similarity import strip_identifier
 from sdft.files import write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
 from sdft.runs import apply_checkpoint
@@ -103,7 +102,6 @@ class SubjectEvaluator(Callback):
             "tie_tolerance": tie_tolerance,
         }
         self.rows: list[dict[str, Any]] = []
-        self.probes: list[Probe] = []
         self.run_dir = Path()
 
     # -- set-up ---------------------------------------------------------------------------------------------------
@@ -114,20 +112,31 @@ class SubjectEvaluator(Callback):
         self.run_dir = Path(trainer.log_dir)  # collective under DDP: every rank calls setup
         self.check_checkpoint_cadence(trainer)
         datamodule = trainer.datamodule
-        identifier, class_noun = infer_subject(datamodule.instance_prompt)
-        self.identifier, self.class_noun = self.identifier or identifier, self.class_noun or class_noun
+        self.identifier, self.class_noun = self.subject(datamodule.instance_prompt)
         self.resolution = self.resolution or datamodule.resolution
+        self.scorer = self.build_scorer()
+
+    def subject(self, instance_prompt: str) -> tuple[str, str]:
+        """The identifier and class noun: as configured, else read from the instance prompt."""
+        if self.identifier and self.class_noun:
+            return self.identifier, self.class_noun
+        identifier, class_noun = infer_subject(instance_prompt)
+        return self.identifier or identifier, self.class_noun or class_noun
+
+    def build_scorer(self) -> ProbeScorer:
+        """The probe set and metrics of this evaluator (identifier, class noun and resolution must be known)."""
         prompts = subject_prompts(self.identifier, self.class_noun, self.live, self.prompts, self.num_prompts)
         class_prompt = f"a {self.class_noun}" if self.class_images > 0 else None
-        self.probes = build_probes(prompts, self.images_per_prompt, class_prompt, self.class_images, self.seed)
-        clip, dino = load_clip(self.clip_model), load_dino(self.dino_model)
-        self.metrics = torch.nn.ModuleDict(
-            {
-                "clip_i": SubjectSimilarity(clip),
-                "clip_t": PromptSimilarity(clip),
-                "dino": SubjectSimilarity(dino),
-                "pres": SubjectSimilarity(dino),
-            }
+        probes = build_probes(prompts, self.images_per_prompt, class_prompt, self.class_images, self.seed)
+        return ProbeScorer(
+            probes,
+            self.identifier,
+            load_clip(self.clip_model),
+            load_dino(self.dino_model),
+            self.resolution,
+            self.num_inference_steps,
+            self.guidance_scale,
+            self.batch_size,
         )
 
     def check_checkpoint_cadence(self, trainer: Trainer) -> None:
@@ -141,15 +150,11 @@ class SubjectEvaluator(Callback):
                 )
 
     def on_train_start(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> None:
-        self.metrics.to(pl_module.device)
-        reference = as_uint8([center_square(image) for image in trainer.datamodule.images])
-        for name in ("clip_i", "dino", "pres"):
-            self.metrics[name].set_reference(reference)
+        self.scorer.to(pl_module.device)
+        ceilings = self.scorer.set_reference(trainer.datamodule.images)
         if trainer.is_global_zero:
-            ceilings = {f"val/{n}": float(self.metrics[n].reference_ceiling()) for n in ("clip_i", "dino")}
-            write_json(
-                self.run_dir / "evaluation" / "reference.json", {**ceilings, "num_reference_images": len(reference)}
-            )
+            reference = {**ceilings, "num_reference_images": len(trainer.datamodule.images)}
+            write_json(self.run_dir / "evaluation" / "reference.json", reference)
         if not self.rows:  # a resumed run already has its base-model row
             self.evaluate(trainer, pl_module)
 
@@ -172,40 +177,8 @@ class SubjectEvaluator(Callback):
     def evaluate(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> dict[str, float]:
         """Generate this rank's share of the probes, score them, reduce across ranks, record the row."""
         started = time.perf_counter()
-        share = self.probes[trainer.global_rank :: trainer.world_size]
-        images: list[Image.Image] = []
-        for start in range(0, len(share), self.batch_size):
-            batch = share[start : start + self.batch_size]
-            generated = pl_module.generate(
-                [p.prompt for p in batch],
-                [p.seed for p in batch],
-                self.resolution,
-                self.num_inference_steps,
-                self.guidance_scale,
-            )
-            self.update_metrics(batch, as_uint8(generated).to(pl_module.device))
-            images += generated
-        values = self.compute_metrics()
+        values, images = self.scorer.score(pl_module, trainer.global_rank, trainer.world_size)
         self.record_row(trainer, values, images, time.perf_counter() - started)
-        return values
-
-    def update_metrics(self, probes: list[Probe], images: torch.Tensor) -> None:
-        subject = torch.tensor([not p.is_class for p in probes], device=images.device)
-        if subject.any():
-            prompts = [strip_identifier(p.prompt, self.identifier) for p in probes if not p.is_class]
-            self.metrics["clip_i"].update(images[subject])
-            self.metrics["dino"].update(images[subject])
-            self.metrics["clip_t"].update(images[subject], prompts)
-        if not subject.all():
-            self.metrics["pres"].update(images[~subject])
-
-    def compute_metrics(self) -> dict[str, float]:
-        """Reduce every metric across ranks (all ranks call this), then reset them for the next evaluation."""
-        values = {}
-        for name, metric in self.metrics.items():
-            if name != "pres" or self.class_images > 0:
-                values[f"val/{name}"] = float(metric.compute())
-            metric.reset()
         return values
 
     def record_row(self, trainer: Trainer, values: dict[str, float], images: list[Image.Image], seconds: float) -> None:
@@ -279,10 +252,3 @@ def export_step(
         pl_module.export(directory)
     finally:
         pl_module.load_state_dict(live, strict=False)
-
-
-def center_square(image: Image.Image) -> Image.Image:
-    """The largest centred square of an image."""
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -102,8 +101,3 @@ def image_grid(images: list[Image.Image], columns: int) -> Image.Image:
     for index, image in enumerate(images):
         grid.paste(image, ((index % columns) * width, (index // columns) * height))
     return grid
-
-
-def as_uint8(images: list[Image.Image]) -> torch.Tensor:
-    """PIL images -> uint8 tensor (N, 3, H, W)."""
-    return torch.from_numpy(np.stack([np.asarray(image.convert("RGB")) for image in images])).permute(0, 3, 1, 2)
