@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -31,8 +32,11 @@ def evaluator(**kwargs) -> SubjectEvaluator:
 def evaluated_run(tiny_sd1, subject_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("evaluated")
     logger = TensorBoardLogger(root, name="run", version=0)
-    trainer = cpu_trainer(root, 4, [evaluator(), checkpointer(root / "run" / "version_0", 2)], logger=logger)
+    monitored = ModelCheckpoint(root / "monitored", monitor="val/dino", mode="max", every_n_train_steps=2)
+    callbacks = [evaluator(), checkpointer(root / "run" / "version_0", 2), monitored]
+    trainer = cpu_trainer(root, 4, callbacks, logger=logger)
     trainer.fit(lora_tuner(tiny_sd1, lr=2e-2), datamodule=subject_data(subject_dir))
+    (root / "monitored.json").write_text(json.dumps({"score": float(monitored.best_model_score)}))
     return root / "run" / "version_0"
 
 
@@ -66,6 +70,11 @@ def test_selection_records_the_winner_and_the_best_export_equals_its_checkpoint(
     best = load_file(evaluated_run / "best" / LORA_WEIGHTS)
     reference = export_of(Path(selection["checkpoint"]), tiny_sd1, tmp_path)
     assert best.keys() == reference.keys() and all(torch.equal(best[k], reference[k]) for k in best)
+
+
+def test_model_checkpoint_can_monitor_an_evaluator_metric(evaluated_run):
+    best_score = json.loads((evaluated_run.parents[1] / "monitored.json").read_text())["score"]
+    assert best_score == pytest.approx(max(row["val/dino"] for row in read_rows(evaluated_run)[1:]))
 
 
 def test_exporting_an_earlier_step_leaves_the_live_weights_alone(evaluated_run, tiny_sd1, tmp_path):
