@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file through ``write(binary_file)`` into a hidden temporary sibling, then rename it over ``path``.
+
+    Args:
+        path: the final file; its folder is created if missing.
+        write: writes the contents to an open binary file (e.g. ``figure.savefig`` or ``image.save``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it over ``path`` (atomic on POSIX).
-
-    Args:
-        path: the destination; its folder is created if missing.
-        text: the whole content.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
+    """Write UTF-8 ``text`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda file: file.write(text.encode("utf-8")))
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:

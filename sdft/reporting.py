@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from sdft.files import write_atomic, write_text_atomic
 
 Row = Mapping[str, Any]
 
@@ -298,7 +299,7 @@ def plot_metric(evaluation: Evaluation, metric: str, path: Path) -> None:
     axes.set(xlabel="step", ylabel=metric, title=f"{metric} vs step")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
-    _write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=FIGURE_DPI))
+    write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=FIGURE_DPI))
 
 
 def plots_section(evaluation: Evaluation, metrics: Sequence[str], output_dir: Path) -> list[str]:
@@ -363,23 +364,5 @@ def write_report(run_dir: Path, output_dir: Path | None = None) -> Path:
     lines += plots_section(evaluation, metrics, output_dir)
     lines += grids_section(evaluation.rows, run_dir, output_dir, evaluation.selection)
     path = output_dir / "report.md"
-    _write_atomically(path, lambda file: file.write("\n".join(lines).rstrip("\n").encode() + b"\n"))
+    write_text_atomic(path, "\n".join(lines).rstrip("\n") + "\n")
     return path
-
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a file through ``write(binary_file)`` into a hidden temporary file beside ``path``, then rename it.
-
-    Args:
-        path: the final file.
-        write: a callable that writes the contents to an open binary file.
-    """
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

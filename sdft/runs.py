@@ -52,6 +52,19 @@ def model_from_config(config_path: Path) -> DiffusionFineTuner:
     return instantiate(read_config(config_path)["model"], DiffusionFineTuner)
 
 
+def checkpoints_by_step(folder: Path) -> list[tuple[int, Path]]:
+    """The ``.ckpt`` files of a folder with the global step each holds, in step order (tensors are not read).
+
+    Args:
+        folder: a checkpoint folder, e.g. ``<run>/checkpoints``.
+    """
+    found = [
+        (torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"], path)
+        for path in Path(folder).glob("*.ckpt")
+    ]
+    return sorted(found)
+
+
 def apply_checkpoint(model: DiffusionFineTuner, checkpoint: Path) -> DiffusionFineTuner:
     """Load ``model``'s base weights if needed, then the trained tensors of ``checkpoint``; return ``model``.
 

@@ -30,9 +30,9 @@ from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, loa
 from sdft.evaluation.probes import build_probes, infer_subject, subject_prompts
 from sdft.evaluation.scoring import ProbeScorer
 from sdft.evaluation.selection import Selection, select_step
-from sdft.files import write_json, write_jsonl
+from sdft.files import write_atomic, write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
-from sdft.runs import apply_checkpoint
+from sdft.runs import apply_checkpoint, checkpoints_by_step
 
 METRIC_KEYS = ("val/clip_i", "val/clip_t", "val/dino", "val/pres")
 
@@ -188,7 +188,7 @@ class SubjectEvaluator(Callback):
         if not trainer.is_global_zero:
             return
         grid_image = image_grid(images, columns=self.images_per_prompt)
-        grid_image.save(self.run_dir / grid)
+        write_atomic(self.run_dir / grid, lambda file: grid_image.save(file, format="PNG"))
         write_jsonl(self.run_dir / "evaluation" / "metrics.jsonl", self.rows)
         for logger in trainer.loggers:
             logger.log_metrics(values, step=step)
@@ -228,11 +228,10 @@ class SubjectEvaluator(Callback):
 def find_checkpoint(trainer: Trainer, step: int) -> Path | None:
     """The checkpoint file a ModelCheckpoint wrote at ``step``, read from the files' own ``global_step``."""
     for callback in trainer.checkpoint_callbacks:
-        if not isinstance(callback, ModelCheckpoint) or not callback.dirpath or not Path(callback.dirpath).is_dir():
-            continue
-        for path in sorted(Path(callback.dirpath).glob("*.ckpt")):
-            if torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"] == step:
-                return path
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath and Path(callback.dirpath).is_dir():
+            found = [path for saved, path in checkpoints_by_step(Path(callback.dirpath)) if saved == step]
+            if found:
+                return found[0]
     return None
 
 

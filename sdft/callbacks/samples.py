@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
+from sdft.files import write_atomic
 from sdft.methods.base import DiffusionFineTuner
 
 
@@ -86,10 +87,9 @@ class SamplePreview(Callback):
 
 def write_images(images: list[Image.Image], folder: Path, stems: list[str]) -> list[Path]:
     """Save images as ``<folder>/<stem>.png``; return the paths."""
-    folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png" for stem in stems]
     for image, path in zip(images, paths, strict=True):
-        image.save(path)
+        write_atomic(path, lambda file, image=image: image.save(file, format="PNG"))
     return paths
 
 

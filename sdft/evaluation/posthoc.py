@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule
 
 from sdft.callbacks.evaluation import SubjectEvaluator
 from sdft.evaluation.selection import select_step
 from sdft.files import write_json, write_jsonl
-from sdft.runs import apply_checkpoint, instantiate, model_from_config, read_config
+from sdft.runs import apply_checkpoint, checkpoints_by_step, instantiate, model_from_config, read_config
 
 EVALUATOR = "sdft.callbacks.SubjectEvaluator"
 
@@ -22,15 +21,6 @@ def evaluator_from_config(config: dict[str, Any], **overrides: Any) -> SubjectEv
     init_args = {**(sections[0].get("init_args", {}) if sections else {}), "export_best": False}
     init_args.update({key: value for key, value in overrides.items() if value is not None})
     return SubjectEvaluator(**init_args)
-
-
-def checkpoints_by_step(run_dir: Path) -> list[tuple[int, Path]]:
-    """The run's checkpoints, each with the global step it holds, in step order."""
-    found = [
-        (torch.load(p, map_location="cpu", weights_only=False, mmap=True)["global_step"], p)
-        for p in (run_dir / "checkpoints").glob("*.ckpt")
-    ]
-    return sorted(found)
 
 
 def score_run(run_dir: Path, clip_model: str | None = None, dino_model: str | None = None) -> list[dict[str, Any]]:
@@ -55,7 +45,7 @@ def score_run(run_dir: Path, clip_model: str | None = None, dino_model: str | No
     model.configure_model()
     scorer.set_reference(data.images)
     rows = [{"step": 0, **scorer.score(model)[0]}]
-    for step, checkpoint in checkpoints_by_step(run_dir):
+    for step, checkpoint in checkpoints_by_step(run_dir / "checkpoints"):
         rows.append(
             {"step": step, **scorer.score(apply_checkpoint(model, checkpoint))[0], "checkpoint": checkpoint.name}
         )
