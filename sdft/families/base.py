@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from diffusers import DiffusionPipeline
@@ -18,6 +18,11 @@ class NoisedLatents:
     noisy: torch.Tensor
     timesteps: torch.Tensor
     target: torch.Tensor
+
+    @classmethod
+    def cat(cls, parts: list[NoisedLatents]) -> NoisedLatents:
+        """Join examples noised separately (e.g. instance and class examples) into one denoiser batch."""
+        return cls(**{field.name: torch.cat([getattr(p, field.name) for p in parts]) for field in fields(cls)})
 
 
 class ModelFamily(nn.Module, ABC):
@@ -33,6 +38,8 @@ class ModelFamily(nn.Module, ABC):
     denoiser_name: ClassVar[str]
     #: names of the text-encoder components, in pipeline order
     text_encoder_names: ClassVar[tuple[str, ...]]
+    #: names of the tokenizer components, one per text encoder and in the same order
+    tokenizer_names: ClassVar[tuple[str, ...]]
     #: the diffusers pipeline class that samples from, and saves LoRA files for, this family
     pipeline_class: ClassVar[type[DiffusionPipeline]]
 
@@ -49,6 +56,17 @@ class ModelFamily(nn.Module, ABC):
     def text_encoders(self) -> dict[str, nn.Module]:
         """The text encoders by pipeline component name."""
         return {name: getattr(self, name) for name in self.text_encoder_names}
+
+    def tokenizers(self) -> dict[str, Any]:
+        """Each text encoder's tokenizer, keyed by the text encoder's component name."""
+        return {
+            encoder: getattr(self, name)
+            for encoder, name in zip(self.text_encoder_names, self.tokenizer_names, strict=True)
+        }
+
+    @abstractmethod
+    def source(self) -> dict[str, str | None]:
+        """What identifies the base weights (path or hub id, revision, variant): equal sources, equal models."""
 
     @abstractmethod
     def load(self) -> None:
@@ -79,3 +97,11 @@ class ModelFamily(nn.Module, ABC):
     @abstractmethod
     def pipeline(self) -> DiffusionPipeline:
         """A diffusers pipeline over the live components (adapters included), for sampling."""
+
+    @abstractmethod
+    def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> DiffusionPipeline:
+        """A fresh pipeline of the base weights read from the source, apart from the live components.
+
+        Used where the untouched base model must sample whatever the method has done to the live one, e.g. to
+        generate class images for prior preservation.
+        """

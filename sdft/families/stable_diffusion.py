@@ -23,6 +23,7 @@ class StableDiffusion(ModelFamily):
 
     denoiser_name = "unet"
     text_encoder_names = ("text_encoder",)
+    tokenizer_names = ("tokenizer",)
     pipeline_class = StableDiffusionPipeline
 
     def __init__(
@@ -43,6 +44,13 @@ class StableDiffusion(ModelFamily):
         self.revision = revision
         self.variant = variant
         self.prediction_type = prediction_type
+
+    def source(self) -> dict[str, str | None]:
+        return {
+            "pretrained_model_name_or_path": self.pretrained_model_name_or_path,
+            "revision": self.revision,
+            "variant": self.variant,
+        }
 
     def load(self) -> None:
         source = resolve(self.pretrained_model_name_or_path)
@@ -91,8 +99,12 @@ class StableDiffusion(ModelFamily):
     def predict(self, noised: NoisedLatents, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(noised.noisy, noised.timesteps, **conditioning).sample
 
+    def sampler(self) -> diffusers.SchedulerMixin:
+        """The model's own inference scheduler, with the prediction type in use."""
+        return getattr(diffusers, self.sampler_config["_class_name"]).from_config(self.sampler_config)
+
     def pipeline(self) -> StableDiffusionPipeline:
-        scheduler = getattr(diffusers, self.sampler_config["_class_name"]).from_config(self.sampler_config)
+        scheduler = self.sampler()
         return StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
@@ -103,3 +115,18 @@ class StableDiffusion(ModelFamily):
             feature_extractor=None,
             requires_safety_checker=False,
         )
+
+    def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            resolve(self.pretrained_model_name_or_path),
+            revision=self.revision,
+            variant=self.variant,
+            torch_dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        if self.prediction_type is not None:
+            config = {**pipeline.scheduler.config, "prediction_type": self.prediction_type}
+            pipeline.scheduler = type(pipeline.scheduler).from_config(config)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline.to(device)

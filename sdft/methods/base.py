@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -11,18 +14,27 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 
-from sdft.families.base import ModelFamily
-from sdft.objectives import per_example_mse, step_seed
+from sdft.families.base import ModelFamily, NoisedLatents
+from sdft.objectives import per_example_mse, prior_preservation_loss, step_seed
 
 Batch = dict[str, Any]
+ParameterGroups = list[dict[str, Any]]
+
+#: extra generator key of the class (prior) examples, so instance examples draw what they would without them
+PRIOR_STREAM = 1
 
 
 class DiffusionFineTuner(LightningModule):
     """Base of every method: owns the family, the seeded training step, validation loss and slim checkpoints.
 
-    A method (subclass) fills in two hooks: :meth:`configure_trainable` decides what trains, and :meth:`export`
-    writes the trained result in the format its consumers load. Checkpoints hold only trainable tensors plus the
-    optimizer, scheduler and loop state; the frozen base model is reloaded from its source on resume.
+    A method (subclass) fills in two hooks: :meth:`configure_trainable` decides what trains, and
+    :meth:`write_export` writes the trained result in the format its consumers load. It may also override
+    :meth:`parameter_groups` (per-part learning rates) and :meth:`encode_prompts` (prompt rewriting, e.g. for new
+    tokens). Checkpoints hold only trainable tensors plus the optimizer, scheduler and loop state; the frozen base
+    model is reloaded from its source on resume.
+
+    Batches with an ``is_prior`` mask (prior preservation, see :class:`sdft.data.SubjectDataModule`) are trained on
+    ``instance loss + prior_loss_weight * prior loss``; both parts are logged.
     """
 
     def __init__(
@@ -33,6 +45,7 @@ class DiffusionFineTuner(LightningModule):
         gradient_checkpointing: bool = False,
         seed: int = 0,
         validation_noise_levels: int = 4,
+        prior_loss_weight: float = 1.0,
     ) -> None:
         """
         Args:
@@ -42,6 +55,7 @@ class DiffusionFineTuner(LightningModule):
             gradient_checkpointing: recompute denoiser activations in the backward pass to save memory.
             seed: seeds the noise, timesteps and posterior samples of every step (a function of seed and step).
             validation_noise_levels: each validation image is scored at this many evenly spaced noise levels.
+            prior_loss_weight: weight of the class-image (prior preservation) loss, when the data has class images.
         """
         super().__init__()
         self.family = family
@@ -50,6 +64,9 @@ class DiffusionFineTuner(LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.seed = seed
         self.validation_noise_levels = validation_noise_levels
+        if prior_loss_weight < 0:
+            raise ValueError(f"model.init_args.prior_loss_weight must be >= 0, got {prior_loss_weight}")
+        self.prior_loss_weight = prior_loss_weight
         self.strict_loading = False  # checkpoints omit the frozen base model
 
     # -- hooks for methods -------------------------------------------------------------------------------------
@@ -59,8 +76,37 @@ class DiffusionFineTuner(LightningModule):
         """Make the trained parameters (and only those) require gradients, adding adapters if the method has any."""
 
     @abstractmethod
+    def write_export(self, directory: Path) -> Path:
+        """Write the trained result into the empty folder ``directory``; return the main file or folder written."""
+
+    def parameter_groups(self) -> ParameterGroups:
+        """The optimizer's parameter groups; one group of every trainable parameter unless a method splits them
+        (e.g. to give the text encoder its own learning rate)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Prompts -> the denoiser's conditioning, through the family; a method may rewrite the prompts first."""
+        return self.family.encode_prompts(prompts)
+
     def export(self, directory: str | Path) -> Path:
-        """Write the trained result where its consumers load it (a diffusers LoRA file, a pipeline, ...)."""
+        """Write the trained result where its consumers load it (a diffusers LoRA file, a pipeline, ...).
+
+        The export is written beside ``directory`` and renamed into place, so an existing export is replaced only
+        by a complete one. Returns the main file or folder written.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        try:
+            written = self.write_export(staging)
+            previous = directory.with_name(f".{directory.name}-previous")
+            if directory.exists():
+                os.replace(directory, previous)
+            os.replace(staging, directory)
+            shutil.rmtree(previous, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory / written.relative_to(staging)
 
     # -- model ---------------------------------------------------------------------------------------------------
 
@@ -77,7 +123,7 @@ class DiffusionFineTuner(LightningModule):
         return {name: param.detach() for name, param in self.named_parameters() if param.requires_grad}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        optimizer = self.optimizer(self.parameter_groups())
         if self.lr_scheduler is None:
             return {"optimizer": optimizer}
         return {
@@ -86,6 +132,20 @@ class DiffusionFineTuner(LightningModule):
         }
 
     # -- steps ---------------------------------------------------------------------------------------------------
+
+    def noised_latents(
+        self, pixels: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None, repeats: int = 1
+    ) -> NoisedLatents:
+        """Images -> noised latents and targets, all randomness (posterior sample, noise, levels) from ``generator``.
+
+        Args:
+            pixels: images (B, 3, H, W) in [-1, 1].
+            generator: the source of the posterior sample, noise and (when ``levels`` is None) noise levels.
+            levels: noise levels in [0, 1) for each of the B * repeats examples; None samples them.
+            repeats: noise each image this many times (consecutive rows), e.g. at several fixed levels.
+        """
+        latents = self.family.encode_images(pixels, generator).repeat_interleave(repeats, 0)
+        return self.family.add_training_noise(latents, generator, levels)
 
     def denoising_losses(
         self, batch: Batch, generator: torch.Generator, levels: torch.Tensor | None = None, repeats: int = 1
@@ -98,17 +158,35 @@ class DiffusionFineTuner(LightningModule):
             levels: noise levels in [0, 1) for each of the B * repeats examples; None samples them.
             repeats: score each image this many times (consecutive rows), e.g. at several fixed levels.
         """
-        latents = self.family.encode_images(batch["pixel_values"], generator).repeat_interleave(repeats, 0)
-        conditioning = self.family.encode_prompts(batch["prompts"])
+        noised = self.noised_latents(batch["pixel_values"], generator, levels, repeats)
+        conditioning = self.encode_prompts(batch["prompts"])
         conditioning = {key: value.repeat_interleave(repeats, 0) for key, value in conditioning.items()}
-        noised = self.family.add_training_noise(latents, generator, levels)
         return per_example_mse(self.family.predict(noised, conditioning), noised.target)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         micro_batch = batch_idx % self.trainer.accumulate_grad_batches
-        generator = self.make_generator(self.seed, self.global_step, micro_batch, self.global_rank)
-        loss = self.denoising_losses(batch, generator).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]))
+        keys = (self.seed, self.global_step, micro_batch, self.global_rank)
+        size = len(batch["prompts"])
+        if "is_prior" not in batch:
+            loss = self.denoising_losses(batch, self.make_generator(*keys)).mean()
+            self.log("train/loss", loss, prog_bar=True, batch_size=size)
+            return loss
+        # Instance examples draw the noise they would draw without class examples (so prior_loss_weight 0 is plain
+        # training); the class examples draw from their own stream. One denoiser pass serves both.
+        instance, prior = split_prior(batch)
+        noised = NoisedLatents.cat(
+            [
+                self.noised_latents(instance["pixel_values"], self.make_generator(*keys)),
+                self.noised_latents(prior["pixel_values"], self.make_generator(*keys, PRIOR_STREAM)),
+            ]
+        )
+        conditioning = self.encode_prompts(instance["prompts"] + prior["prompts"])
+        losses = per_example_mse(self.family.predict(noised, conditioning), noised.target)
+        instance_losses, prior_losses = losses.split([len(instance["prompts"]), len(prior["prompts"])])
+        loss = prior_preservation_loss(instance_losses, prior_losses, self.prior_loss_weight)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/instance_loss", instance_losses.mean(), batch_size=len(instance_losses))
+        self.log("train/prior_loss", prior_losses.mean(), batch_size=len(prior_losses))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -167,3 +245,13 @@ class DiffusionFineTuner(LightningModule):
                 f"the checkpoint lacks {len(missing)} trained tensors (first: {missing[0]}); it was written by another "
                 "method or configuration: resume with the config of the run that wrote it"
             )
+
+
+def split_prior(batch: Batch) -> tuple[Batch, Batch]:
+    """A prior-preservation batch -> its instance examples and its class examples, each a plain batch."""
+    is_prior = batch["is_prior"].bool()
+    parts = []
+    for mask in (~is_prior, is_prior):
+        indices = mask.nonzero().flatten().tolist()
+        parts.append({"pixel_values": batch["pixel_values"][mask], "prompts": [batch["prompts"][i] for i in indices]})
+    return parts[0], parts[1]

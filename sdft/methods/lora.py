@@ -74,8 +74,7 @@ class LoRAFineTuner(DiffusionFineTuner):
                 key = "target_modules" if name == self.family.denoiser_name else "text_encoder_target_modules"
                 raise ValueError(f"model.init_args.{key} matches no module of the {name}: {error}") from error
 
-    def export(self, directory: str | Path) -> Path:
-        directory = Path(directory)
+    def write_export(self, directory: Path) -> Path:
         components = self.adapted_components()
         layers = {f"{name}_lora_layers": get_peft_model_state_dict(m) for name, m in components.items()}
         metadata = {
