@@ -7,15 +7,19 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sdft import assets
+from sdft.data.class_images import ClassImageSpec, default_class_dir, ensure_class_images
 from sdft.data.images import check_resolution, list_images, load_rgb, prepare_image, resize_short_side
 from sdft.data.sampling import RunSampler, item_at
 from sdft.data.templates import prompt_templates as prompt_templates_of
 from sdft.objectives import step_seed
 
 Example = dict[str, torch.Tensor | str]
+
+#: seed stream of the class examples' order and augmentation, apart from the instance examples'
+CLASS_STREAM = 2
 
 
 class SubjectImages(Dataset):
@@ -63,11 +67,41 @@ class SubjectImages(Dataset):
         return {"pixel_values": pixels, "prompts": template.format(self.prompt)}
 
 
+class PriorPreservationExamples(Dataset):
+    """Run position -> an instance example and a class example, which :func:`collate_prior` batches as
+    B instance examples followed by B class examples, with an ``is_prior`` mask, for any batch size B."""
+
+    def __init__(self, instances: SubjectImages, classes: SubjectImages) -> None:
+        self.instances, self.classes = instances, classes
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __getitem__(self, position: int) -> Example:
+        instance, prior = self.instances[position], self.classes[position]
+        return {**instance, "class_pixel_values": prior["pixel_values"], "class_prompts": prior["prompts"]}
+
+
+def collate_prior(examples: list[Example]) -> dict[str, torch.Tensor | list[str]]:
+    """Pairs -> ``{"pixel_values": (2B, ...), "prompts": [2B], "is_prior": (2B,)}``, instance examples first."""
+    batch = default_collate(examples)
+    size = len(examples)
+    return {
+        "pixel_values": torch.cat([batch["pixel_values"], batch["class_pixel_values"]]),
+        "prompts": list(batch["prompts"]) + list(batch["class_prompts"]),
+        "is_prior": torch.arange(2 * size) >= size,
+    }
+
+
 class SubjectDataModule(LightningDataModule):
     """Photos of one subject and its instance prompt (``a photo of sks dog``), for DreamBooth-style training.
 
     Training draws ``trainer.max_steps`` batches by run position (see :mod:`sdft.data.sampling`); validation
     shows every photo once, centre-cropped and unflipped.
+
+    With a ``class_prompt`` (prior preservation, DreamBooth) each batch also holds as many class images as instance
+    images; class images come from ``class_dir`` and, where it holds fewer than ``num_class_images``, are generated
+    by the base model before training (see :mod:`sdft.data.class_images`).
     """
 
     def __init__(
@@ -81,6 +115,11 @@ class SubjectDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         prompt_templates: str | list[str] | None = None,
+        class_prompt: str | None = None,
+        class_dir: str | None = None,
+        num_class_images: int = 100,
+        class_generation_steps: int = 30,
+        class_generation_batch_size: int = 4,
     ) -> None:
         """
         Args:
@@ -95,6 +134,13 @@ class SubjectDataModule(LightningDataModule):
             seed: seeds the order and augmentation of the examples.
             prompt_templates: draw each example's prompt from templates (textual inversion): ``object``,
                 ``style``, or a list of templates with one ``{}``. Validation uses the first template.
+            class_prompt: the prompt of the subject's class, e.g. ``a photo of a dog``; setting it turns prior
+                preservation on.
+            class_dir: folder of class images; missing ones are generated into it. None: a cache folder per
+                base model, prompt, resolution and seed (``$SDFT_CACHE/class-images``), reused by later runs.
+            num_class_images: class images to train with (100-200 is usual).
+            class_generation_steps: sampler steps per generated class image.
+            class_generation_batch_size: class images per pipeline call when generating.
         """
         super().__init__()
         if not instance_prompt.strip():
@@ -107,14 +153,68 @@ class SubjectDataModule(LightningDataModule):
         self.templates = (
             () if prompt_templates is None else prompt_templates_of(prompt_templates, "data.prompt_templates")
         )
+        if class_prompt is not None and not class_prompt.strip():
+            raise ValueError("data.class_prompt is empty; name the subject's class, e.g. 'a photo of a dog'")
+        if class_dir is not None and class_prompt is None:
+            raise ValueError(
+                "data.class_dir is set but data.class_prompt is not: prior preservation needs the prompt of the "
+                "class images, e.g. class_prompt: 'a photo of a dog'"
+            )
+        if num_class_images < 1:
+            raise ValueError(f"data.num_class_images must be a positive integer, got {num_class_images}")
+        self.class_prompt, self.class_dir, self.num_class_images = class_prompt, class_dir, num_class_images
+        self.class_generation_steps, self.class_generation_batch_size = (
+            class_generation_steps,
+            class_generation_batch_size,
+        )
         self.images: list[Image.Image] = []
+        self.class_images: list[Image.Image] = []
+
+    @property
+    def prior_preservation(self) -> bool:
+        """Whether batches carry class images (a class prompt is set)."""
+        return self.class_prompt is not None
 
     def prepare_data(self) -> None:
         assets.resolve(self.instance_dir)
+        if self.class_dir is not None:
+            assets.resolve(self.class_dir)
 
     def setup(self, stage: str) -> None:
         if not self.images:
             self.images = read_subject(Path(assets.resolve(self.instance_dir)), self.resolution, "data.instance_dir")
+        if stage == "fit" and self.prior_preservation and not self.class_images:
+            self.class_images = read_images(self.prepare_class_images(), self.resolution)
+
+    def class_image_spec(self) -> ClassImageSpec:
+        return ClassImageSpec(
+            self.class_prompt, self.num_class_images, self.resolution, self.seed, self.class_generation_steps
+        )
+
+    def prepare_class_images(self) -> list[Path]:
+        """The class images to train with, generating missing ones with the trainer's base model (all ranks)."""
+        trainer = self.trainer
+        if trainer is None or trainer.lightning_module is None:
+            raise RuntimeError("class images are prepared in setup() of a fit: attach the data module to a Trainer")
+        family = trainer.lightning_module.family
+        spec, device = self.class_image_spec(), trainer.strategy.root_device
+        if self.class_dir is None:
+            folder = default_class_dir(assets.cache_dir(), family.source(), spec)
+        else:
+            folder = Path(assets.resolve(self.class_dir))
+        dtype = torch.float16 if device.type == "cuda" else None
+        return ensure_class_images(
+            folder,
+            spec,
+            family.source(),
+            lambda: family.base_pipeline(device, dtype),
+            key="data.class_dir",
+            device=device,
+            batch_size=self.class_generation_batch_size,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            barrier=trainer.strategy.barrier,
+        )
 
     def instance_dataset(self, augment: bool) -> SubjectImages:
         """The subject's examples, augmented as configured or (for validation) centre-cropped and unflipped."""
@@ -123,6 +223,13 @@ class SubjectDataModule(LightningDataModule):
         templates = self.templates if augment else self.templates[:1]
         return SubjectImages(
             self.images, self.instance_prompt, self.resolution, center_crop, flip, self.seed, templates
+        )
+
+    def class_dataset(self) -> SubjectImages:
+        """The class examples: the class prompt on class images, augmented like the instance examples."""
+        seed = step_seed(self.seed, CLASS_STREAM)
+        return SubjectImages(
+            self.class_images, self.class_prompt, self.resolution, self.center_crop, self.random_flip, seed
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -136,10 +243,14 @@ class SubjectDataModule(LightningDataModule):
             trainer.world_size,
             trainer.global_rank,
         )
+        dataset, collate = self.instance_dataset(augment=True), default_collate
+        if self.prior_preservation:
+            dataset, collate = PriorPreservationExamples(dataset, self.class_dataset()), collate_prior
         return DataLoader(
-            self.instance_dataset(augment=True),
+            dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -151,15 +262,25 @@ class SubjectDataModule(LightningDataModule):
 
 
 def read_subject(folder: Path, resolution: int, key: str) -> list[Image.Image]:
-    """Decode and check every photo in ``folder``; keep each with its short side scaled to ``resolution``.
+    """Decode and check every photo in ``folder`` (see :func:`read_images`).
 
     Args:
         folder: the photo folder.
-        resolution: the training resolution; photos far smaller are rejected, smaller ones warned about.
+        resolution: the training resolution.
         key: the config key that named the folder, for messages.
     """
+    return read_images(list_images(folder, key), resolution)
+
+
+def read_images(paths: list[Path], resolution: int) -> list[Image.Image]:
+    """Decode and check images; keep each with its short side scaled to ``resolution``.
+
+    Args:
+        paths: image files.
+        resolution: the training resolution; images far smaller are rejected, smaller ones warned about.
+    """
     images = []
-    for path in list_images(folder, key):
+    for path in paths:
         image = load_rgb(path)
         check_resolution(path, image.size, resolution, "data.resolution")
         images.append(resize_short_side(image, resolution))

@@ -20,6 +20,8 @@ from sdft.objectives import per_example_mse, prior_preservation_loss, step_seed
 Batch = dict[str, Any]
 ParameterGroups = list[dict[str, Any]]
 
+#: generator key of the initial values of new weights (adapters, token embeddings)
+INIT_STREAM = 3
 #: extra generator key of the class (prior) examples, so instance examples draw what they would without them
 PRIOR_STREAM = 1
 
@@ -114,7 +116,9 @@ class DiffusionFineTuner(LightningModule):
         if self.family.is_loaded:
             return
         self.family.load()
-        self.configure_trainable()
+        with torch.random.fork_rng(devices=[]):  # new weights (adapters, tokens) are a function of the seed alone
+            torch.manual_seed(step_seed(self.seed, INIT_STREAM))
+            self.configure_trainable()
         if self.gradient_checkpointing:
             self.family.denoiser.enable_gradient_checkpointing()
 
