@@ -1,13 +1,16 @@
-"""Helpers for tests that train: a tiny LoRA fine-tuner, its data, and a CPU trainer that records losses."""
+"""Helpers for tests that train: a tiny LoRA fine-tuner, its data, a CPU trainer that records losses, and a brief
+CLI fit of a shipped config."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from sdft.cli import main
 from sdft.data import SubjectDataModule
 from sdft.families import StableDiffusion
 from sdft.methods import LoRAFineTuner
@@ -56,3 +59,56 @@ def checkpointer(root: Path, every_n_steps: int) -> ModelCheckpoint:
     return ModelCheckpoint(
         dirpath=root / "checkpoints", every_n_train_steps=every_n_steps, save_top_k=-1, filename="{step}"
     )
+
+
+def brief_fit(config: str, tmp_path: Path, data: dict, *options: str, evaluate: bool = True) -> Path:
+    """Two steps of ``sdft fit`` with a shipped config, on the tiny model at 32 px, with a checkpoint, a sample and
+    (``evaluate``) the subject evaluator with tiny backbones at steps 0 and 2; returns the run folder.
+
+    Args:
+        config: a config under ``configs/``.
+        tmp_path: where the run folder goes.
+        data: ``data.init_args`` overrides, e.g. the toy data folder.
+        options: further command-line options.
+        evaluate: include the ``SubjectEvaluator`` (subject data only).
+    """
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "filename": "step={step:06d}"},
+        },
+        {
+            "class_path": "sdft.callbacks.SamplePreview",
+            "init_args": {"prompts": ["a photo of sks toy"], "every_n_steps": 2, "num_inference_steps": 2},
+        },
+    ]
+    if evaluate:
+        evaluator = {
+            "every_n_steps": 2,
+            "num_prompts": 1,
+            "images_per_prompt": 1,
+            "class_images": 1,
+            "num_inference_steps": 2,
+            "clip_model": "builtin:tiny-clip",
+            "dino_model": "builtin:tiny-dino",
+        }
+        callbacks.append({"class_path": "sdft.callbacks.SubjectEvaluator", "init_args": evaluator})
+    overrides = {
+        "trainer": {
+            "accelerator": "cpu",
+            "precision": "32-true",
+            "max_steps": 2,
+            "val_check_interval": 2,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path), "name": "run"},
+            },
+            "callbacks": callbacks,
+        },
+        "model": {"init_args": {"family": {"init_args": {"pretrained_model_name_or_path": "builtin:tiny-sd1"}}}},
+        "data": {"init_args": {"resolution": 32, "num_workers": 0, **data}},
+    }
+    (tmp_path / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    arguments = ["fit", "--config", config, "--config", str(tmp_path / "overrides.yaml")]
+    main([*arguments, "--trainer.enable_progress_bar=false", *options])
+    return tmp_path / "run" / "version_0"
