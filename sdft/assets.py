@@ -1,8 +1,9 @@
 """Built-in assets, named ``builtin:<name>``: tiny models and sample data that sdft generates instead of downloading.
 
-Wherever a model path or a data folder is expected, ``builtin:tiny-sd1`` or ``builtin:toy-subject`` may stand
-instead. :func:`resolve` builds the asset once into the cache folder (``$SDFT_CACHE``, default ``~/.cache/sdft``)
-and returns the ordinary folder, so the code that reads it is the code that reads real models and real photos.
+Wherever a model path or a data folder is expected, ``builtin:tiny-sd1``, ``builtin:toy-subject``,
+``builtin:toy-class`` or ``builtin:toy-captions`` (captioned toys, ``metadata.jsonl``) may stand instead.
+:func:`resolve` builds the asset once into the cache folder (``$SDFT_CACHE``, default ``~/.cache/sdft``) and returns
+the ordinary folder, so the code that reads it is the code that reads real models and real photos.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sdft.data.toy import write_toy_class, write_toy_subject
+from sdft.data.toy import write_toy_captions, write_toy_class, write_toy_subject
 from sdft.tiny_models import build_tiny_sd1
 
 PREFIX = "builtin:"
@@ -21,6 +22,7 @@ BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-sd1": build_tiny_sd1,
     "toy-subject": write_toy_subject,
     "toy-class": lambda folder: write_toy_class(folder, num_images=8),
+    "toy-captions": write_toy_captions,
 }
 
 

@@ -66,3 +66,21 @@ def test_photo_far_below_the_resolution_is_rejected_by_name(tmp_path):
     Image.new("RGB", (16, 16), "red").save(tmp_path / "tiny.png")
     with pytest.raises(ImageDataError, match="tiny.png is 16x16, far smaller than data.resolution=512"):
         SubjectDataModule(str(tmp_path), PROMPT, resolution=512).setup("fit")
+
+
+def test_prompt_templates_draw_a_template_per_position_and_validation_uses_the_first(subject_dir):
+    templates = ["a photo of a {}", "a rendering of a {}", "a close-up photo of the {}"]
+    data = attached(subject_data(subject_dir, batch_size=4, prompt_templates=templates), max_steps=6)
+    data.instance_prompt = "<sks> toy"
+    drawn = [prompt for batch in data.train_dataloader() for prompt in batch["prompts"]]
+    assert set(drawn) == {template.format("<sks> toy") for template in templates}
+    assert drawn == [p for batch in data.train_dataloader() for p in batch["prompts"]]  # a function of the position
+    assert next(iter(data.val_dataloader()))["prompts"] == ["a photo of a <sks> toy"] * 4
+
+
+@pytest.mark.parametrize(
+    ("templates", "message"), [("portrait", "use 'object', 'style'"), (["a {} and a {}"], "exactly one")]
+)
+def test_bad_prompt_templates_name_the_key(subject_dir, templates, message):
+    with pytest.raises(ValueError, match=f"data.prompt_templates.*{message}"):
+        subject_data(subject_dir, prompt_templates=templates)

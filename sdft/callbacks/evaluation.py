@@ -66,8 +66,9 @@ class SubjectEvaluator(Callback):
         """
         Args:
             every_n_steps: evaluate after every this many steps; a multiple of ModelCheckpoint.every_n_train_steps.
-            identifier: the rare token of the instance prompt; None reads it from data.instance_prompt.
-            class_noun: the subject's class noun; None reads it from data.instance_prompt.
+            identifier: the rare token of the instance prompt; None reads it from data.instance_prompt (required
+                with data that has no instance prompt, e.g. CaptionDataModule).
+            class_noun: the subject's class noun; None reads it from data.instance_prompt (required likewise).
             live: DreamBench's live-subject (pet) prompts instead of the object prompts.
             prompts: probe prompts (list or text file, ``{identifier}``/``{class_noun}`` filled); None: DreamBench.
             num_prompts: keep this many prompts, evenly spread; None keeps all 25 (slow during training).
@@ -112,14 +113,20 @@ class SubjectEvaluator(Callback):
         self.run_dir = Path(trainer.log_dir)  # collective under DDP: every rank calls setup
         self.check_checkpoint_cadence(trainer)
         datamodule = trainer.datamodule
-        self.identifier, self.class_noun = self.subject(datamodule.instance_prompt)
+        self.identifier, self.class_noun = self.subject(getattr(datamodule, "instance_prompt", None))
         self.resolution = self.resolution or datamodule.resolution
         self.scorer = self.build_scorer()
 
-    def subject(self, instance_prompt: str) -> tuple[str, str]:
-        """The identifier and class noun: as configured, else read from the instance prompt."""
+    def subject(self, instance_prompt: str | None) -> tuple[str, str]:
+        """The identifier and class noun: as configured, else read from the instance prompt (None: there is none)."""
         if self.identifier and self.class_noun:
             return self.identifier, self.class_noun
+        if instance_prompt is None:
+            raise ValueError(
+                "SubjectEvaluator needs the subject's identifier and class noun, and the data module has no "
+                "instance_prompt to read them from (e.g. a CaptionDataModule); set SubjectEvaluator's identifier "
+                "and class_noun init args (e.g. identifier: sks, class_noun: dog), or remove the callback"
+            )
         identifier, class_noun = infer_subject(instance_prompt)
         return self.identifier or identifier, self.class_noun or class_noun
 

@@ -216,3 +216,10 @@ def _crop_offsets(
     left = int(torch.randint(slack_x + 1, (1,), generator=generator))
     top = int(torch.randint(slack_y + 1, (1,), generator=generator))
     return left, top
+
+
+def read_resized(path: Path, resolution: int) -> Image.Image:
+    """Decode an image, reject it if far below ``data.resolution``, and scale its short side to the resolution."""
+    image = load_rgb(path)
+    check_resolution(path, image.size, resolution, "data.resolution")
+    return resize_short_side(image, resolution)

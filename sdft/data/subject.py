@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sdft import assets
 from sdft.data.class_images import ClassImageSpec, default_class_dir, ensure_class_images
-from sdft.data.images import check_resolution, list_images, load_rgb, prepare_image, resize_short_side
-from sdft.data.sampling import RunSampler, item_at
+from sdft.data.images import list_images, read_resized
+from sdft.data.sampling import augmented_image_at, run_sampler
 from sdft.data.templates import prompt_templates as prompt_templates_of
 from sdft.objectives import step_seed
 
@@ -57,10 +57,9 @@ class SubjectImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, position: int) -> Example:
-        generator = torch.Generator().manual_seed(step_seed(self.seed, position, 1))
-        flip = bool(torch.rand((), generator=generator) < self.flip_probability)
-        image = self.images[item_at(position, len(self.images), self.seed)]
-        pixels = prepare_image(image, self.resolution, self.center_crop, flip, generator)
+        _, pixels, generator = augmented_image_at(
+            self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability
+        )
         if not self.templates:
             return {"pixel_values": pixels, "prompts": self.prompt}
         template = self.templates[int(torch.randint(len(self.templates), (), generator=generator))]
@@ -233,16 +232,7 @@ class SubjectDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        if trainer.max_steps < 1:
-            raise ValueError("trainer.max_steps is not set; sdft trains for a number of steps, e.g. max_steps: 1000")
-        per_step = self.batch_size * trainer.accumulate_grad_batches * trainer.world_size
-        sampler = RunSampler(
-            trainer.global_step * per_step,
-            trainer.max_steps * per_step,
-            trainer.world_size,
-            trainer.global_rank,
-        )
+        sampler = run_sampler(self.trainer, self.batch_size)
         dataset, collate = self.instance_dataset(augment=True), default_collate
         if self.prior_preservation:
             dataset, collate = PriorPreservationExamples(dataset, self.class_dataset()), collate_prior
@@ -279,9 +269,4 @@ def read_images(paths: list[Path], resolution: int) -> list[Image.Image]:
         paths: image files.
         resolution: the training resolution; images far smaller are rejected, smaller ones warned about.
     """
-    images = []
-    for path in paths:
-        image = load_rgb(path)
-        check_resolution(path, image.size, resolution, "data.resolution")
-        images.append(resize_short_side(image, resolution))
-    return images
+    return [read_resized(path, resolution) for path in paths]

@@ -3,8 +3,9 @@
 The subject is one distinctive plush toy (a red round body with two ears, a yellow five-pointed star on its
 belly and two dark eyes) photographed a handful of times on varied backgrounds, with small changes of
 position, scale and rotation. :func:`write_toy_class` draws *other* toys of the same kind (other colours,
-bodies and badges) for class / prior-preservation data. Everything is drawn with Pillow from a seeded
-``numpy`` generator.
+bodies and badges) for class / prior-preservation data, and :func:`write_toy_captions` a captioned set of such
+toys (``metadata.jsonl`` captions naming each toy's colours and shapes) for text-to-image fine-tuning. Everything is
+drawn with Pillow from a seeded ``numpy`` generator.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from sdft.files import write_jsonl
 
 SUPERSAMPLE = 2
 BODY_SHAPES = ("round", "square", "pear")
@@ -47,6 +50,19 @@ class ToyDesign:
 
 
 SUBJECT = ToyDesign((214, 32, 38), "round", (255, 208, 28), "star", 5, (28, 22, 30))
+BODY_WORDS = {"round": "round", "square": "square", "pear": "pear-shaped"}
+#: upper hue bounds (hue in [0, 1), 0 = red) of the colour names used in captions
+HUE_NAMES = (
+    (0.04, "red"),
+    (0.11, "orange"),
+    (0.18, "yellow"),
+    (0.45, "green"),
+    (0.54, "teal"),
+    (0.7, "blue"),
+    (0.8, "purple"),
+    (0.93, "pink"),
+    (1.0, "red"),
+)
 
 
 def write_toy_subject(folder: Path, num_images: int = 5, size: int = 128, seed: int = 0) -> list[Path]:
@@ -77,6 +93,53 @@ def write_toy_class(folder: Path, num_images: int = 20, size: int = 128, seed: i
     rng = np.random.default_rng(seed)
     images = [_render_photo(_random_design(rng), rng, size) for _ in range(num_images)]
     return _write_all(images, Path(folder), "class_toy")
+
+
+def write_toy_captions(folder: Path, num_images: int = 8, size: int = 128, seed: int = 0) -> list[Path]:
+    """Write ``num_images`` photos of different toys and a ``metadata.jsonl`` captioning each by its design.
+
+    Captions read like ``a photo of a green pear-shaped plush toy with a pink 6-pointed star on its belly``.
+
+    Args:
+        folder: where to write ``toy_00.png``, ... and ``metadata.jsonl``; created if missing.
+        num_images: how many photos (one toy each).
+        size: the side of each square photo, in pixels.
+        seed: the seed of the toys, backgrounds and poses; equal seeds give identical files.
+    """
+    _check_arguments(num_images, size)
+    rng = np.random.default_rng(seed)
+    designs = [_random_design(rng) for _ in range(num_images)]
+    paths = _write_all([_render_photo(design, rng, size) for design in designs], Path(folder), "toy")
+    rows = [{"file_name": path.name, "text": describe(design)} for path, design in zip(paths, designs, strict=True)]
+    write_jsonl(Path(folder) / "metadata.jsonl", rows)
+    return paths
+
+
+def describe(design: ToyDesign) -> str:
+    """A caption naming the toy's colours and shapes.
+
+    Args:
+        design: the toy.
+    """
+    badge = f"{design.badge_points}-pointed star" if design.badge_shape == "star" else design.badge_shape
+    return (
+        f"a photo of a {color_name(design.body_color)} {BODY_WORDS[design.body_shape]} plush toy "
+        f"with a {color_name(design.badge_color)} {badge} on its belly"
+    )
+
+
+def color_name(color: RGB) -> str:
+    """The everyday name of an RGB colour: grey shades by brightness, other colours by hue.
+
+    Args:
+        color: 8-bit RGB.
+    """
+    hue, saturation, value = colorsys.rgb_to_hsv(*(channel / 255 for channel in color))
+    if value < 0.2:
+        return "black"
+    if saturation < 0.2:
+        return "white" if value > 0.85 else "grey"
+    return next(name for bound, name in HUE_NAMES if hue < bound)
 
 
 def _check_arguments(num_images: int, size: int) -> None:

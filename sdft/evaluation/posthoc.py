@@ -36,9 +36,9 @@ def score_run(run_dir: Path, clip_model: str | None = None, dino_model: str | No
     run_dir = Path(run_dir)
     config = read_config(run_dir / "config.yaml")
     data = instantiate(config["data"], LightningDataModule)
-    data.setup("fit")
+    data.setup("validate")  # the subject photos; class images are a training matter
     evaluator = evaluator_from_config(config, clip_model=clip_model, dino_model=dino_model)
-    evaluator.identifier, evaluator.class_noun = evaluator.subject(data.instance_prompt)
+    evaluator.identifier, evaluator.class_noun = evaluator.subject(getattr(data, "instance_prompt", None))
     evaluator.resolution = evaluator.resolution or data.resolution
     scorer = evaluator.build_scorer()
     model = model_from_config(run_dir / "config.yaml")

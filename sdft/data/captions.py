@@ -1,0 +1,320 @@
+"""A captioned image set for text-to-image fine-tuning (LoRA or full): every image trains with its own caption.
+
+Two layouts are read, chosen by ``caption_source``:
+
+- ``metadata``: a ``metadata.jsonl`` in the folder, one JSON object per line with ``file_name`` (the image's path
+  relative to the folder) and ``text`` (its caption): the Hugging Face ``imagefolder`` layout that diffusers'
+  ``train_text_to_image`` reads;
+- ``txt``: a ``.txt`` file beside each image with the same stem (``cat.png`` and ``cat.txt``);
+- ``auto`` (default): ``metadata`` when ``metadata.jsonl`` exists, else ``txt``.
+
+Empty captions are allowed (the image then trains unconditionally, as caption dropout does) but warned about by
+file; a set whose captions are all empty is an error. Examples follow the step-indexed scheme of
+:mod:`sdft.data.sampling`: the image, its crop and flip, and whether its caption is dropped depend only on the run
+position and the seed, so a resumed run sees exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from sdft import assets
+from sdft.data.images import IMAGE_EXTENSIONS, ImageDataError, list_images, read_resized
+from sdft.data.sampling import augmented_image_at, run_sampler
+
+Example = dict[str, torch.Tensor | str]
+Captioned = list[tuple[Path, str]]
+
+METADATA = "metadata.jsonl"
+CAPTION_SOURCES = ("auto", "metadata", "txt")
+ROW_EXAMPLE = '{"file_name": "cat.png", "text": "a photo of a cat on a sofa"}'
+NAMES_SHOWN = 5
+
+
+class CaptionDataError(ValueError):
+    """A caption file or metadata row that cannot be used; the message names the file and the fix."""
+
+
+# -- shared with SubjectDataModule's scheme ---------------------------------------------------------------------------
+
+
+# -- examples ---------------------------------------------------------------------------------------------------------
+
+
+class CaptionedImages(Dataset):
+    """Run position -> one augmented example ``{"pixel_values": (3, R, R) in [-1, 1], "prompts": caption}``."""
+
+    def __init__(
+        self,
+        images: list[Image.Image],
+        captions: list[str],
+        resolution: int,
+        center_crop: bool,
+        flip_probability: float,
+        caption_dropout: float,
+        seed: int,
+    ) -> None:
+        """
+        Args:
+            images: decoded images, short side at ``resolution``.
+            captions: the caption of each image.
+            resolution: side of the square crops.
+            center_crop: crop the centre; otherwise a random crop per position.
+            flip_probability: probability of a left-right mirror per position.
+            caption_dropout: probability per position that the caption is replaced by ``""``.
+            seed: seeds the order, augmentation and caption dropout.
+        """
+        self.images, self.captions, self.resolution = images, captions, resolution
+        self.center_crop, self.flip_probability = center_crop, flip_probability
+        self.caption_dropout, self.seed = caption_dropout, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, position: int) -> Example:
+        index, pixels, generator = augmented_image_at(
+            self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability
+        )
+        dropped = bool(torch.rand((), generator=generator) < self.caption_dropout)
+        return {"pixel_values": pixels, "prompts": "" if dropped else self.captions[index]}
+
+
+class CaptionDataModule(LightningDataModule):
+    """A folder of captioned images, for text-to-image fine-tuning: each image trains with its own caption.
+
+    Training draws ``trainer.max_steps`` batches by run position (see :mod:`sdft.data.sampling`); validation
+    shows every image once, centre-cropped and unflipped, with its caption.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        caption_source: str = "auto",
+        caption_dropout: float = 0.0,
+        resolution: int = 512,
+        center_crop: bool = True,
+        random_flip: float = 0.0,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            data_dir: folder of images and their captions (or ``builtin:toy-captions``).
+            caption_source: ``metadata`` (``metadata.jsonl`` rows of ``file_name`` and ``text``), ``txt`` (a
+                ``.txt`` beside each image) or ``auto`` (``metadata.jsonl`` if present, else ``.txt`` files).
+            caption_dropout: probability of training an example on the empty caption (keeps guidance working).
+            resolution: side of the square training crops, in pixels.
+            center_crop: crop the centre of each image; otherwise a random crop per example.
+            random_flip: probability of mirroring an example left-right (avoid for text or asymmetric subjects).
+            batch_size: examples per batch on each device.
+            num_workers: data-loader worker processes.
+            seed: seeds the order, augmentation and caption dropout of the examples.
+        """
+        super().__init__()
+        if caption_source not in CAPTION_SOURCES:
+            raise ValueError(f"data.caption_source must be one of {', '.join(CAPTION_SOURCES)}, got {caption_source!r}")
+        for key, value in (("caption_dropout", caption_dropout), ("random_flip", random_flip)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"data.{key} is a probability in [0, 1], got {value}")
+        self.data_dir, self.caption_source, self.caption_dropout = data_dir, caption_source, caption_dropout
+        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.images: list[Image.Image] = []
+        self.captions: list[str] = []
+        self.files: list[Path] = []
+
+    def prepare_data(self) -> None:
+        assets.resolve(self.data_dir)
+
+    def setup(self, stage: str) -> None:
+        if self.images:
+            return
+        pairs = read_captions(Path(assets.resolve(self.data_dir)), self.caption_source)
+        decoded: dict[Path, Image.Image] = {}
+        for path, _ in pairs:
+            if path not in decoded:
+                decoded[path] = read_resized(path, self.resolution)
+        self.files = [path for path, _ in pairs]
+        self.captions = [caption for _, caption in pairs]
+        self.images = [decoded[path] for path in self.files]
+
+    def dataset(self, augment: bool) -> CaptionedImages:
+        """The examples, augmented as configured or (for validation) centre-cropped, unflipped, never dropped."""
+        return CaptionedImages(
+            self.images,
+            self.captions,
+            self.resolution,
+            self.center_crop or not augment,
+            self.random_flip if augment else 0.0,
+            self.caption_dropout if augment else 0.0,
+            self.seed,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset(augment=True),
+            batch_size=self.batch_size,
+            sampler=run_sampler(self.trainer, self.batch_size),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset(augment=False), batch_size=self.batch_size, num_workers=self.num_workers)
+
+
+# -- reading captions -------------------------------------------------------------------------------------------------
+
+
+def read_captions(folder: Path, source: str) -> Captioned:
+    """The (image file, caption) pairs of a captioned folder, checked; empty captions warned about by file.
+
+    Args:
+        folder: the data folder.
+        source: ``metadata``, ``txt`` or ``auto`` (see the module docstring).
+    """
+    if not folder.is_dir():
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ImageDataError(f"{folder} {state}; set data.data_dir to a folder of captioned images")
+    if source == "metadata" or (source == "auto" and (folder / METADATA).is_file()):
+        pairs = read_metadata(folder / METADATA)
+    else:
+        pairs = read_txt_captions(folder, source)
+    check_captions(pairs, folder)
+    return pairs
+
+
+def read_metadata(metadata: Path) -> Captioned:
+    """The rows of a ``metadata.jsonl``: image files (relative to its folder) and their captions.
+
+    Args:
+        metadata: the ``metadata.jsonl`` file.
+    """
+    if not metadata.is_file():
+        nested = sorted(str(path.parent) for path in metadata.parent.glob(f"*/{METADATA}"))
+        hint = f" (found one in {', '.join(nested)}: point data.data_dir there)" if nested else ""
+        raise CaptionDataError(
+            f"{metadata} does not exist{hint}; data.caption_source=metadata needs one JSON object per line like "
+            f"{ROW_EXAMPLE}; write it, or set data.caption_source to txt for .txt captions beside the images"
+        )
+    lines = read_text(metadata).splitlines()
+    pairs = [metadata_row(metadata, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if not pairs:
+        raise CaptionDataError(f"{metadata} has no rows; add one line per image like {ROW_EXAMPLE}")
+    warn_unlisted_images(metadata.parent, {path.resolve() for path, _ in pairs})
+    return pairs
+
+
+def metadata_row(metadata: Path, number: int, line: str) -> tuple[Path, str]:
+    """One line of ``metadata.jsonl`` -> (image file, caption); the errors name the file and line.
+
+    Args:
+        metadata: the ``metadata.jsonl`` file, for messages and to resolve ``file_name``.
+        number: the line number, from 1.
+        line: the line's text.
+    """
+    where = f"{metadata} line {number}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise CaptionDataError(
+            f"{where} is not valid JSON ({error.msg}, column {error.colno}); each line must be one object like "
+            f"{ROW_EXAMPLE}"
+        ) from error
+    if not isinstance(row, dict):
+        raise CaptionDataError(f"{where} is a JSON {type(row).__name__}, not an object like {ROW_EXAMPLE}")
+    missing = [key for key in ("file_name", "text") if key not in row]
+    if missing:
+        raise CaptionDataError(
+            f"{where} has no {' and no '.join(missing)} key; every row needs file_name (the image's path relative "
+            f"to data.data_dir) and text (its caption), like {ROW_EXAMPLE}"
+        )
+    for key in ("file_name", "text"):
+        if not isinstance(row[key], str):
+            raise CaptionDataError(f"{where}: {key} must be a string, got {json.dumps(row[key])}")
+    image = metadata.parent / row["file_name"]
+    if not image.is_file():
+        raise CaptionDataError(
+            f"{where}: file_name {row['file_name']!r} does not exist ({image}); fix the path (relative to "
+            f"data.data_dir) or remove the row"
+        )
+    return image, row["text"].strip()
+
+
+def read_txt_captions(folder: Path, source: str) -> Captioned:
+    """Every image of ``folder`` with the caption in the ``.txt`` file of the same stem beside it.
+
+    Args:
+        folder: the data folder.
+        source: the configured caption source (``txt`` or ``auto``), for messages.
+    """
+    images = list_images(folder, "data.data_dir")
+    uncaptioned = [path.name for path in images if not path.with_suffix(".txt").is_file()]
+    if uncaptioned:
+        context = f"there is no {METADATA} and " if source == "auto" else ""
+        raise CaptionDataError(
+            f"data.caption_source={source}: {context}{len(uncaptioned)} of {len(images)} images in {folder} have no "
+            f".txt caption beside them: {names(uncaptioned)}; write <image stem>.txt next to each (cat.png -> "
+            f"cat.txt), or list the images with their captions in {folder / METADATA}"
+        )
+    return [(path, read_text(path.with_suffix(".txt")).strip()) for path in images]
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents, or an error naming the file."""
+    try:
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad) is dropped
+    except UnicodeDecodeError as error:
+        raise CaptionDataError(f"{path} is not UTF-8 text ({error.reason}); re-save it as UTF-8") from error
+
+
+def check_captions(pairs: Captioned, folder: Path) -> None:
+    """Reject a set whose captions are all empty; warn, by file, about the empty ones of a set that has others.
+
+    Args:
+        pairs: (image file, caption) pairs.
+        folder: the data folder, for messages.
+    """
+    empty = [str(path.relative_to(folder) if path.is_relative_to(folder) else path) for path, c in pairs if not c]
+    if len(empty) == len(pairs):
+        raise CaptionDataError(
+            f"every caption in {folder} is empty, so nothing would be learnt from text; write the captions "
+            f"(or check data.caption_source)"
+        )
+    if empty:
+        warnings.warn(
+            f"{len(empty)} of {len(pairs)} images in {folder} have an empty caption and train unconditionally: "
+            f"{names(empty)}; write their captions if that is not intended",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def warn_unlisted_images(folder: Path, listed: set[Path]) -> None:
+    """Warn about images directly in ``folder`` that ``metadata.jsonl`` leaves out (they are not trained on)."""
+    unlisted = [
+        path.name
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.resolve() not in listed
+    ]
+    if unlisted:
+        warnings.warn(
+            f"{len(unlisted)} images in {folder} are not listed in {METADATA} and are not trained on: "
+            f"{names(unlisted)}; add rows for them or move them out",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def names(items: list[str]) -> str:
+    """The first few names of a list, and how many more there are."""
+    shown = ", ".join(items[:NAMES_SHOWN])
+    return shown if len(items) <= NAMES_SHOWN else f"{shown} and {len(items) - NAMES_SHOWN} more"
