@@ -11,12 +11,10 @@ import torch
 import yaml
 from lightning.pytorch import Trainer
 from PIL import Image
-from training import cpu_trainer, lora_tuner
+from training import brief_fit, cpu_trainer, lora_tuner
 
-import sdft.methods
 from sdft import assets
 from sdft.callbacks import SubjectEvaluator
-from sdft.cli import main
 from sdft.data import CaptionDataModule, SubjectDataModule
 from sdft.data.captions import CaptionDataError
 from sdft.data.images import ImageDataError
@@ -285,49 +283,8 @@ def test_subject_evaluator_without_an_instance_prompt_asks_for_identifier_and_cl
 
 def fit_captions(config: str, tmp_path: Path, *options: str) -> Path:
     """A two-step ``sdft fit`` of a shipped captions config on the tiny model and the toy captioned set."""
-    overrides = {
-        "trainer": {
-            "accelerator": "cpu",
-            "precision": "32-true",
-            "max_steps": 2,
-            "val_check_interval": 2,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(tmp_path), "name": "run"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "every_n_train_steps": 2,
-                        "save_top_k": -1,
-                        "filename": "step={step:06d}",
-                        "auto_insert_metric_name": False,
-                    },
-                },
-                {
-                    "class_path": "sdft.callbacks.SamplePreview",
-                    "init_args": {"prompts": ["a photo of a green round plush toy"], "num_inference_steps": 2},
-                },
-            ],
-        },
-        "data": {"init_args": {"data_dir": "builtin:toy-captions", "resolution": 32, "batch_size": 2}},
-    }
-    (tmp_path / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    main(
-        [
-            "fit",
-            "--config",
-            config,
-            "--config",
-            str(tmp_path / "overrides.yaml"),
-            "--model.init_args.family.init_args.pretrained_model_name_or_path=builtin:tiny-sd1",
-            "--data.init_args.num_workers=0",
-            "--trainer.enable_progress_bar=false",
-            *options,
-        ]
-    )
-    return tmp_path / "run" / "version_0"
+    data = {"data_dir": "builtin:toy-captions", "batch_size": 2}
+    return brief_fit(config, tmp_path, data, *options, evaluate=False)
 
 
 def test_lora_fit_on_captions_through_the_cli_writes_the_final_export(tmp_path):
@@ -338,7 +295,6 @@ def test_lora_fit_on_captions_through_the_cli_writes_the_final_export(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["class_path"] == "sdft.data.CaptionDataModule"
 
 
-@pytest.mark.skipif(not hasattr(sdft.methods, "FullFineTuner"), reason="sdft.methods.FullFineTuner not exported yet")
 def test_full_fit_on_captions_through_the_cli_writes_a_pipeline(tmp_path):
     run = fit_captions("configs/sd15/captions_full.yaml", tmp_path, "--model.init_args.gradient_checkpointing=false")
     assert (run / "final" / "model_index.json").is_file()

@@ -75,7 +75,12 @@ def brief_fit(config: str, tmp_path: Path, data: dict, *options: str, evaluate: 
     callbacks = [
         {
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "filename": "step={step:06d}"},
+            "init_args": {
+                "every_n_train_steps": 2,
+                "save_top_k": -1,
+                "filename": "step={step:06d}",
+                "auto_insert_metric_name": False,
+            },
         },
         {
             "class_path": "sdft.callbacks.SamplePreview",

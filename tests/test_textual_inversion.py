@@ -1,0 +1,230 @@
+"""Textual inversion end to end on the tiny model: only the new rows learn, slim checkpoints, stock-loadable exports,
+resume, clear errors, and the shipped config through the CLI."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+from training import checkpointer, cpu_trainer
+from transformers import CLIPTextModel
+
+from sdft.cli import main
+from sdft.data import SubjectDataModule
+from sdft.families import StableDiffusion
+from sdft.methods import TextualInversion
+from sdft.methods.tokens import EMBEDDINGS_FILE
+from sdft.runs import apply_checkpoint
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+PLACEHOLDER = "<sks>"
+PROMPT = f"a photo of {PLACEHOLDER} toy on the beach"
+SEEDS = [3, 4]
+STEPS = 10
+
+
+def textual_inversion(model_dir: Path, lr: float = 1e-2, **kwargs) -> TextualInversion:
+    options = {"placeholder_token": PLACEHOLDER, "initializer_token": "toy", "num_vectors": 3, **kwargs}
+    optimizer = lambda params: torch.optim.AdamW(params, lr=lr)  # noqa: E731
+    return TextualInversion(StableDiffusion(str(model_dir)), optimizer=optimizer, **options)
+
+
+def template_data(subject_dir: Path, instance_prompt: str = f"{PLACEHOLDER} toy") -> SubjectDataModule:
+    return SubjectDataModule(
+        str(subject_dir), instance_prompt, resolution=32, batch_size=2, random_flip=0.5, prompt_templates="object"
+    )
+
+
+def validation_loss(trainer, model, data) -> float:
+    return trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"]
+
+
+def base_embeddings(model_dir: Path) -> torch.Tensor:
+    return CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder").get_input_embeddings().weight.detach()
+
+
+def stock_pipeline(model_dir: Path) -> StableDiffusionPipeline:
+    pipeline = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def stock_images(pipeline: StableDiffusionPipeline, prompt: str = PROMPT) -> np.ndarray:
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    images = pipeline([prompt] * len(SEEDS), generator=generators, height=32, width=32, num_inference_steps=4)
+    return np.stack([np.asarray(image) for image in images.images]).astype(np.int16)
+
+
+def trained_images(model, prompt: str = PROMPT) -> np.ndarray:
+    images = model.generate([prompt] * len(SEEDS), SEEDS, resolution=32, num_inference_steps=4)
+    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+
+
+def fit_shipped_config(name: str, root: Path, model_dir: Path, subject_dir: Path) -> Path:
+    """Run ``sdft fit`` on ``configs/sd15/<name>.yaml`` at toy scale; return the run folder.
+
+    The callbacks of the config are kept and only made cheap (tiny backbones, few images, every 1-2 steps).
+    """
+    config = yaml.safe_load((CONFIGS / "sd15" / f"{name}.yaml").read_text())
+    cheap = {
+        "ModelCheckpoint": {"every_n_train_steps": 1},
+        "SamplePreview": {"every_n_steps": 2, "num_images_per_prompt": 1, "num_inference_steps": 2},
+        "SubjectEvaluator": {
+            "every_n_steps": 2,
+            "num_prompts": 1,
+            "images_per_prompt": 1,
+            "class_images": 1,
+            "num_inference_steps": 2,
+            "clip_model": "builtin:tiny-clip",
+            "dino_model": "builtin:tiny-dino",
+        },
+    }
+    for callback in config["trainer"]["callbacks"]:
+        callback.setdefault("init_args", {}).update(cheap.get(callback["class_path"].rsplit(".", 1)[1], {}))
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(
+        [
+            "fit",
+            "--config",
+            str(path),
+            f"--model.init_args.family.init_args.pretrained_model_name_or_path={model_dir}",
+            f"--data.init_args.instance_dir={subject_dir}",
+            "--data.init_args.resolution=32",
+            "--data.init_args.num_workers=0",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.precision=32-true",
+            f"--trainer.logger.init_args.save_dir={root}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    return root / config["trainer"]["logger"]["init_args"]["name"] / "version_0"
+
+
+@dataclass
+class Fit:
+    model: TextualInversion
+    checkpoint: Path
+    loss_before: float
+    loss_after: float
+
+
+@pytest.fixture(scope="module")
+def fit(tiny_sd1, subject_dir, tmp_path_factory) -> Fit:
+    """Three vectors of ``<sks>`` trained for a few steps on the object templates, checkpointed at the end."""
+    root = tmp_path_factory.mktemp("fit")
+    model, data = textual_inversion(tiny_sd1), template_data(subject_dir)
+    trainer = cpu_trainer(root, STEPS, [checkpointer(root, STEPS)])
+    before = validation_loss(trainer, model, data)
+    trainer.fit(model, datamodule=data)
+    return Fit(model, root / "checkpoints" / f"step={STEPS}.ckpt", before, validation_loss(trainer, model, data))
+
+
+def test_short_fit_lowers_the_loss_on_the_instance_images(fit):
+    # The tiny random UNet attends almost evenly over all 77 text positions, so three new token vectors can move
+    # its loss by about 1% at best; the fixed-noise validation loss must still fall by a clear, deterministic margin.
+    assert fit.loss_after < 0.997 * fit.loss_before, (fit.loss_before, fit.loss_after)
+
+
+def test_only_the_new_rows_change(fit, tiny_sd1):
+    base = base_embeddings(tiny_sd1)
+    table = fit.model.family.text_encoder.get_input_embeddings().weight
+    assert table.shape == (base.shape[0] + 3, base.shape[1])
+    assert torch.equal(table[: base.shape[0]], base)
+    initializer = base[fit.model.family.tokenizer.convert_tokens_to_ids("toy</w>")]
+    for row in table[base.shape[0] :]:
+        assert not torch.allclose(row, initializer, atol=1e-4)
+
+
+def test_new_tokens_start_as_the_initializer_in_the_live_pipeline(tiny_sd1):
+    model = textual_inversion(tiny_sd1)
+    model.configure_model()
+    assert model.tokens.expand([PROMPT]) == [f"a photo of {PLACEHOLDER} {PLACEHOLDER}_1 {PLACEHOLDER}_2 toy on the beach"]
+    # every vector is the embedding of "toy": the untrained word reads as "toy toy toy"
+    expected = stock_images(stock_pipeline(tiny_sd1), PROMPT.replace(PLACEHOLDER, "toy toy toy"))
+    assert np.array_equal(trained_images(model), expected)
+
+
+def test_checkpoint_holds_only_the_new_rows(fit):
+    checkpoint = torch.load(fit.checkpoint, weights_only=False)
+    (key,) = checkpoint["state_dict"]
+    assert key.endswith("token_embedding.rows") and checkpoint["state_dict"][key].shape == (3, 32)
+    assert torch.equal(checkpoint["state_dict"][key], fit.model.trainable_state_dict()[key])
+    assert len(checkpoint["optimizer_states"][0]["state"]) == 1
+    assert fit.checkpoint.stat().st_size < 100_000
+
+
+def test_checkpoint_restores_the_embeddings_on_a_fresh_model(fit, tiny_sd1):
+    restored = apply_checkpoint(textual_inversion(tiny_sd1), fit.checkpoint)
+    trained_table = fit.model.family.text_encoder.get_input_embeddings().weight
+    assert torch.equal(restored.family.text_encoder.get_input_embeddings().weight, trained_table)
+    assert restored.family.tokenizer.convert_tokens_to_ids(f"{PLACEHOLDER}_2") == trained_table.shape[0] - 1
+
+
+def test_stock_loader_reproduces_the_trained_images(fit, tiny_sd1, tmp_path):
+    path = fit.model.export(tmp_path)
+    assert path == tmp_path / EMBEDDINGS_FILE
+    embeddings = load_file(path)
+    assert list(embeddings) == [PLACEHOLDER] and embeddings[PLACEHOLDER].shape == (3, 32)
+    pipeline = stock_pipeline(tiny_sd1)
+    untrained = stock_images(pipeline, PROMPT.replace(PLACEHOLDER, "toy toy toy"))
+    pipeline.load_textual_inversion(path)
+    expected = trained_images(fit.model)
+    assert np.abs(stock_images(pipeline) - expected).max() <= 1
+    assert np.abs(untrained - expected).mean() > 1.0  # training changed the images: the equality above means something
+
+
+def test_a1111_embedding_holds_the_same_vectors(fit, tiny_sd1, tmp_path):
+    fit.model.export(tmp_path)
+    a1111 = load_file(tmp_path / "sks.safetensors")
+    assert list(a1111) == ["emb_params"]
+    assert torch.equal(a1111["emb_params"], load_file(tmp_path / EMBEDDINGS_FILE)[PLACEHOLDER])
+    pipeline = stock_pipeline(tiny_sd1)
+    pipeline.load_textual_inversion(tmp_path / "sks.safetensors", token=PLACEHOLDER)
+    assert np.abs(stock_images(pipeline) - trained_images(fit.model)).max() <= 1
+
+
+def test_prompts_without_the_placeholder_are_refused(tiny_sd1, subject_dir, tmp_path):
+    model, data = textual_inversion(tiny_sd1), template_data(subject_dir, instance_prompt="sks toy")
+    with pytest.raises(ValueError, match=r"placeholder_token '<sks>' does not appear in data.instance_prompt"):
+        cpu_trainer(tmp_path, 1).fit(model, datamodule=data)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"initializer_token": "teddybear"}, "initializer_token 'teddybear' encodes to 2 tokens"),
+        ({"placeholder_token": "<|endoftext|>"}, "placeholder_token '<|endoftext|>' is taken"),
+    ],
+)
+def test_unusable_words_name_the_config_key(tiny_sd1, options, key):
+    model = textual_inversion(tiny_sd1, **options)
+    with pytest.raises(ValueError, match=re.escape(f"model.init_args.{key}")):
+        model.configure_model()
+    assert len(model.family.tokenizer) == 49408  # nothing was added before the error
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [({"num_vectors": 0}, "num_vectors must be a positive integer"), ({"placeholder_token": "<>"}, "placeholder_token")],
+)
+def test_invalid_arguments_fail_at_construction(tiny_sd1, options, key):
+    with pytest.raises(ValueError, match=f"model.init_args.{key}"):
+        textual_inversion(tiny_sd1, **options)
+
+
+def test_shipped_config_runs_through_the_cli(tiny_sd1, subject_dir, tmp_path):
+    run = fit_shipped_config("textual_inversion", tmp_path, tiny_sd1, subject_dir)
+    final = run / "final"
+    assert sorted(p.name for p in final.iterdir()) == sorted([EMBEDDINGS_FILE, "sks.safetensors"])
+    assert load_file(final / EMBEDDINGS_FILE)[PLACEHOLDER].shape == (1, 32)
+    assert (run / "evaluation" / "selection.json").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step=000001.ckpt", "step=000002.ckpt"]
