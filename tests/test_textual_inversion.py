@@ -10,20 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
-from training import checkpointer, cpu_trainer
-from transformers import CLIPTextModel
+from torch import nn
+from training import brief_fit, checkpointer, cpu_trainer
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from sdft.cli import main
 from sdft.data import SubjectDataModule
 from sdft.families import StableDiffusion
 from sdft.methods import TextualInversion
-from sdft.methods.tokens import EMBEDDINGS_FILE
+from sdft.methods.tokens import EMBEDDINGS_FILE, ExtendedEmbedding, PlaceholderTokens
 from sdft.runs import apply_checkpoint
+from sdft.tiny_models import tiny_clip_text_encoder
 
-CONFIGS = Path(__file__).parents[1] / "configs"
 PLACEHOLDER = "<sks>"
 PROMPT = f"a photo of {PLACEHOLDER} toy on the beach"
 SEEDS = [3, 4]
@@ -67,46 +66,39 @@ def trained_images(model, prompt: str = PROMPT) -> np.ndarray:
     return np.stack([np.asarray(image) for image in images]).astype(np.int16)
 
 
-def fit_shipped_config(name: str, root: Path, model_dir: Path, subject_dir: Path) -> Path:
-    """Run ``sdft fit`` on ``configs/sd15/<name>.yaml`` at toy scale; return the run folder.
+def test_extended_embedding_reads_old_ids_from_the_frozen_table_and_new_ids_from_the_rows():
+    base = nn.Embedding(5, 3).requires_grad_(False)
+    rows = torch.arange(6.0).view(2, 3)
+    embedding = ExtendedEmbedding(base, rows)
+    looked_up = embedding(torch.tensor([[0, 5, 4, 6, 5]]))
+    assert torch.equal(looked_up[0], torch.stack([base.weight[0], rows[0], base.weight[4], rows[1], rows[0]]))
+    assert torch.equal(embedding.weight, torch.cat([base.weight, rows])) and embedding.num_embeddings == 7
+    looked_up.sum().backward()
+    assert torch.equal(embedding.rows.grad, torch.tensor([[2.0] * 3, [1.0] * 3])) and base.weight.grad is None
 
-    The callbacks of the config are kept and only made cheap (tiny backbones, few images, every 1-2 steps).
-    """
-    config = yaml.safe_load((CONFIGS / "sd15" / f"{name}.yaml").read_text())
-    cheap = {
-        "ModelCheckpoint": {"every_n_train_steps": 1},
-        "SamplePreview": {"every_n_steps": 2, "num_images_per_prompt": 1, "num_inference_steps": 2},
-        "SubjectEvaluator": {
-            "every_n_steps": 2,
-            "num_prompts": 1,
-            "images_per_prompt": 1,
-            "class_images": 1,
-            "num_inference_steps": 2,
-            "clip_model": "builtin:tiny-clip",
-            "dino_model": "builtin:tiny-dino",
-        },
-    }
-    for callback in config["trainer"]["callbacks"]:
-        callback.setdefault("init_args", {}).update(cheap.get(callback["class_path"].rsplit(".", 1)[1], {}))
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    main(
-        [
-            "fit",
-            "--config",
-            str(path),
-            f"--model.init_args.family.init_args.pretrained_model_name_or_path={model_dir}",
-            f"--data.init_args.instance_dir={subject_dir}",
-            "--data.init_args.resolution=32",
-            "--data.init_args.num_workers=0",
-            "--trainer.max_steps=2",
-            "--trainer.val_check_interval=2",
-            "--trainer.precision=32-true",
-            f"--trainer.logger.init_args.save_dir={root}",
-            "--trainer.enable_progress_bar=false",
-        ]
-    )
-    return root / config["trainer"]["logger"]["init_args"]["name"] / "version_0"
+
+class TwoEncoderFamily:
+    """Stands in for an SDXL-like family: two text encoders of different widths, each with its own tokenizer."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.encoders = {"text_encoder": tiny_clip_text_encoder(32), "text_encoder_2": tiny_clip_text_encoder(48)}
+        self.tokenizer_of = {name: CLIPTokenizer.from_pretrained(model_dir / "tokenizer") for name in self.encoders}
+
+    def text_encoders(self) -> dict[str, nn.Module]:
+        return self.encoders
+
+    def tokenizers(self) -> dict[str, CLIPTokenizer]:
+        return self.tokenizer_of
+
+
+def test_two_text_encoders_get_their_own_rows_and_the_sdxl_file_keys(tiny_sd1, tmp_path):
+    family, tokens = TwoEncoderFamily(tiny_sd1), PlaceholderTokens(PLACEHOLDER, "toy", num_vectors=2)
+    tokens.add_to(family)
+    assert [p.shape for p in tokens.parameters(family)] == [(2, 32), (2, 48)]
+    tokens.write(family, tmp_path)
+    embeddings = load_file(tmp_path / EMBEDDINGS_FILE)
+    assert {key: value.shape for key, value in embeddings.items()} == {"clip_l": (2, 32), "clip_g": (2, 48)}
+    assert load_file(tmp_path / "sks.safetensors").keys() == embeddings.keys()
 
 
 @dataclass
@@ -140,14 +132,14 @@ def test_only_the_new_rows_change(fit, tiny_sd1):
     assert table.shape == (base.shape[0] + 3, base.shape[1])
     assert torch.equal(table[: base.shape[0]], base)
     initializer = base[fit.model.family.tokenizer.convert_tokens_to_ids("toy</w>")]
-    for row in table[base.shape[0] :]:
-        assert not torch.allclose(row, initializer, atol=1e-4)
+    # every vector learns (moves ~0.07); one the prompts never spelled would drift only by weight decay (~3e-5)
+    assert ((table[base.shape[0] :] - initializer).abs().amax(dim=1) > 1e-2).all()
 
 
 def test_new_tokens_start_as_the_initializer_in_the_live_pipeline(tiny_sd1):
     model = textual_inversion(tiny_sd1)
     model.configure_model()
-    assert model.tokens.expand([PROMPT]) == [f"a photo of {PLACEHOLDER} {PLACEHOLDER}_1 {PLACEHOLDER}_2 toy on the beach"]
+    assert model.tokens.expand([PROMPT]) == ["a photo of <sks> <sks>_1 <sks>_2 toy on the beach"]
     # every vector is the embedding of "toy": the untrained word reads as "toy toy toy"
     expected = stock_images(stock_pipeline(tiny_sd1), PROMPT.replace(PLACEHOLDER, "toy toy toy"))
     assert np.array_equal(trained_images(model), expected)
@@ -214,17 +206,20 @@ def test_unusable_words_name_the_config_key(tiny_sd1, options, key):
 
 @pytest.mark.parametrize(
     ("options", "key"),
-    [({"num_vectors": 0}, "num_vectors must be a positive integer"), ({"placeholder_token": "<>"}, "placeholder_token")],
+    [
+        ({"num_vectors": 0}, "num_vectors must be a positive integer"),
+        ({"placeholder_token": "<>"}, "placeholder_token must be one word"),
+        ({"placeholder_token": "<my dog>"}, "placeholder_token must be one word"),
+    ],
 )
 def test_invalid_arguments_fail_at_construction(tiny_sd1, options, key):
     with pytest.raises(ValueError, match=f"model.init_args.{key}"):
         textual_inversion(tiny_sd1, **options)
 
 
-def test_shipped_config_runs_through_the_cli(tiny_sd1, subject_dir, tmp_path):
-    run = fit_shipped_config("textual_inversion", tmp_path, tiny_sd1, subject_dir)
+def test_shipped_config_runs_through_the_cli(subject_dir, tmp_path):
+    run = brief_fit("configs/sd15/textual_inversion.yaml", tmp_path, {"instance_dir": str(subject_dir)})
     final = run / "final"
     assert sorted(p.name for p in final.iterdir()) == sorted([EMBEDDINGS_FILE, "sks.safetensors"])
     assert load_file(final / EMBEDDINGS_FILE)[PLACEHOLDER].shape == (1, 32)
     assert (run / "evaluation" / "selection.json").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step=000001.ckpt", "step=000002.ckpt"]

@@ -1,0 +1,197 @@
+"""New words for the text encoders (textual inversion, Gal et al. 2022, arXiv 2208.01618): tokens added to every
+tokenizer, their embedding rows trained while the original vocabulary stays frozen, and the embedding files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from sdft.families.base import ModelFamily
+
+#: the file diffusers' ``load_textual_inversion`` reads
+EMBEDDINGS_FILE = "learned_embeds.safetensors"
+#: the key of an A1111 (stable-diffusion-webui) embedding for one text encoder
+A1111_KEY = "emb_params"
+#: the keys of an SDXL embedding file (diffusers and A1111), in text-encoder order
+SDXL_KEYS = ("clip_l", "clip_g")
+
+
+class ExtendedEmbedding(nn.Module):
+    """A token embedding with new rows appended after the vocabulary.
+
+    Ids below the original vocabulary size look up the original ``nn.Embedding``, kept frozen and untouched; the
+    ids after it index :attr:`rows`, the only trainable tensor. Every original row therefore stays bit-identical,
+    checkpoints and weight decay see the new rows alone, and code that reads ``weight`` sees the whole table.
+    """
+
+    def __init__(self, base: nn.Embedding, rows: torch.Tensor) -> None:
+        """
+        Args:
+            base: the text encoder's own token embedding, kept as it is.
+            rows: the initial new rows (num_new, dim).
+        """
+        super().__init__()
+        self.base = base
+        self.rows = nn.Parameter(rows.detach().clone())
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.base.num_embeddings + self.rows.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.base.embedding_dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective table (num_embeddings, dim): the original rows, then the new ones (a copy)."""
+        return torch.cat([self.base.weight, self.rows.to(self.base.weight.dtype)])
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (...) -> embeddings (..., dim)."""
+        vocabulary = self.base.num_embeddings
+        is_new = input_ids >= vocabulary
+        old = self.base(input_ids.masked_fill(is_new, 0))
+        new = F.embedding((input_ids - vocabulary).clamp(min=0), self.rows)
+        return torch.where(is_new.unsqueeze(-1), new.to(old.dtype), old)
+
+
+@dataclass(frozen=True)
+class PlaceholderTokens:
+    """The word a method learns and its vectors, one new token each: ``<sks>``, ``<sks>_1``, ... ``<sks>_{n-1}``.
+
+    These are the names diffusers' ``load_textual_inversion`` gives a multi-vector embedding, and its pipelines spell
+    ``<sks>`` in a prompt as all of them; training spells prompts the same way (:meth:`expand`).
+
+    Attributes:
+        placeholder: the new word, e.g. ``<sks>`` (``model.init_args.placeholder_token``).
+        initializer: a one-token word whose embedding starts every vector (``model.init_args.initializer_token``).
+        num_vectors: embedding vectors of the word (``model.init_args.num_vectors``).
+    """
+
+    placeholder: str
+    initializer: str
+    num_vectors: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.placeholder.strip("<>") or any(c.isspace() or c in "/\\" for c in self.placeholder):
+            raise ValueError(
+                f"model.init_args.placeholder_token must be one word without slashes, e.g. '<sks>', "
+                f"got {self.placeholder!r}"
+            )
+        if self.num_vectors < 1:
+            raise ValueError(f"model.init_args.num_vectors must be a positive integer, got {self.num_vectors}")
+
+    @property
+    def tokens(self) -> list[str]:
+        """The names of the new tokens, one per vector."""
+        return [self.placeholder] + [f"{self.placeholder}_{i}" for i in range(1, self.num_vectors)]
+
+    def add_to(self, family: ModelFamily) -> None:
+        """Add the tokens to every tokenizer of ``family`` and their rows, each a copy of the initializer's
+        embedding, to the matching text encoder. Everything is checked before anything changes."""
+        encoders, tokenizers = family.text_encoders(), family.tokenizers()
+        file_keys(self.placeholder, len(encoders))  # fail now, not at export, if no file format fits the family
+        initial = {name: self.initial_rows(tokenizers[name], encoder) for name, encoder in encoders.items()}
+        for name, encoder in encoders.items():
+            tokenizers[name].add_tokens(self.tokens)
+            encoder.set_input_embeddings(ExtendedEmbedding(encoder.get_input_embeddings(), initial[name]))
+
+    def initial_rows(self, tokenizer: Any, encoder: nn.Module) -> torch.Tensor:
+        """The initializer's embedding, once per vector (num_vectors, dim); raises if the tokens cannot be added."""
+        taken = [token for token in self.tokens if token in tokenizer.get_vocab()]
+        if taken:
+            raise ValueError(
+                f"model.init_args.placeholder_token {self.placeholder!r} is taken: the tokenizer already has {taken}; "
+                "choose a word it does not know, e.g. '<my-dog>'"
+            )
+        ids = tokenizer.encode(self.initializer, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(
+                f"model.init_args.initializer_token {self.initializer!r} encodes to {len(ids)} tokens; "
+                "it must be a single token, e.g. the class noun 'dog'"
+            )
+        table = encoder.get_input_embeddings()
+        if len(tokenizer) != table.num_embeddings:
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} tokens but its text encoder {table.num_embeddings} embeddings; "
+                "new tokens need the two to match"
+            )
+        return table.weight[ids[0]].detach().repeat(self.num_vectors, 1)
+
+    def expand(self, prompts: list[str]) -> list[str]:
+        """Spell the placeholder as all its tokens (``<sks> <sks>_1 ...``), as diffusers' pipelines do."""
+        if self.num_vectors == 1:
+            return prompts
+        spelled = " ".join(self.tokens)
+        return [prompt.replace(self.placeholder, spelled) for prompt in prompts]
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Raise unless some of a batch's prompts name the placeholder (nothing would train otherwise)."""
+        if not any(self.placeholder in prompt for prompt in prompts):
+            raise ValueError(
+                f"model.init_args.placeholder_token {self.placeholder!r} does not appear in data.instance_prompt "
+                f"(a training prompt: {prompts[0]!r}); name the subject with it, e.g. '{self.placeholder} dog' "
+                "with data.prompt_templates: object"
+            )
+
+    def embeddings(self, family: ModelFamily) -> dict[str, ExtendedEmbedding]:
+        """The extended token embedding of each text encoder, by component name (after :meth:`add_to`)."""
+        return {name: encoder.get_input_embeddings() for name, encoder in family.text_encoders().items()}
+
+    def parameters(self, family: ModelFamily) -> list[nn.Parameter]:
+        """The trained rows of every text encoder."""
+        return [embedding.rows for embedding in self.embeddings(family).values()]
+
+    def write(self, family: ModelFamily, directory: Path) -> Path:
+        """Write diffusers' ``learned_embeds.safetensors`` and the A1111 ``<name>.safetensors``; return the first.
+
+        Args:
+            family: the family the tokens were added to.
+            directory: an existing folder.
+        """
+        rows = [row.detach().cpu().contiguous() for row in self.parameters(family)]
+        keyed = dict(zip(file_keys(self.placeholder, len(rows)), rows, strict=True))
+        save_file(keyed, directory / EMBEDDINGS_FILE)
+        save_file({A1111_KEY: rows[0]} if len(rows) == 1 else keyed, directory / self.a1111_name)
+        return directory / EMBEDDINGS_FILE
+
+    @property
+    def a1111_name(self) -> str:
+        """The A1111 embedding's file name: the placeholder without ``<>`` (A1111 prompts name it so)."""
+        return f"{self.placeholder.strip('<>')}.safetensors"
+
+
+class LearnsPlaceholder:
+    """What every method that learns a placeholder word (``self.tokens``) does to prompts: it spells the word as
+    all its tokens before encoding, and checks on the first batch that the data names the word at all."""
+
+    tokens: PlaceholderTokens
+    family: ModelFamily
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.family.encode_prompts(self.tokens.expand(prompts))
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.tokens.check_prompts(batch["prompts"])
+
+
+def file_keys(placeholder: str, num_encoders: int) -> tuple[str, ...]:
+    """The keys of an embedding file, one per text encoder: the placeholder for one, ``clip_l`` / ``clip_g`` for two.
+
+    Args:
+        placeholder: the learned word.
+        num_encoders: the family's number of text encoders.
+    """
+    if num_encoders == 1:
+        return (placeholder,)
+    if num_encoders == len(SDXL_KEYS):
+        return SDXL_KEYS
+    raise ValueError(f"no embedding file format for {num_encoders} text encoders; new tokens need one or two")
