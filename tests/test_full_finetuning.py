@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from training import PROMPT, brief_fit, checkpointer, cpu_trainer, subject_data
+from training import (
+    PROMPT,
+    brief_fit,
+    checkpointer,
+    cpu_trainer,
+    stock_images,
+    stock_pipeline,
+    subject_data,
+    trained_images,
+    validation_loss,
+)
 
 from sdft.families import StableDiffusion
 from sdft.methods import FullFineTuner
 from sdft.methods.lora import LORA_WEIGHTS
 from sdft.runs import apply_checkpoint
-
-SEEDS = [3, 4]
 
 
 def full_tuner(model_dir, lr: float = 1e-3, **kwargs) -> FullFineTuner:
@@ -24,18 +32,14 @@ def full_tuner(model_dir, lr: float = 1e-3, **kwargs) -> FullFineTuner:
     return FullFineTuner(StableDiffusion(str(model_dir)), optimizer=optimizer, **kwargs)
 
 
-def validation_loss(model, data, root) -> float:
-    return cpu_trainer(root, 1).validate(model, datamodule=data, verbose=False)[0]["val/loss"]
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_sd1, subject_dir, tmp_path_factory):
     """UNet and text encoder fine-tuned for 12 steps, the text encoder at a tenth of the rate, checkpointed."""
     root = tmp_path_factory.mktemp("full")
     model, data = full_tuner(tiny_sd1, train_text_encoder=True, text_encoder_lr=1e-4), subject_data(subject_dir)
-    before = validation_loss(model, data, root)
+    before = validation_loss(cpu_trainer(root, 1), model, data)
     cpu_trainer(root, 12, [checkpointer(root, 12)]).fit(model, datamodule=data)
-    model.loss_before, model.loss_after = before, validation_loss(model, data, root)
+    model.loss_before, model.loss_after = before, validation_loss(cpu_trainer(root, 1), model, data)
     model.checkpoint = root / "checkpoints" / "step=12.ckpt"
     return model
 
@@ -66,18 +70,6 @@ def test_the_text_encoder_has_its_own_learning_rate_and_trains(trained, tiny_sd1
     assert all(torch.equal(v, base.vae.state_dict()[k]) for k, v in trained.family.vae.state_dict().items())
 
 
-def images(pipeline_or_model) -> np.ndarray:
-    if isinstance(pipeline_or_model, StableDiffusionPipeline):
-        pipeline_or_model.set_progress_bar_config(disable=True)
-        generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-        out = pipeline_or_model(
-            [PROMPT] * len(SEEDS), generator=generators, height=32, width=32, num_inference_steps=4
-        ).images
-    else:
-        out = pipeline_or_model.generate([PROMPT] * len(SEEDS), SEEDS, resolution=32, num_inference_steps=4)
-    return np.stack([np.asarray(image) for image in out]).astype(np.int16)
-
-
 def test_the_pipeline_export_loads_in_diffusers_and_reproduces_the_images(trained, tiny_sd1, tmp_path):
     folder = trained.export(tmp_path / "pipeline")
     assert folder == tmp_path / "pipeline"
@@ -89,10 +81,10 @@ def test_the_pipeline_export_loads_in_diffusers_and_reproduces_the_images(traine
     ]
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.ckpt"))
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
-    expected = images(trained)
-    assert np.abs(images(StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)) - expected).max() <= 1
-    base = StableDiffusionPipeline.from_pretrained(tiny_sd1, safety_checker=None)
-    assert np.abs(images(base) - expected).mean() > 1.0  # training changed the images, so equality means something
+    expected = trained_images(trained, PROMPT)
+    assert np.abs(stock_images(stock_pipeline(folder), PROMPT) - expected).max() <= 1
+    base = stock_images(stock_pipeline(tiny_sd1), PROMPT)
+    assert np.abs(base - expected).mean() > 1.0  # training changed the images, so the equality means something
 
 
 def test_a_second_export_replaces_the_first_whole(trained, tmp_path):

@@ -6,29 +6,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import save_file
-from training import PROMPT, cpu_trainer, lora_tuner, subject_data
+from training import PROMPT, cpu_trainer, lora_tuner, stock_images, stock_pipeline, subject_data, trained_images
 
 from sdft.methods.lora import LORA_WEIGHTS
 
-SEEDS = [3, 4]
 
-
-def stock_images(model_dir, lora_dir) -> np.ndarray:
-    pipeline = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
+def lora_images(model_dir, lora_dir) -> np.ndarray:
+    pipeline = stock_pipeline(model_dir)
     pipeline.load_lora_weights(lora_dir)
-    pipeline.set_progress_bar_config(disable=True)
-    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    images = pipeline([PROMPT] * len(SEEDS), generator=generators, height=32, width=32, num_inference_steps=4)
-    return np.stack([np.asarray(image) for image in images.images]).astype(np.int16)
-
-
-def trained_images(model) -> np.ndarray:
-    images = model.generate([PROMPT] * len(SEEDS), SEEDS, resolution=32, num_inference_steps=4)
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+    return stock_images(pipeline, PROMPT)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +29,8 @@ def trained(tiny_sd1, subject_dir, tmp_path_factory):
 
 def test_stock_loader_reproduces_the_trained_images(trained, tiny_sd1, tmp_path):
     trained.export(tmp_path)
-    expected = trained_images(trained)
-    assert np.abs(stock_images(tiny_sd1, tmp_path) - expected).max() <= 1
+    expected = trained_images(trained, PROMPT)
+    assert np.abs(lora_images(tiny_sd1, tmp_path) - expected).max() <= 1
     base = trained_images_without_adapter(trained)
     assert np.abs(base - expected).mean() > 1.0  # the adapter changes the images, so the equality above means something
 
@@ -51,7 +39,7 @@ def trained_images_without_adapter(model) -> np.ndarray:
     for component in model.adapted_components().values():
         component.disable_adapters()
     try:
-        return trained_images(model)
+        return trained_images(model, PROMPT)
     finally:
         for component in model.adapted_components().values():
             component.enable_adapters()
@@ -72,4 +60,4 @@ def test_alpha_travels_in_the_file_metadata(trained, tiny_sd1, tmp_path):
     stripped.mkdir()
     with safe_open(path, "pt") as file:
         save_file({key: file.get_tensor(key) for key in keys}, stripped / LORA_WEIGHTS)
-    assert np.abs(stock_images(tiny_sd1, stripped) - stock_images(tiny_sd1, tmp_path / "lora")).mean() > 0.5
+    assert np.abs(lora_images(tiny_sd1, stripped) - lora_images(tiny_sd1, tmp_path / "lora")).mean() > 0.5

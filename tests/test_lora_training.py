@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from training import LossRecorder, checkpointer, cpu_trainer, lora_tuner, subject_data
-
-
-def validation_loss(trainer, model, data) -> float:
-    return trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"]
+from training import LossRecorder, checkpointer, cpu_trainer, lora_tuner, subject_data, validation_loss
 
 
 def test_short_fit_lowers_the_loss_on_the_instance_images(tiny_sd1, subject_dir, tmp_path):

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_textual_inversion import (
-    PLACEHOLDER,
-    PROMPT,
-    base_embeddings,
+from test_textual_inversion import PLACEHOLDER, PROMPT, base_embeddings
+from training import (
+    brief_fit,
+    checkpointer,
+    cpu_trainer,
     stock_images,
     stock_pipeline,
     trained_images,
     validation_loss,
 )
-from training import brief_fit, checkpointer, cpu_trainer
 
 from sdft.data import SubjectDataModule
 from sdft.families import StableDiffusion
@@ -118,7 +118,7 @@ def test_checkpoint_restores_the_embedding_and_the_lora(fit, tiny_sd1):
     restored = apply_checkpoint(pivotal(tiny_sd1), fit.checkpoints / f"step={STEPS}.ckpt")
     trained = fit.model.trainable_state_dict()
     assert all(torch.equal(value, trained[key]) for key, value in restored.trainable_state_dict().items())
-    assert np.array_equal(trained_images(restored), trained_images(fit.model))
+    assert np.array_equal(trained_images(restored, PROMPT), trained_images(fit.model, PROMPT))
 
 
 def test_embeddings_get_their_own_learning_rate(tiny_sd1):
@@ -139,8 +139,8 @@ def test_stock_loaders_reproduce_the_trained_images(fit, tiny_sd1, tmp_path):
     untrained = stock_images(pipeline, PROMPT.replace(PLACEHOLDER, "toy"))
     pipeline.load_lora_weights(tmp_path)
     pipeline.load_textual_inversion(tmp_path / EMBEDDINGS_FILE)
-    expected = trained_images(fit.model)
-    assert np.abs(stock_images(pipeline) - expected).max() <= 1
+    expected = trained_images(fit.model, PROMPT)
+    assert np.abs(stock_images(pipeline, PROMPT) - expected).max() <= 1
     assert np.abs(untrained - expected).mean() > 1.0  # training changed the images: the equality above means something
 
 

@@ -10,10 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 from torch import nn
-from training import brief_fit, checkpointer, cpu_trainer
+from training import (
+    brief_fit,
+    checkpointer,
+    cpu_trainer,
+    stock_images,
+    stock_pipeline,
+    trained_images,
+    validation_loss,
+)
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdft.data import SubjectDataModule
@@ -25,7 +32,6 @@ from sdft.tiny_models import tiny_clip_text_encoder
 
 PLACEHOLDER = "<sks>"
 PROMPT = f"a photo of {PLACEHOLDER} toy on the beach"
-SEEDS = [3, 4]
 STEPS = 10
 
 
@@ -41,29 +47,8 @@ def template_data(subject_dir: Path, instance_prompt: str = f"{PLACEHOLDER} toy"
     )
 
 
-def validation_loss(trainer, model, data) -> float:
-    return trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"]
-
-
 def base_embeddings(model_dir: Path) -> torch.Tensor:
     return CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder").get_input_embeddings().weight.detach()
-
-
-def stock_pipeline(model_dir: Path) -> StableDiffusionPipeline:
-    pipeline = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def stock_images(pipeline: StableDiffusionPipeline, prompt: str = PROMPT) -> np.ndarray:
-    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    images = pipeline([prompt] * len(SEEDS), generator=generators, height=32, width=32, num_inference_steps=4)
-    return np.stack([np.asarray(image) for image in images.images]).astype(np.int16)
-
-
-def trained_images(model, prompt: str = PROMPT) -> np.ndarray:
-    images = model.generate([prompt] * len(SEEDS), SEEDS, resolution=32, num_inference_steps=4)
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
 
 
 def test_extended_embedding_reads_old_ids_from_the_frozen_table_and_new_ids_from_the_rows():
@@ -142,7 +127,7 @@ def test_new_tokens_start_as_the_initializer_in_the_live_pipeline(tiny_sd1):
     assert model.tokens.expand([PROMPT]) == ["a photo of <sks> <sks>_1 <sks>_2 toy on the beach"]
     # every vector is the embedding of "toy": the untrained word reads as "toy toy toy"
     expected = stock_images(stock_pipeline(tiny_sd1), PROMPT.replace(PLACEHOLDER, "toy toy toy"))
-    assert np.array_equal(trained_images(model), expected)
+    assert np.array_equal(trained_images(model, PROMPT), expected)
 
 
 def test_checkpoint_holds_only_the_new_rows(fit):
@@ -169,8 +154,8 @@ def test_stock_loader_reproduces_the_trained_images(fit, tiny_sd1, tmp_path):
     pipeline = stock_pipeline(tiny_sd1)
     untrained = stock_images(pipeline, PROMPT.replace(PLACEHOLDER, "toy toy toy"))
     pipeline.load_textual_inversion(path)
-    expected = trained_images(fit.model)
-    assert np.abs(stock_images(pipeline) - expected).max() <= 1
+    expected = trained_images(fit.model, PROMPT)
+    assert np.abs(stock_images(pipeline, PROMPT) - expected).max() <= 1
     assert np.abs(untrained - expected).mean() > 1.0  # training changed the images: the equality above means something
 
 
@@ -181,7 +166,7 @@ def test_a1111_embedding_holds_the_same_vectors(fit, tiny_sd1, tmp_path):
     assert torch.equal(a1111["emb_params"], load_file(tmp_path / EMBEDDINGS_FILE)[PLACEHOLDER])
     pipeline = stock_pipeline(tiny_sd1)
     pipeline.load_textual_inversion(tmp_path / "sks.safetensors", token=PLACEHOLDER)
-    assert np.abs(stock_images(pipeline) - trained_images(fit.model)).max() <= 1
+    assert np.abs(stock_images(pipeline, PROMPT) - trained_images(fit.model, PROMPT)).max() <= 1
 
 
 def test_prompts_without_the_placeholder_are_refused(tiny_sd1, subject_dir, tmp_path):

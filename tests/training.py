@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from diffusers import StableDiffusionPipeline
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -16,6 +18,8 @@ from sdft.families import StableDiffusion
 from sdft.methods import LoRAFineTuner
 
 PROMPT = "a photo of sks toy"
+#: the sampling seeds of the image comparisons between a trained model and its export
+SEEDS = (3, 4)
 
 
 def lora_tuner(model_dir: Path, lr: float = 3e-3, **kwargs) -> LoRAFineTuner:
@@ -53,6 +57,31 @@ def cpu_trainer(root: Path, max_steps: int, callbacks: list[Callback] = (), **kw
         check_val_every_n_epoch=None,
         **options,
     )
+
+
+def validation_loss(trainer: Trainer, model, data) -> float:
+    """The fixed-noise validation loss of ``model`` on ``data``'s validation images."""
+    return trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"]
+
+
+def stock_pipeline(folder: Path) -> StableDiffusionPipeline:
+    """diffusers' own pipeline loaded from a model folder, as a user loads a base model or an exported one."""
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def stock_images(pipeline: StableDiffusionPipeline, prompt: str) -> np.ndarray:
+    """Images of ``prompt`` at :data:`SEEDS` (32 px, 4 steps) from a stock pipeline, as int16 arrays."""
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    images = pipeline([prompt] * len(SEEDS), generator=generators, height=32, width=32, num_inference_steps=4)
+    return np.stack([np.asarray(image) for image in images.images]).astype(np.int16)
+
+
+def trained_images(model, prompt: str) -> np.ndarray:
+    """The same images from the model in training (its ``generate``), to compare with :func:`stock_images`."""
+    images = model.generate([prompt] * len(SEEDS), list(SEEDS), resolution=32, num_inference_steps=4)
+    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
 
 
 def checkpointer(root: Path, every_n_steps: int) -> ModelCheckpoint:
