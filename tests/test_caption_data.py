@@ -11,7 +11,7 @@ import torch
 import yaml
 from lightning.pytorch import Trainer
 from PIL import Image
-from training import brief_fit, cpu_trainer, lora_tuner
+from training import brief_fit, cpu_trainer, lora_tuner, validation_loss
 
 from sdft import assets
 from sdft.callbacks import SubjectEvaluator
@@ -299,3 +299,12 @@ def test_full_fit_on_captions_through_the_cli_writes_a_pipeline(tmp_path):
     run = fit_captions("configs/sd15/captions_full.yaml", tmp_path, "--model.init_args.gradient_checkpointing=false")
     assert (run / "final" / "model_index.json").is_file()
     assert list((run / "final" / "unet").glob("*.safetensors"))
+
+
+def test_a_short_lora_fit_lowers_the_loss_on_the_captioned_images(tiny_sd1, tmp_path):
+    data = CaptionDataModule("builtin:toy-captions", resolution=32, batch_size=2, random_flip=0.5)
+    model, trainer = lora_tuner(tiny_sd1), cpu_trainer(tmp_path, max_steps=30)
+    before = validation_loss(trainer, model, data)
+    trainer.fit(model, datamodule=data)
+    after = validation_loss(trainer, model, data)
+    assert after < 0.9 * before, (before, after)
