@@ -21,6 +21,7 @@ from training import (
     validation_loss,
 )
 
+from sdft.cli import main
 from sdft.families import StableDiffusion
 from sdft.methods import FullFineTuner
 from sdft.methods.lora import LORA_WEIGHTS
@@ -129,3 +130,6 @@ def test_the_dreambooth_lora_config_fits_with_class_images(tmp_path):
     run = brief_fit("configs/sd15/dreambooth_lora.yaml", tmp_path, class_data(tmp_path), "--model.init_args.rank=2")
     assert len(list((tmp_path / "class").glob("*.png"))) == 2
     assert (run / "final" / LORA_WEIGHTS).is_file() and (run / "best" / LORA_WEIGHTS).is_file()
+    main(["evaluate-run", str(run)])  # re-scoring reads the subject photos only, never the class images
+    rows = (run / "evaluation" / "posthoc.jsonl").read_text().splitlines()
+    assert [json.loads(row)["step"] for row in rows] == [0, 2]
