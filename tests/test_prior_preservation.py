@@ -143,3 +143,8 @@ def test_bad_prior_preservation_options_name_their_key(subject_dir, options, mes
 def test_a_negative_prior_weight_names_its_key(tiny_sd1):
     with pytest.raises(ValueError, match="model.init_args.prior_loss_weight"):
         lora_tuner(tiny_sd1, prior_loss_weight=-1.0)
+
+
+def test_a_prior_weight_without_class_images_names_both_keys(tiny_sd1, subject_dir, tmp_path):
+    with pytest.raises(ValueError, match="prior_loss_weight is set but .* set data.class_prompt"):
+        cpu_trainer(tmp_path, 1).fit(lora_tuner(tiny_sd1, prior_loss_weight=0.5), datamodule=subject_data(subject_dir))

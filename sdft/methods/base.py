@@ -47,7 +47,7 @@ class DiffusionFineTuner(LightningModule):
         gradient_checkpointing: bool = False,
         seed: int = 0,
         validation_noise_levels: int = 4,
-        prior_loss_weight: float = 1.0,
+        prior_loss_weight: float | None = None,
     ) -> None:
         """
         Args:
@@ -57,7 +57,8 @@ class DiffusionFineTuner(LightningModule):
             gradient_checkpointing: recompute denoiser activations in the backward pass to save memory.
             seed: seeds the noise, timesteps and posterior samples of every step (a function of seed and step).
             validation_noise_levels: each validation image is scored at this many evenly spaced noise levels.
-            prior_loss_weight: weight of the class-image (prior preservation) loss, when the data has class images.
+            prior_loss_weight: weight of the class-image (prior preservation) loss; None means 1 when the data has
+                class images. Setting it for data without class images is an error.
         """
         super().__init__()
         self.family = family
@@ -66,7 +67,7 @@ class DiffusionFineTuner(LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.seed = seed
         self.validation_noise_levels = validation_noise_levels
-        if prior_loss_weight < 0:
+        if prior_loss_weight is not None and prior_loss_weight < 0:
             raise ValueError(f"model.init_args.prior_loss_weight must be >= 0, got {prior_loss_weight}")
         self.prior_loss_weight = prior_loss_weight
         self.strict_loading = False  # checkpoints omit the frozen base model
@@ -172,6 +173,11 @@ class DiffusionFineTuner(LightningModule):
         keys = (self.seed, self.global_step, micro_batch, self.global_rank)
         size = len(batch["prompts"])
         if "is_prior" not in batch:
+            if self.prior_loss_weight is not None:
+                raise ValueError(
+                    "model.init_args.prior_loss_weight is set but the batches hold no class images: set "
+                    "data.class_prompt to turn prior preservation on, or drop prior_loss_weight"
+                )
             loss = self.denoising_losses(batch, self.make_generator(*keys)).mean()
             self.log("train/loss", loss, prog_bar=True, batch_size=size)
             return loss
@@ -187,7 +193,8 @@ class DiffusionFineTuner(LightningModule):
         conditioning = self.encode_prompts(instance["prompts"] + prior["prompts"])
         losses = per_example_mse(self.family.predict(noised, conditioning), noised.target)
         instance_losses, prior_losses = losses.split([len(instance["prompts"]), len(prior["prompts"])])
-        loss = prior_preservation_loss(instance_losses, prior_losses, self.prior_loss_weight)
+        weight = 1.0 if self.prior_loss_weight is None else self.prior_loss_weight
+        loss = prior_preservation_loss(instance_losses, prior_losses, weight)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/instance_loss", instance_losses.mean(), batch_size=len(instance_losses))
         self.log("train/prior_loss", prior_losses.mean(), batch_size=len(prior_losses))
