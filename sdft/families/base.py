@@ -57,6 +57,10 @@ class ModelFamily(nn.Module, ABC):
         """The text encoders by pipeline component name."""
         return {name: getattr(self, name) for name in self.text_encoder_names}
 
+    def components(self, text_encoders: bool) -> dict[str, nn.Module]:
+        """The denoiser and, if ``text_encoders``, the text encoders: what a method trains, by component name."""
+        return {self.denoiser_name: self.denoiser, **(self.text_encoders() if text_encoders else {})}
+
     def tokenizers(self) -> dict[str, Any]:
         """Each text encoder's tokenizer, keyed by the text encoder's component name."""
         return {

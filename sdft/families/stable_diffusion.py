@@ -99,12 +99,8 @@ class StableDiffusion(ModelFamily):
     def predict(self, noised: NoisedLatents, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(noised.noisy, noised.timesteps, **conditioning).sample
 
-    def sampler(self) -> diffusers.SchedulerMixin:
-        """The model's own inference scheduler, with the prediction type in use."""
-        return getattr(diffusers, self.sampler_config["_class_name"]).from_config(self.sampler_config)
-
     def pipeline(self) -> StableDiffusionPipeline:
-        scheduler = self.sampler()
+        scheduler = getattr(diffusers, self.sampler_config["_class_name"]).from_config(self.sampler_config)
         return StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,

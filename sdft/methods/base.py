@@ -171,33 +171,32 @@ class DiffusionFineTuner(LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         micro_batch = batch_idx % self.trainer.accumulate_grad_batches
         keys = (self.seed, self.global_step, micro_batch, self.global_rank)
-        size = len(batch["prompts"])
-        if "is_prior" not in batch:
-            if self.prior_loss_weight is not None:
-                raise ValueError(
-                    "model.init_args.prior_loss_weight is set but the batches hold no class images: set "
-                    "data.class_prompt to turn prior preservation on, or drop prior_loss_weight"
-                )
-            loss = self.denoising_losses(batch, self.make_generator(*keys)).mean()
-            self.log("train/loss", loss, prog_bar=True, batch_size=size)
-            return loss
+        parts = split_prior(batch) if "is_prior" in batch else (batch,)
+        if len(parts) == 1 and self.prior_loss_weight is not None:
+            raise ValueError(
+                "model.init_args.prior_loss_weight is set but the batches hold no class images: set "
+                "data.class_prompt to turn prior preservation on, or drop prior_loss_weight"
+            )
         # Instance examples draw the noise they would draw without class examples (so prior_loss_weight 0 is plain
         # training); the class examples draw from their own stream. One denoiser pass serves both.
-        instance, prior = split_prior(batch)
+        streams = (keys, (*keys, PRIOR_STREAM))
         noised = NoisedLatents.cat(
             [
-                self.noised_latents(instance["pixel_values"], self.make_generator(*keys)),
-                self.noised_latents(prior["pixel_values"], self.make_generator(*keys, PRIOR_STREAM)),
+                self.noised_latents(part["pixel_values"], self.make_generator(*stream))
+                for part, stream in zip(parts, streams, strict=False)
             ]
         )
-        conditioning = self.encode_prompts(instance["prompts"] + prior["prompts"])
+        conditioning = self.encode_prompts([prompt for part in parts for prompt in part["prompts"]])
         losses = per_example_mse(self.family.predict(noised, conditioning), noised.target)
-        instance_losses, prior_losses = losses.split([len(instance["prompts"]), len(prior["prompts"])])
-        weight = 1.0 if self.prior_loss_weight is None else self.prior_loss_weight
-        loss = prior_preservation_loss(instance_losses, prior_losses, weight)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log("train/instance_loss", instance_losses.mean(), batch_size=len(instance_losses))
-        self.log("train/prior_loss", prior_losses.mean(), batch_size=len(prior_losses))
+        if len(parts) == 1:
+            loss = losses.mean()
+        else:
+            instance, prior = losses.split([len(part["prompts"]) for part in parts])
+            weight = 1.0 if self.prior_loss_weight is None else self.prior_loss_weight
+            loss = prior_preservation_loss(instance, prior, weight)
+            self.log("train/instance_loss", instance.mean(), batch_size=len(instance))
+            self.log("train/prior_loss", prior.mean(), batch_size=len(prior))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -261,8 +260,11 @@ class DiffusionFineTuner(LightningModule):
 def split_prior(batch: Batch) -> tuple[Batch, Batch]:
     """A prior-preservation batch -> its instance examples and its class examples, each a plain batch."""
     is_prior = batch["is_prior"].bool()
-    parts = []
-    for mask in (~is_prior, is_prior):
-        indices = mask.nonzero().flatten().tolist()
-        parts.append({"pixel_values": batch["pixel_values"][mask], "prompts": [batch["prompts"][i] for i in indices]})
-    return parts[0], parts[1]
+    instance, prior = (
+        {
+            "pixel_values": batch["pixel_values"][mask],
+            "prompts": [prompt for prompt, keep in zip(batch["prompts"], mask.tolist(), strict=True) if keep],
+        }
+        for mask in (~is_prior, is_prior)
+    )
+    return instance, prior

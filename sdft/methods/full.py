@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
-
 from sdft.methods.base import DiffusionFineTuner, ParameterGroups
 
 
@@ -37,15 +35,8 @@ class FullFineTuner(DiffusionFineTuner):
         self.train_text_encoder = train_text_encoder
         self.text_encoder_lr = text_encoder_lr
 
-    def trained_components(self) -> dict[str, nn.Module]:
-        """The pipeline components that train, by component name."""
-        components = {self.family.denoiser_name: self.family.denoiser}
-        if self.train_text_encoder:
-            components.update(self.family.text_encoders())
-        return components
-
     def configure_trainable(self) -> None:
-        for module in self.trained_components().values():
+        for module in self.family.components(self.train_text_encoder).values():
             module.requires_grad_(True)
             module.train()
 

@@ -49,10 +49,7 @@ class LoRAFineTuner(DiffusionFineTuner):
 
     def adapted_components(self) -> dict[str, nn.Module]:
         """The pipeline components that carry an adapter, by pipeline component name."""
-        components = {self.family.denoiser_name: self.family.denoiser}
-        if self.train_text_encoder:
-            components.update(self.family.text_encoders())
-        return components
+        return self.family.components(self.train_text_encoder)
 
     def lora_config(self, component: str) -> LoraConfig:
         """The peft config for one component: the user's targets or the family's defaults."""

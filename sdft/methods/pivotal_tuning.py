@@ -10,7 +10,7 @@ from torch import nn
 
 from sdft.methods.base import ParameterGroups
 from sdft.methods.lora import LoRAFineTuner
-from sdft.methods.tokens import LearnsPlaceholder, PlaceholderTokens
+from sdft.methods.tokens import LearnsPlaceholder
 
 
 class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
@@ -24,18 +24,12 @@ class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
     def __init__(
         self,
         *args,
-        placeholder_token: str,
-        initializer_token: str,
-        num_vectors: int = 1,
         embedding_lr: float | None = None,
         embedding_only_fraction: float = 0.0,
         **kwargs,
     ) -> None:
         """
         Args:
-            placeholder_token: the new word that names the subject in prompts, e.g. ``<sks>``.
-            initializer_token: a word of one token (e.g. the class noun ``dog``) whose embedding starts every vector.
-            num_vectors: embedding vectors of the word, as tokens ``<sks>``, ``<sks>_1``, ... in the text encoder.
             embedding_lr: the embeddings' learning rate; None uses the optimizer's (the LoRA's).
             embedding_only_fraction: train only the embeddings for this fraction of trainer.max_steps, then both.
         """
@@ -46,7 +40,6 @@ class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
             raise ValueError(
                 f"model.init_args.embedding_only_fraction must be in [0, 1), got {embedding_only_fraction}"
             )
-        self.tokens = PlaceholderTokens(placeholder_token, initializer_token, num_vectors)
         self.embedding_lr = embedding_lr
         self.embedding_only_fraction = embedding_only_fraction
 

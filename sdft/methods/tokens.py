@@ -169,11 +169,28 @@ class PlaceholderTokens:
 
 
 class LearnsPlaceholder:
-    """What every method that learns a placeholder word (``self.tokens``) does to prompts: it spells the word as
-    all its tokens before encoding, and checks on the first batch that the data names the word at all."""
+    """What every method that learns a placeholder word has in common: its options (held as ``self.tokens``), and
+    what it does to prompts: it spells the word as all its tokens before encoding, and checks on the first batch
+    that the data names the word at all. Mix it in before a :class:`~sdft.methods.DiffusionFineTuner`."""
 
-    tokens: PlaceholderTokens
     family: ModelFamily
+
+    def __init__(
+        self,
+        *args,
+        placeholder_token: str,
+        initializer_token: str,
+        num_vectors: int = 1,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            placeholder_token: the new word that names the subject in prompts, e.g. ``<sks>``.
+            initializer_token: a word of one token (e.g. the class noun ``dog``) whose embedding starts every vector.
+            num_vectors: embedding vectors of the word, as tokens ``<sks>``, ``<sks>_1``, ... in the text encoder.
+        """
+        super().__init__(*args, **kwargs)
+        self.tokens = PlaceholderTokens(placeholder_token, initializer_token, num_vectors)
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         return self.family.encode_prompts(self.tokens.expand(prompts))
