@@ -29,7 +29,6 @@ from sdft.files import write_atomic, write_text_atomic
 
 Row = Mapping[str, Any]
 
-NON_METRIC_KEYS = frozenset({"step", "grid"})
 CEILING_EXTRA_KEYS = frozenset({"num_reference_images"})
 FIGURE_SIZE = (6.0, 3.5)
 FIGURE_DPI = 100
@@ -159,7 +158,7 @@ def metric_names(rows: Sequence[Row]) -> list[str]:
     names: dict[str, None] = {}
     for row in rows:
         for key, value in row.items():
-            if key.startswith("val/") and key not in NON_METRIC_KEYS and _is_number(value):
+            if key.startswith("val/") and _is_number(value):
                 names.setdefault(key)
     return list(names)
 

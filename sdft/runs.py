@@ -73,8 +73,7 @@ def apply_checkpoint(model: DiffusionFineTuner, checkpoint: Path) -> DiffusionFi
         checkpoint: a ``.ckpt`` written during ``sdft fit``.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model.configure_model()
-    model.on_load_checkpoint(state)
+    model.on_load_checkpoint(state)  # loads the base weights and configures what trains first
     model.load_state_dict(state["state_dict"], strict=False)
     return model
 

@@ -21,7 +21,7 @@ CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
 def test_help_lists_every_command(capsys):
     main(["--help"])
     listed = capsys.readouterr().out
-    for command in ("fit", "validate", "evaluate", "export", "report", "tiny-model"):
+    for command in ("fit", "validate", "evaluate", "evaluate-run", "export", "report", "tiny-model"):
         assert f"\n  {command} " in listed
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from training import checkpointer, cpu_trainer, lora_tuner, subject_data
@@ -124,3 +125,8 @@ def test_ddp_splits_the_probes_and_logs_the_single_process_numbers(tmp_path):
     assert single[0]["step"] == ddp[0]["step"] == 0
     for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres"):
         assert ddp[0][key] == pytest.approx(single[0][key], abs=1e-5)
+    # each rank generated only its share: rank 0's grid (one probe per row) has half the rows
+    rows = {
+        name: Image.open(tmp_path / name / "version_0/evaluation/step_000000.png").height for name in ("single", "ddp")
+    }
+    assert rows["ddp"] * 2 == rows["single"]

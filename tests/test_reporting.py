@@ -58,6 +58,9 @@ def test_report_lists_selection_values_and_markers(tmp_path: Path) -> None:
     assert text.startswith("# Run report: version_0")
     assert "Chosen step: 100" in text and SELECTION["reason"] in text
     assert "config.yaml" in text
+    assert "Rule: fidelity = `val/dino`, clip_t_margin = `0.03`" in text
+    assert "Candidates (met the constraints): 100, 200" in text and "Exported checkpoint: `best`" in text
+    assert "Rejected steps:\n\n- step 300: val/clip_t 0.20 < base 0.24 - 0.03" in text
     for row in ROWS:
         line = table_row(text, str(row["step"]) if row["step"] != 100 else "**100**")
         for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres"):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -33,8 +33,6 @@ from sdft.evaluation.selection import Selection, select_step
 from sdft.files import write_atomic, write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
 from sdft.runs import apply_checkpoint, checkpoints_by_step
-
-METRIC_KEYS = ("val/clip_i", "val/clip_t", "val/dino", "val/pres")
 
 
 class SubjectEvaluator(Callback):
@@ -112,10 +110,13 @@ class SubjectEvaluator(Callback):
             return
         self.run_dir = Path(trainer.log_dir)  # collective under DDP: every rank calls setup
         self.check_checkpoint_cadence(trainer)
-        datamodule = trainer.datamodule
+        self.scorer = self.prepare(trainer.datamodule)
+
+    def prepare(self, datamodule: LightningDataModule) -> ProbeScorer:
+        """Fill in the subject and resolution from the data module where not configured; return the scorer."""
         self.identifier, self.class_noun = self.subject(getattr(datamodule, "instance_prompt", None))
         self.resolution = self.resolution or datamodule.resolution
-        self.scorer = self.build_scorer()
+        return self.build_scorer()
 
     def subject(self, instance_prompt: str | None) -> tuple[str, str]:
         """The identifier and class noun: as configured, else read from the instance prompt (None: there is none)."""
@@ -208,8 +209,10 @@ class SubjectEvaluator(Callback):
     # -- selection ------------------------------------------------------------------------------------------------
 
     def record_selection(self, trainer: Trainer, pl_module: DiffusionFineTuner, selection: Selection) -> None:
+        if not trainer.is_global_zero:
+            return
         checkpoint = find_checkpoint(trainer, selection.step)
-        if trainer.is_global_zero and self.export_best:
+        if self.export_best:
             export_step(pl_module, checkpoint, trainer.global_step, selection.step, self.run_dir / "best")
         record = {
             "step": selection.step,
@@ -221,9 +224,8 @@ class SubjectEvaluator(Callback):
             "export": "best" if self.export_best else None,
             "values": next(row for row in self.rows if row["step"] == selection.step),
         }
-        if trainer.is_global_zero:
-            write_json(self.run_dir / "evaluation" / "selection.json", record)
-            rank_zero_info(f"selected step {selection.step}: {selection.reason}")
+        write_json(self.run_dir / "evaluation" / "selection.json", record)
+        rank_zero_info(f"selected step {selection.step}: {selection.reason}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

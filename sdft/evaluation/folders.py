@@ -27,8 +27,7 @@ from torch import Tensor, nn
 from sdft.data.images import list_images, load_rgb, resize_short_side
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
 from sdft.evaluation.features import ClipFeatures, DinoFeatures
-from sdft.evaluation.metrics import PromptSimilarity, SubjectSimilarity
-from sdft.evaluation.similarity import strip_identifier
+from sdft.evaluation.scoring import SubjectMetrics
 from sdft.files import write_jsonl
 
 METADATA_FILE = "metadata.jsonl"
@@ -179,22 +178,13 @@ def score_subject(
     class_images = [entry for entry in entries if entry.class_prompt]
     check_subject_prompts(subject_images, generated_dir, identifier)
     real = torch.cat(list(load_batches(list_images(subject_dir, "subject_dir"), batch_size)))
-    device = module_device(clip)
-    clip_i, clip_t = SubjectSimilarity(clip).to(device), PromptSimilarity(clip).to(device)
-    dino_similarity = SubjectSimilarity(dino).to(module_device(dino))
-    clip_i.set_reference(real)
-    dino_similarity.set_reference(real)
-    for images, prompts in prompt_batches(subject_images, batch_size):
-        clip_i.update(images)
-        dino_similarity.update(images)
-        clip_t.update(images, [strip_identifier(prompt, identifier) for prompt in prompts])
-    scores = {"val/clip_i": clip_i.compute().item(), "val/clip_t": clip_t.compute().item()}
-    scores["val/dino"] = dino_similarity.compute().item()
-    if class_images:
-        scores["val/pres"] = class_prompt_similarity(dino_similarity, class_images, batch_size)
+    metrics = SubjectMetrics(identifier, clip, dino, with_pres=bool(class_images)).to(module_device(dino))
+    metrics.set_reference(real)
+    for images, entries in generated_batches(subject_images + class_images, batch_size):
+        metrics.update(images, [entry.prompt for entry in entries], [entry.class_prompt for entry in entries])
+    scores = metrics.compute()
     if len(real) >= 2:
-        scores["ceiling/clip_i"] = clip_i.reference_ceiling().item()
-        scores["ceiling/dino"] = dino_similarity.reference_ceiling().item()
+        scores.update({name.replace("val/", "ceiling/"): value for name, value in metrics.ceilings().items()})
     return {**scores, "num_generated": len(subject_images), "num_real": len(real)}
 
 
@@ -220,8 +210,8 @@ def check_subject_prompts(images: list[GeneratedImage], folder: Path, identifier
         )
 
 
-def prompt_batches(images: list[GeneratedImage], batch_size: int) -> Iterator[tuple[Tensor, list[str]]]:
-    """Stream (images, prompts) batches of generated images.
+def generated_batches(images: list[GeneratedImage], batch_size: int) -> Iterator[tuple[Tensor, list[GeneratedImage]]]:
+    """Stream (pixels, entries) batches of generated images.
 
     Args:
         images: the generated images with their prompts.
@@ -229,21 +219,7 @@ def prompt_batches(images: list[GeneratedImage], batch_size: int) -> Iterator[tu
     """
     batches = load_batches([image.path for image in images], batch_size)
     for start, pixels in zip(range(0, len(images), batch_size), batches, strict=True):
-        yield pixels, [image.prompt for image in images[start : start + batch_size]]
-
-
-def class_prompt_similarity(dino_similarity: SubjectSimilarity, images: list[GeneratedImage], batch_size: int) -> float:
-    """PRES: the DINO similarity of the class-prompt images to the real photos; resets ``dino_similarity``.
-
-    Args:
-        dino_similarity: the DINO metric, its reference (the real photos) already set.
-        images: the images generated from the bare class prompt.
-        batch_size: images per batch.
-    """
-    dino_similarity.reset()
-    for pixels in load_batches([image.path for image in images], batch_size):
-        dino_similarity.update(pixels)
-    return dino_similarity.compute().item()
+        yield pixels, images[start : start + batch_size]
 
 
 def module_device(module: nn.Module) -> torch.device:

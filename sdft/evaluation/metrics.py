@@ -63,7 +63,15 @@ class SubjectSimilarity(Metric):
         Args:
             generated_images: (N, 3, H, W) uint8 or [0, 1] float generated images.
         """
-        similarity = cosine_matrix(self.features(generated_images.to(self.device)), self.reference_embeddings())
+        self.update_embedded(self.features(generated_images.to(self.device)))
+
+    def update_embedded(self, embeddings: Tensor) -> None:
+        """:meth:`update` for images already embedded by this metric's feature extractor.
+
+        Args:
+            embeddings: (N, D) embeddings of generated images.
+        """
+        similarity = cosine_matrix(embeddings.to(self.device), self.reference_embeddings())
         self.similarity_sum += similarity.sum().double()
         self.pair_count += similarity.numel()
 
@@ -111,9 +119,20 @@ class PromptSimilarity(Metric):
             images: (N, 3, H, W) uint8 or [0, 1] float generated images.
             prompts: the N prompts they were generated from, identifier removed.
         """
-        if images.shape[0] != len(prompts):
-            raise ValueError(f"got {images.shape[0]} images for {len(prompts)} prompts; pass one prompt per image")
-        image_embeddings = self.clip_features.encode_images(images.to(self.device))
+        self.update_embedded(self.clip_features.encode_images(images.to(self.device)), prompts)
+
+    def update_embedded(self, image_embeddings: Tensor, prompts: list[str]) -> None:
+        """:meth:`update` for images already embedded by this metric's CLIP (``encode_images``).
+
+        Args:
+            image_embeddings: (N, D) CLIP image embeddings of generated images.
+            prompts: the N prompts they were generated from, identifier removed.
+        """
+        if image_embeddings.shape[0] != len(prompts):
+            raise ValueError(
+                f"got {image_embeddings.shape[0]} images for {len(prompts)} prompts; pass one prompt per image"
+            )
+        image_embeddings = image_embeddings.to(self.device)
         text_embeddings = self.clip_features.encode_texts(prompts)
         self.similarity_sum += (image_embeddings * text_embeddings).sum().double()
         self.pair_count += len(prompts)

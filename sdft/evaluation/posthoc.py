@@ -10,7 +10,8 @@ from lightning.pytorch import LightningDataModule
 from sdft.callbacks.evaluation import SubjectEvaluator
 from sdft.evaluation.selection import select_step
 from sdft.files import write_json, write_jsonl
-from sdft.runs import apply_checkpoint, checkpoints_by_step, instantiate, model_from_config, read_config
+from sdft.methods.base import DiffusionFineTuner
+from sdft.runs import apply_checkpoint, checkpoints_by_step, instantiate, read_config
 
 EVALUATOR = "sdft.callbacks.SubjectEvaluator"
 
@@ -38,10 +39,8 @@ def score_run(run_dir: Path, clip_model: str | None = None, dino_model: str | No
     data = instantiate(config["data"], LightningDataModule)
     data.setup("validate")  # the subject photos; class images are a training matter
     evaluator = evaluator_from_config(config, clip_model=clip_model, dino_model=dino_model)
-    evaluator.identifier, evaluator.class_noun = evaluator.subject(getattr(data, "instance_prompt", None))
-    evaluator.resolution = evaluator.resolution or data.resolution
-    scorer = evaluator.build_scorer()
-    model = model_from_config(run_dir / "config.yaml")
+    scorer = evaluator.prepare(data)
+    model = instantiate(config["model"], DiffusionFineTuner)
     model.configure_model()
     scorer.set_reference(data.images)
     rows = [{"step": 0, **scorer.score(model)[0]}]

@@ -13,6 +13,61 @@ from sdft.evaluation.probes import Probe
 from sdft.evaluation.similarity import strip_identifier
 
 
+class SubjectMetrics(nn.Module):
+    """CLIP-I, CLIP-T, DINO and (``with_pres``) PRES of generated images against one subject's photos.
+
+    Each image is embedded once per backbone: its CLIP embedding serves CLIP-I and CLIP-T, and the photos' DINO
+    embeddings serve DINO and PRES. The metrics reduce across ranks in :meth:`compute`.
+    """
+
+    def __init__(self, identifier: str, clip: ClipFeatures, dino: DinoFeatures, with_pres: bool) -> None:
+        """
+        Args:
+            identifier: the rare token removed from the prompts for CLIP-T (e.g. ``sks``).
+            clip: the CLIP image/text embedder.
+            dino: the DINO embedder.
+            with_pres: also score images of the bare class prompt (PRES).
+        """
+        super().__init__()
+        self.identifier, self.clip = identifier, clip
+        metrics = {"clip_i": SubjectSimilarity(clip), "clip_t": PromptSimilarity(clip), "dino": SubjectSimilarity(dino)}
+        if with_pres:
+            metrics["pres"] = SubjectSimilarity(dino)
+        self.metrics = nn.ModuleDict(metrics)
+
+    def set_reference(self, photos: torch.Tensor) -> None:
+        """Embed the subject photos (M, 3, H, W) once per backbone."""
+        self.metrics["clip_i"].set_reference(photos)
+        self.metrics["dino"].set_reference(photos)
+        if "pres" in self.metrics:
+            self.metrics["pres"].reference = self.metrics["dino"].reference
+
+    def ceilings(self) -> dict[str, float]:
+        """The real-real ceilings of CLIP-I and DINO (mean over distinct pairs of photos; needs two photos)."""
+        return {f"val/{name}": float(self.metrics[name].reference_ceiling()) for name in ("clip_i", "dino")}
+
+    def update(self, images: torch.Tensor, prompts: list[str], is_class: list[bool]) -> None:
+        """Add generated images (N, 3, H, W), their prompts, and which come from the bare class prompt."""
+        subject = torch.tensor([not flag for flag in is_class], device=images.device)
+        if subject.any():
+            embeddings = self.clip.encode_images(images[subject])
+            stripped = [
+                strip_identifier(p, self.identifier) for p, flag in zip(prompts, is_class, strict=True) if not flag
+            ]
+            self.metrics["clip_i"].update_embedded(embeddings)
+            self.metrics["clip_t"].update_embedded(embeddings, stripped)
+            self.metrics["dino"].update(images[subject])
+        if not subject.all():
+            self.metrics["pres"].update(images[~subject])
+
+    def compute(self) -> dict[str, float]:
+        """Reduce every metric across ranks, then reset them for the next set of images."""
+        values = {f"val/{name}": float(metric.compute()) for name, metric in self.metrics.items()}
+        for metric in self.metrics.values():
+            metric.reset()
+        return values
+
+
 class ProbeScorer(nn.Module):
     """CLIP-I, CLIP-T, DINO (and PRES when the probes hold class prompts) of one model state.
 
@@ -35,22 +90,12 @@ class ProbeScorer(nn.Module):
         super().__init__()
         self.probes, self.identifier, self.resolution, self.batch_size = probes, identifier, resolution, batch_size
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
-        self.with_pres = any(probe.is_class for probe in probes)
-        self.metrics = nn.ModuleDict(
-            {
-                "clip_i": SubjectSimilarity(clip),
-                "clip_t": PromptSimilarity(clip),
-                "dino": SubjectSimilarity(dino),
-                "pres": SubjectSimilarity(dino),
-            }
-        )
+        self.metrics = SubjectMetrics(identifier, clip, dino, with_pres=any(probe.is_class for probe in probes))
 
     def set_reference(self, photos: list[Image.Image]) -> dict[str, float]:
         """Embed the subject photos once; return the real-real ceilings of CLIP-I and DINO."""
-        reference = as_uint8([center_square(photo) for photo in photos])
-        for name in ("clip_i", "dino", "pres"):
-            self.metrics[name].set_reference(reference)
-        return {f"val/{name}": float(self.metrics[name].reference_ceiling()) for name in ("clip_i", "dino")}
+        self.metrics.set_reference(as_uint8([center_square(photo) for photo in photos]))
+        return self.metrics.ceilings()
 
     def score(self, model, rank: int = 0, world_size: int = 1) -> tuple[dict[str, float], list[Image.Image]]:
         """Generate this rank's share of the probes with ``model``; return the reduced metrics and its images."""
@@ -65,28 +110,10 @@ class ProbeScorer(nn.Module):
                 self.num_inference_steps,
                 self.guidance_scale,
             )
-            self.update(batch, as_uint8(generated).to(self.metrics["dino"].device))
+            pixels = as_uint8(generated).to(self.metrics.metrics["dino"].device)
+            self.metrics.update(pixels, [p.prompt for p in batch], [p.is_class for p in batch])
             images += generated
-        return self.compute(), images
-
-    def update(self, probes: list[Probe], images: torch.Tensor) -> None:
-        subject = torch.tensor([not p.is_class for p in probes], device=images.device)
-        if subject.any():
-            prompts = [strip_identifier(p.prompt, self.identifier) for p in probes if not p.is_class]
-            self.metrics["clip_i"].update(images[subject])
-            self.metrics["dino"].update(images[subject])
-            self.metrics["clip_t"].update(images[subject], prompts)
-        if not subject.all():
-            self.metrics["pres"].update(images[~subject])
-
-    def compute(self) -> dict[str, float]:
-        """Reduce every metric across ranks, then reset them for the next model state."""
-        values = {}
-        for name, metric in self.metrics.items():
-            if name != "pres" or self.with_pres:
-                values[f"val/{name}"] = float(metric.compute())
-            metric.reset()
-        return values
+        return self.metrics.compute(), images
 
 
 def center_square(image: Image.Image) -> Image.Image:
