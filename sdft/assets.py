@@ -9,20 +9,34 @@ the ordinary folder, so the code that reads it is the code that reads real model
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sdft.data.toy import write_toy_captions, write_toy_class, write_toy_subject
-from sdft.tiny_models import build_tiny_sd1
+from sdft.files import write_folder_atomic
+
+
+# The builders import what they need when called: resolving a path must not load diffusers or the data package.
+def _tiny_sd1(folder: Path) -> object:
+    from sdft.tiny_models import build_tiny_sd1
+
+    return build_tiny_sd1(folder)
+
+
+def _toy(writer: str, **options) -> Callable[[Path], object]:
+    def build(folder: Path) -> object:
+        from sdft.data import toy
+
+        return getattr(toy, writer)(folder, **options)
+
+    return build
+
 
 PREFIX = "builtin:"
 BUILDERS: dict[str, Callable[[Path], object]] = {
-    "tiny-sd1": build_tiny_sd1,
-    "toy-subject": write_toy_subject,
-    "toy-class": lambda folder: write_toy_class(folder, num_images=8),
-    "toy-captions": write_toy_captions,
+    "tiny-sd1": _tiny_sd1,
+    "toy-subject": _toy("write_toy_subject"),
+    "toy-class": _toy("write_toy_class", num_images=8),
+    "toy-captions": _toy("write_toy_captions"),
 }
 
 
@@ -43,23 +57,6 @@ def resolve(name_or_path: str) -> str:
     if name not in BUILDERS:
         raise ValueError(f"unknown built-in asset {name_or_path!r}; available: {sorted(PREFIX + n for n in BUILDERS)}")
     folder = cache_dir() / name
-    if not folder.is_dir():
-        build_atomically(BUILDERS[name], folder)
+    if not folder.is_dir():  # built once; concurrent builders (ranks on one node) race harmlessly
+        write_folder_atomic(folder, BUILDERS[name], replace=False)
     return str(folder)
-
-
-def build_atomically(builder: Callable[[Path], object], folder: Path) -> None:
-    """Build into a temporary sibling and rename it into place, so a folder that exists is always complete.
-
-    Concurrent builders (several ranks on one node) race harmlessly: the first rename wins, the rest are dropped.
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        builder(staging)
-        os.replace(staging, folder)
-    except OSError:
-        if not folder.is_dir():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

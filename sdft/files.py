@@ -1,13 +1,16 @@
-"""Atomic writes of the small text files a run folder holds: a file that exists is always complete."""
+"""Atomic writes of files and folders: a file or folder that exists is always complete."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
+
+T = TypeVar("T")
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -42,3 +45,32 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write one JSON object per line, atomically."""
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def write_folder_atomic(folder: Path, build: Callable[[Path], T], replace: bool = True) -> T:
+    """Build a folder through ``build(staging)`` in a hidden sibling, then rename it into place; return what
+    ``build`` returns.
+
+    Args:
+        folder: the final folder; its parent is created if missing.
+        build: fills the (empty) staging folder it is given.
+        replace: replace an existing ``folder`` (it is moved aside and deleted only once the new one is in place);
+            when False an existing folder is kept and the new build dropped, so concurrent builders of one folder
+            (several ranks on a node) race harmlessly.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    previous = folder.with_name(f".{folder.name}-previous")
+    try:
+        result = build(staging)
+        if replace and folder.exists():
+            os.replace(folder, previous)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if replace or not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(previous, ignore_errors=True)
+    return result

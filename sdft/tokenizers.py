@@ -50,7 +50,7 @@ def write_clip_tokenizer(directory: str | Path, model_max_length: int = 77) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     merges = read_clip_merges()
-    (directory / "vocab.json").write_text(json.dumps(build_clip_vocab(merges), ensure_ascii=False))
+    (directory / "vocab.json").write_text(json.dumps(build_clip_vocab(merges), ensure_ascii=False), encoding="utf-8")
     merge_lines = ["#version: 0.2"] + [" ".join(pair) for pair in merges]
     (directory / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
     config = {

@@ -27,19 +27,16 @@ CPU = torch.device("cpu")
 
 
 class CountingFactory:
-    """Builds the base pipeline and counts the images it is asked for; optionally fails after some calls."""
+    """Builds the base pipeline and counts the images it is asked for."""
 
-    def __init__(self, model_dir: Path, fail_after_calls: int | None = None) -> None:
+    def __init__(self, model_dir: Path) -> None:
         self.family = StableDiffusion(str(model_dir))
-        self.fail_after_calls, self.calls, self.images = fail_after_calls, 0, 0
+        self.images = 0
 
     def __call__(self):
         pipeline = self.family.base_pipeline(CPU)
 
         def call(prompts, **kwargs):
-            if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
-                raise KeyboardInterrupt("interrupted")
-            self.calls += 1
             self.images += len(prompts)
             return pipeline(prompts, **kwargs)
 
@@ -111,12 +108,22 @@ def test_the_default_folder_differs_with_model_prompt_resolution_and_seed(tmp_pa
     assert default_class_dir(tmp_path, source, ClassImageSpec(SPEC.prompt, 9, 32, 0, 2)) in folders  # count may grow
 
 
-def test_an_interrupted_generation_resumes_with_the_same_images(generated, tiny_sd1, tmp_path):
-    folder = tmp_path / "interrupted"
+def test_an_interrupted_generation_resumes_with_the_same_images(generated, tiny_sd1, tmp_path, monkeypatch):
+    folder, save, saves = tmp_path / "interrupted", Image.Image.save, []
+
+    def interrupted_third_save(image, file, *args, **kwargs):
+        saves.append(file)
+        if len(saves) == 3:
+            file.write(b"\x89PNG half an image")
+            raise KeyboardInterrupt("interrupted while writing")
+        return save(image, file, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_third_save)
     with pytest.raises(KeyboardInterrupt):
-        ensure(folder, CountingFactory(tiny_sd1, fail_after_calls=1))
+        ensure(folder, CountingFactory(tiny_sd1))
+    monkeypatch.undo()
     assert sorted(p.name for p in folder.glob("*.png")) == [generated_name(0), generated_name(1)]
-    assert not list(folder.glob(".*"))  # no partial file left behind
+    assert not list(folder.glob(".*"))  # the half-written image left nothing behind
     factory = CountingFactory(tiny_sd1)
     resumed = ensure(folder, factory)
     assert factory.images == 2
@@ -137,18 +144,19 @@ def _generate_on_rank(rank: int, world_size: int, init_file: str, model_dir: str
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
     )
     try:
-        family = StableDiffusion(model_dir)
+        factory = CountingFactory(Path(model_dir))
         ensure_class_images(
             Path(folder),
             spec,
-            family.source(),
-            lambda: family.base_pipeline(CPU),
+            factory.source(),
+            factory,
             key="data.class_dir",
             device=CPU,
             rank=rank,
             world_size=world_size,
             barrier=dist.barrier,
         )
+        Path(folder).with_name(f"made-by-rank-{rank}").write_text(str(factory.images))
     finally:
         dist.destroy_process_group()
 
@@ -161,4 +169,5 @@ def test_two_processes_split_the_work_and_make_the_single_process_images(generat
     mp.start_processes(_generate_on_rank, args=args, nprocs=2, start_method="spawn")
     made = sorted(folder.glob("*.png"))
     assert [p.name for p in made] == [generated_name(i) for i in range(3)]
+    assert [int((tmp_path / f"made-by-rank-{rank}").read_text()) for rank in (0, 1)] == [2, 1]
     assert np.abs(pixels(made) - pixels(generated[:3])).max() <= 1  # batching differs, the seeds do not

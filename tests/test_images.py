@@ -240,6 +240,9 @@ def test_resize_short_side_then_center_crop() -> None:
 def test_upscales_small_images() -> None:
     tensor = prepare_image(halves_image(16, 20), 32, center_crop=True, flip=False, generator=None)
     assert tensor.shape == (3, 32, 32)
+    # scaled up (not padded): the two halves fill the crop, softened only at the seam
+    assert torch.allclose(tensor[:, :, :14], torch.tensor(-1.0), atol=0.02)
+    assert torch.allclose(tensor[:, :, 18:], torch.tensor(1.0), atol=0.02)
 
 
 def test_flip_mirrors_the_crop() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sdft.data.sampling import RunSampler, epoch_order, item_at
+from types import SimpleNamespace
+
+from sdft.data.sampling import RunSampler, epoch_order, item_at, run_sampler
 
 
 def test_every_epoch_shows_every_item_once_in_a_fresh_order():
@@ -22,3 +24,10 @@ def test_ranks_partition_the_run_positions():
 def test_resumed_sampler_yields_the_tail_of_the_uninterrupted_one():
     full, tail = list(RunSampler(0, 20, 2, 1)), list(RunSampler(8, 20, 2, 1))
     assert tail == full[4:]
+
+
+def test_a_step_spans_accumulated_batches_on_every_rank():
+    # 4 steps of 2 accumulated batches of 3 on 2 ranks = 48 positions; step 1 is done, so 36 remain
+    trainer = SimpleNamespace(max_steps=4, accumulate_grad_batches=2, world_size=2, global_rank=1, global_step=1)
+    sampler = run_sampler(trainer, batch_size=3)
+    assert sampler.positions == range(13, 48, 2) and len(sampler) == 18

@@ -44,12 +44,15 @@ def test_tiny_model_loads_as_a_stock_pipeline(tiny_sd1):
     assert pipeline.tokenizer("sks").input_ids == [49406, 48136, 49407]
 
 
-def test_builtin_assets_are_built_once_into_the_cache(asset_cache):
-    folder = assets.resolve("builtin:toy-subject")
-    assert folder.startswith(str(asset_cache)) and len(list((asset_cache / "toy-subject").glob("*.png"))) == 5
-    stamp = (asset_cache / "toy-subject").stat().st_mtime_ns
-    assert assets.resolve("builtin:toy-subject") == folder
-    assert (asset_cache / "toy-subject").stat().st_mtime_ns == stamp
+def test_builtin_assets_are_built_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDFT_CACHE", str(tmp_path))
+    builds = []
+    build = assets.BUILDERS["toy-class"]
+    monkeypatch.setitem(assets.BUILDERS, "toy-class", lambda folder: builds.append(folder) or build(folder))
+    folder = assets.resolve("builtin:toy-class")
+    assert folder == str(tmp_path / "toy-class") and len(list((tmp_path / "toy-class").glob("*.png"))) == 8
+    assert assets.resolve("builtin:toy-class") == folder
+    assert len(builds) == 1
     assert assets.resolve("some/hub-model") == "some/hub-model"
     with pytest.raises(ValueError, match="unknown built-in asset 'builtin:nope'.*builtin:tiny-sd1"):
         assets.resolve("builtin:nope")

@@ -42,9 +42,6 @@ class CaptionDataError(ValueError):
     """A caption file or metadata row that cannot be used; the message names the file and the fix."""
 
 
-# -- shared with SubjectDataModule's scheme ---------------------------------------------------------------------------
-
-
 # -- examples ---------------------------------------------------------------------------------------------------------
 
 

@@ -123,7 +123,6 @@ def generate_class_images(
     if not indices:
         return
     pipeline = pipeline_factory()
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
@@ -137,7 +136,7 @@ def generate_class_images(
                 guidance_scale=spec.guidance_scale,
             ).images
             for index, image in zip(chunk, images, strict=True):
-                write_atomic(folder / generated_name(index), lambda path, image=image: image.save(path, format="PNG"))
+                write_atomic(folder / generated_name(index), lambda file, image=image: image.save(file, format="PNG"))
     finally:
         del pipeline
         gc.collect()
@@ -179,7 +178,6 @@ def ensure_class_images(
     if missing:
         if rank == 0:
             rank_zero_info(f"generating {len(missing)} class images of {spec.prompt!r} into {folder}")
-            folder.mkdir(parents=True, exist_ok=True)
             write_json(folder / MANIFEST, spec.generation_record(source))
         generate_class_images(pipeline_factory, folder, spec, missing[rank::world_size], batch_size, device)
     barrier()  # every share is on disk before any rank reads the folder

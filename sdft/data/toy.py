@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sdft.files import write_jsonl
+from sdft.files import write_atomic, write_jsonl
 
 SUPERSAMPLE = 2
 BODY_SHAPES = ("round", "square", "pear")
@@ -358,26 +356,7 @@ def _write_all(images: list[Image.Image], folder: Path, stem: str) -> list[Path]
         folder: the destination; created if missing.
         stem: the file-name prefix.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}_{index:02d}.png" for index in range(len(images))]
     for image, path in zip(images, paths, strict=True):
-        _write_png_atomically(image, path)
+        write_atomic(path, lambda file, image=image: image.save(file, format="PNG"))
     return paths
-
-
-def _write_png_atomically(image: Image.Image, path: Path) -> None:
-    """Write a PNG to a hidden temporary file beside ``path``, then rename it into place.
-
-    Args:
-        image: the image to write.
-        path: the final file.
-    """
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            image.save(file, format="PNG")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

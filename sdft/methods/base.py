@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 
 from sdft.families.base import ModelFamily, NoisedLatents
+from sdft.files import write_folder_atomic
 from sdft.objectives import per_example_mse, prior_preservation_loss, step_seed
 
 Batch = dict[str, Any]
@@ -98,18 +96,9 @@ class DiffusionFineTuner(LightningModule):
         by a complete one. Returns the main file or folder written.
         """
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-        try:
-            written = self.write_export(staging)
-            previous = directory.with_name(f".{directory.name}-previous")
-            if directory.exists():
-                os.replace(directory, previous)
-            os.replace(staging, directory)
-            shutil.rmtree(previous, ignore_errors=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return directory / written.relative_to(staging)
+        return directory / write_folder_atomic(
+            directory, lambda staging: self.write_export(staging).relative_to(staging)
+        )
 
     # -- model ---------------------------------------------------------------------------------------------------
 
