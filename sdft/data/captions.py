@@ -20,16 +20,14 @@ import json
 import warnings
 from pathlib import Path
 
-import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from sdft import assets
 from sdft.data.images import IMAGE_EXTENSIONS, ImageDataError, list_images, read_resized
-from sdft.data.sampling import augmented_image_at, run_sampler
+from sdft.data.sampling import AugmentedImages, train_loader
 
-Example = dict[str, torch.Tensor | str]
 Captioned = list[tuple[Path, str]]
 
 METADATA = "metadata.jsonl"
@@ -40,47 +38,6 @@ NAMES_SHOWN = 5
 
 class CaptionDataError(ValueError):
     """A caption file or metadata row that cannot be used; the message names the file and the fix."""
-
-
-# -- examples ---------------------------------------------------------------------------------------------------------
-
-
-class CaptionedImages(Dataset):
-    """Run position -> one augmented example ``{"pixel_values": (3, R, R) in [-1, 1], "prompts": caption}``."""
-
-    def __init__(
-        self,
-        images: list[Image.Image],
-        captions: list[str],
-        resolution: int,
-        center_crop: bool,
-        flip_probability: float,
-        caption_dropout: float,
-        seed: int,
-    ) -> None:
-        """
-        Args:
-            images: decoded images, short side at ``resolution``.
-            captions: the caption of each image.
-            resolution: side of the square crops.
-            center_crop: crop the centre; otherwise a random crop per position.
-            flip_probability: probability of a left-right mirror per position.
-            caption_dropout: probability per position that the caption is replaced by ``""``.
-            seed: seeds the order, augmentation and caption dropout.
-        """
-        self.images, self.captions, self.resolution = images, captions, resolution
-        self.center_crop, self.flip_probability = center_crop, flip_probability
-        self.caption_dropout, self.seed = caption_dropout, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, position: int) -> Example:
-        index, pixels, generator = augmented_image_at(
-            self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability
-        )
-        dropped = bool(torch.rand((), generator=generator) < self.caption_dropout)
-        return {"pixel_values": pixels, "prompts": "" if dropped else self.captions[index]}
 
 
 class CaptionDataModule(LightningDataModule):
@@ -143,26 +100,20 @@ class CaptionDataModule(LightningDataModule):
         self.captions = [caption for _, caption in pairs]
         self.images = [decoded[path] for path in self.files]
 
-    def dataset(self, augment: bool) -> CaptionedImages:
+    def dataset(self, augment: bool) -> AugmentedImages:
         """The examples, augmented as configured or (for validation) centre-cropped, unflipped, never dropped."""
-        return CaptionedImages(
+        return AugmentedImages(
             self.images,
             self.captions,
             self.resolution,
             self.center_crop or not augment,
             self.random_flip if augment else 0.0,
-            self.caption_dropout if augment else 0.0,
             self.seed,
+            caption_dropout=self.caption_dropout if augment else 0.0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.dataset(augment=True),
-            batch_size=self.batch_size,
-            sampler=run_sampler(self.trainer, self.batch_size),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return train_loader(self.dataset(augment=True), self.trainer, self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset(augment=False), batch_size=self.batch_size, num_workers=self.num_workers)

@@ -8,18 +8,21 @@ the batches the uninterrupted run would have seen, whatever the number of data-l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from sdft.data.images import prepare_image
 from sdft.objectives import step_seed
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
+
+#: one training example: pixels (3, R, R) in [-1, 1] under ``pixel_values`` and its prompt under ``prompts``
+Example = dict[str, torch.Tensor | str]
 
 
 def epoch_order(num_items: int, epoch: int, seed: int) -> list[int]:
@@ -80,6 +83,28 @@ def run_sampler(trainer: Trainer, batch_size: int) -> RunSampler:
     )
 
 
+def train_loader(
+    dataset: Dataset, trainer: Trainer, batch_size: int, num_workers: int, collate_fn: Callable = default_collate
+) -> DataLoader:
+    """The training loader of a data module: this rank's run positions of ``dataset`` from :func:`run_sampler`.
+
+    Args:
+        dataset: maps run positions to examples.
+        trainer: the trainer the data module is attached to.
+        batch_size: examples per batch on each device.
+        num_workers: data-loader worker processes.
+        collate_fn: batches a list of examples.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=run_sampler(trainer, batch_size),
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
 def augmented_image_at(
     images: list[Image.Image],
     position: int,
@@ -105,3 +130,52 @@ def augmented_image_at(
     flip = bool(torch.rand((), generator=generator) < flip_probability)
     index = item_at(position, len(images), seed)
     return index, prepare_image(images[index], resolution, center_crop, flip, generator), generator
+
+
+class AugmentedImages(Dataset):
+    """Run position -> one augmented example ``{"pixel_values": (3, R, R) in [-1, 1], "prompts": str}``.
+
+    Images are decoded once and kept with their short side at the resolution; the image, its crop and flip, and
+    then (with ``templates``) the prompt template and (with ``caption_dropout``) whether the prompt is dropped are
+    drawn from a generator seeded by the position, so an example depends on the position alone.
+    """
+
+    def __init__(
+        self,
+        images: list[Image.Image],
+        prompts: list[str],
+        resolution: int,
+        center_crop: bool,
+        flip_probability: float,
+        seed: int,
+        templates: tuple[str, ...] = (),
+        caption_dropout: float = 0.0,
+    ) -> None:
+        """
+        Args:
+            images: decoded images, short side at ``resolution``.
+            prompts: each image's prompt (its caption, or with ``templates`` the phrase that fills their ``{}``).
+            resolution: side of the square crops.
+            center_crop: crop the centre; otherwise a random crop per position.
+            flip_probability: probability of a left-right mirror per position.
+            seed: seeds the order and augmentation.
+            templates: prompt templates, one drawn per position; empty uses the prompts as they are.
+            caption_dropout: probability per position that the prompt is replaced by ``""``.
+        """
+        self.images, self.prompts, self.resolution = images, prompts, resolution
+        self.center_crop, self.flip_probability, self.seed = center_crop, flip_probability, seed
+        self.templates, self.caption_dropout = templates, caption_dropout
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, position: int) -> Example:
+        index, pixels, generator = augmented_image_at(
+            self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability
+        )
+        prompt = self.prompts[index]
+        if self.templates:
+            prompt = self.templates[int(torch.randint(len(self.templates), (), generator=generator))].format(prompt)
+        if self.caption_dropout and torch.rand((), generator=generator) < self.caption_dropout:
+            prompt = ""
+        return {"pixel_values": pixels, "prompts": prompt}

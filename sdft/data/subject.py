@@ -12,65 +12,19 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from sdft import assets
 from sdft.data.class_images import ClassImageSpec, default_class_dir, ensure_class_images
 from sdft.data.images import list_images, read_resized
-from sdft.data.sampling import augmented_image_at, run_sampler
+from sdft.data.sampling import AugmentedImages, Example, train_loader
 from sdft.data.templates import prompt_templates as prompt_templates_of
 from sdft.objectives import step_seed
 
-Example = dict[str, torch.Tensor | str]
-
 #: seed stream of the class examples' order and augmentation, apart from the instance examples'
 CLASS_STREAM = 2
-
-
-class SubjectImages(Dataset):
-    """Run position -> one augmented example ``{"pixel_values": (3, R, R) in [-1, 1], "prompts": str}``.
-
-    Images are decoded once and kept with their short side at the resolution; crops, flips and (with templates)
-    prompts are drawn per position from a seeded generator, so an example depends on the position alone.
-    """
-
-    def __init__(
-        self,
-        images: list[Image.Image],
-        prompt: str,
-        resolution: int,
-        center_crop: bool,
-        flip_probability: float,
-        seed: int,
-        templates: tuple[str, ...] = (),
-    ) -> None:
-        """
-        Args:
-            images: decoded photos, short side at ``resolution``.
-            prompt: the prompt of every example, or with ``templates`` the phrase that fills their ``{}``.
-            resolution: side of the square crops.
-            center_crop: crop the centre; otherwise a random crop per position.
-            flip_probability: probability of a left-right mirror per position.
-            seed: seeds the order and augmentation.
-            templates: prompt templates, one drawn per position; empty uses ``prompt`` as it is.
-        """
-        self.images, self.prompt, self.resolution = images, prompt, resolution
-        self.center_crop, self.flip_probability, self.seed = center_crop, flip_probability, seed
-        self.templates = templates
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, position: int) -> Example:
-        _, pixels, generator = augmented_image_at(
-            self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability
-        )
-        if not self.templates:
-            return {"pixel_values": pixels, "prompts": self.prompt}
-        template = self.templates[int(torch.randint(len(self.templates), (), generator=generator))]
-        return {"pixel_values": pixels, "prompts": template.format(self.prompt)}
 
 
 class PriorPreservationExamples(Dataset):
     """Run position -> an instance example and a class example, which :func:`collate_prior` batches as
     B instance examples followed by B class examples, with an ``is_prior`` mask, for any batch size B."""
 
-    def __init__(self, instances: SubjectImages, classes: SubjectImages) -> None:
+    def __init__(self, instances: AugmentedImages, classes: AugmentedImages) -> None:
         self.instances, self.classes = instances, classes
 
     def __len__(self) -> int:
@@ -215,35 +169,24 @@ class SubjectDataModule(LightningDataModule):
             barrier=trainer.strategy.barrier,
         )
 
-    def instance_dataset(self, augment: bool) -> SubjectImages:
+    def instance_dataset(self, augment: bool) -> AugmentedImages:
         """The subject's examples, augmented as configured or (for validation) centre-cropped and unflipped."""
+        prompts = [self.instance_prompt] * len(self.images)
         center_crop = self.center_crop or not augment
         flip = self.random_flip if augment else 0.0
         templates = self.templates if augment else self.templates[:1]
-        return SubjectImages(
-            self.images, self.instance_prompt, self.resolution, center_crop, flip, self.seed, templates
-        )
+        return AugmentedImages(self.images, prompts, self.resolution, center_crop, flip, self.seed, templates)
 
-    def class_dataset(self) -> SubjectImages:
+    def class_dataset(self) -> AugmentedImages:
         """The class examples: the class prompt on class images, augmented like the instance examples."""
-        seed = step_seed(self.seed, CLASS_STREAM)
-        return SubjectImages(
-            self.class_images, self.class_prompt, self.resolution, self.center_crop, self.random_flip, seed
-        )
+        prompts, seed = [self.class_prompt] * len(self.class_images), step_seed(self.seed, CLASS_STREAM)
+        return AugmentedImages(self.class_images, prompts, self.resolution, self.center_crop, self.random_flip, seed)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = run_sampler(self.trainer, self.batch_size)
         dataset, collate = self.instance_dataset(augment=True), default_collate
         if self.prior_preservation:
             dataset, collate = PriorPreservationExamples(dataset, self.class_dataset()), collate_prior
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return train_loader(dataset, self.trainer, self.batch_size, self.num_workers, collate)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
