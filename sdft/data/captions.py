@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from sdft import assets
-from sdft.data.images import IMAGE_EXTENSIONS, ImageDataError, list_images, read_resized
+from sdft.data.images import check_folder, image_files, list_images, read_resized
 from sdft.data.sampling import AugmentedImages, train_loader
 
 Captioned = list[tuple[Path, str]]
@@ -129,9 +129,7 @@ def read_captions(folder: Path, source: str) -> Captioned:
         folder: the data folder.
         source: ``metadata``, ``txt`` or ``auto`` (see the module docstring).
     """
-    if not folder.is_dir():
-        state = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise ImageDataError(f"{folder} {state}; set data.data_dir to a folder of captioned images")
+    check_folder(folder, "data.data_dir")
     if source == "metadata" or (source == "auto" and (folder / METADATA).is_file()):
         pairs = read_metadata(folder / METADATA)
     else:
@@ -248,11 +246,7 @@ def check_captions(pairs: Captioned, folder: Path) -> None:
 
 def warn_unlisted_images(folder: Path, listed: set[Path]) -> None:
     """Warn about images directly in ``folder`` that ``metadata.jsonl`` leaves out (they are not trained on)."""
-    unlisted = [
-        path.name
-        for path in sorted(folder.iterdir())
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.resolve() not in listed
-    ]
+    unlisted = [path.name for path in image_files(folder) if path.resolve() not in listed]
     if unlisted:
         warnings.warn(
             f"{len(unlisted)} images in {folder} are not listed in {METADATA} and are not trained on: "

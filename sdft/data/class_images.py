@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from sdft.data.images import IMAGE_EXTENSIONS
+from sdft.data.images import image_files
 from sdft.files import write_atomic, write_json
 from sdft.objectives import step_seed
 
@@ -79,21 +79,10 @@ def missing_class_images(folder: Path, spec: ClassImageSpec, source: dict[str, s
                 f"from this run's; see {manifest}). Point {key} at another folder, or delete the folder to "
                 "regenerate it"
             )
-    present = {path.name for path in images_in(folder)}
+    present = {path.name for path in image_files(folder)}
     own = [name for name in present if not is_generated(name)]
     needed = max(spec.count - len(own), 0)
     return [index for index in range(needed) if generated_name(index) not in present]
-
-
-def images_in(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder`` (none if it does not exist), by name; other files are ignored."""
-    if not folder.is_dir():
-        return []
-    return [
-        path
-        for path in sorted(folder.iterdir())
-        if not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-    ]
 
 
 def is_generated(name: str) -> bool:
@@ -181,7 +170,7 @@ def ensure_class_images(
             write_json(folder / MANIFEST, spec.generation_record(source))
         generate_class_images(pipeline_factory, folder, spec, missing[rank::world_size], batch_size, device)
     barrier()  # every share is on disk before any rank reads the folder
-    images = images_in(folder)
+    images = image_files(folder)
     if not images:
         raise ValueError(f"{key}: {folder} holds no class images and spec.count is {spec.count}")
     own = [path for path in images if not is_generated(path.name)]

@@ -33,10 +33,7 @@ def list_images(folder: Path, key: str) -> list[Path]:
         key: the config key that named the folder (e.g. ``"data.instance_dir"``), quoted in errors.
     """
     folder = Path(folder)
-    if not folder.exists():
-        raise ImageDataError(f"{folder} does not exist; set {key} to a folder of images")
-    if not folder.is_dir():
-        raise ImageDataError(f"{folder} is a file, not a folder; set {key} to a folder of images")
+    check_folder(folder, key)
     images = [path for path in sorted(folder.iterdir()) if _is_image_file(path)]
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
@@ -45,6 +42,25 @@ def list_images(folder: Path, key: str) -> list[Path]:
             f"add photos to it or set {key} to another folder"
         )
     return images
+
+
+def check_folder(folder: Path, key: str) -> None:
+    """Raise, naming ``key``, unless ``folder`` is an existing folder."""
+    if not folder.exists():
+        raise ImageDataError(f"{folder} does not exist; set {key} to a folder of images")
+    if not folder.is_dir():
+        raise ImageDataError(f"{folder} is a file, not a folder; set {key} to a folder of images")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly inside ``folder`` by name, none if it does not exist; other entries are ignored."""
+    if not folder.is_dir():
+        return []
+    return [
+        path
+        for path in sorted(folder.iterdir())
+        if not path.name.startswith(".") and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    ]
 
 
 def _is_image_file(path: Path) -> bool:
