@@ -10,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from training import brief_fit
 
 from sdft.cli import main
 from sdft.methods.lora import LORA_WEIGHTS
@@ -42,68 +43,11 @@ def test_every_shipped_config_parses_and_builds_its_model(config, capsys):
     model_from_config(config)  # instantiates the method and family without loading weights
 
 
-def write_test_overrides(tmp_path: Path) -> Path:
-    """A second config composed over the quickstart: fewer, smaller steps into a temporary run folder."""
-    overrides = {
-        "trainer": {
-            "max_steps": 4,
-            "log_every_n_steps": 1,
-            "val_check_interval": 2,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(tmp_path), "name": "run"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "every_n_train_steps": 2,
-                        "save_top_k": -1,
-                        "filename": "step={step:06d}",
-                        "auto_insert_metric_name": False,
-                    },
-                },
-                {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
-                {
-                    "class_path": "sdft.callbacks.SamplePreview",
-                    "init_args": {"prompts": ["a photo of sks toy"], "every_n_steps": 2, "num_inference_steps": 2},
-                },
-                {
-                    "class_path": "sdft.callbacks.SubjectEvaluator",
-                    "init_args": {
-                        "every_n_steps": 2,
-                        "num_prompts": 2,
-                        "images_per_prompt": 1,
-                        "class_images": 1,
-                        "num_inference_steps": 2,
-                        "clip_model": "builtin:tiny-clip",
-                        "dino_model": "builtin:tiny-dino",
-                    },
-                },
-            ],
-        },
-        "data": {"init_args": {"resolution": 32}},
-        "model": {"init_args": {"optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.05}}}},
-    }
-    path = tmp_path / "overrides.yaml"
-    path.write_text(yaml.safe_dump(overrides))
-    return path
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
-    tmp_path = tmp_path_factory.mktemp("cli")
-    main(
-        [
-            "fit",
-            "--config",
-            "configs/quickstart.yaml",
-            "--config",
-            str(write_test_overrides(tmp_path)),
-            "--trainer.enable_progress_bar=false",
-        ]
-    )
-    return tmp_path / "run" / "version_0"
+    """The quickstart config for four steps at 32 px, with checkpoints, samples and evaluations every two."""
+    lr = "--model.init_args.optimizer.init_args.lr=0.05"  # large enough that the evaluations differ between steps
+    return brief_fit("configs/quickstart.yaml", tmp_path_factory.mktemp("cli"), {}, lr, max_steps=4)
 
 
 def test_fit_leaves_a_complete_run_folder(quick_run):

@@ -90,9 +90,12 @@ def checkpointer(root: Path, every_n_steps: int) -> ModelCheckpoint:
     )
 
 
-def brief_fit(config: str, tmp_path: Path, data: dict, *options: str, evaluate: bool = True) -> Path:
-    """Two steps of ``sdft fit`` with a shipped config, on the tiny model at 32 px, with a checkpoint, a sample and
-    (``evaluate``) the subject evaluator with tiny backbones at steps 0 and 2; returns the run folder.
+def brief_fit(
+    config: str, tmp_path: Path, data: dict, *options: str, evaluate: bool = True, max_steps: int = 2
+) -> Path:
+    """A few steps of ``sdft fit`` with a shipped config, on the tiny model at 32 px, logging every step, with a
+    checkpoint, samples and (``evaluate``) the subject evaluator with tiny backbones every two steps and at step 0;
+    returns the run folder.
 
     Args:
         config: a config under ``configs/``.
@@ -100,6 +103,7 @@ def brief_fit(config: str, tmp_path: Path, data: dict, *options: str, evaluate: 
         data: ``data.init_args`` overrides, e.g. the toy data folder.
         options: further command-line options.
         evaluate: include the ``SubjectEvaluator`` (subject data only).
+        max_steps: optimizer steps.
     """
     callbacks = [
         {
@@ -115,6 +119,7 @@ def brief_fit(config: str, tmp_path: Path, data: dict, *options: str, evaluate: 
             "class_path": "sdft.callbacks.SamplePreview",
             "init_args": {"prompts": ["a photo of sks toy"], "every_n_steps": 2, "num_inference_steps": 2},
         },
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
     ]
     if evaluate:
         evaluator = {
@@ -131,8 +136,9 @@ def brief_fit(config: str, tmp_path: Path, data: dict, *options: str, evaluate: 
         "trainer": {
             "accelerator": "cpu",
             "precision": "32-true",
-            "max_steps": 2,
+            "max_steps": max_steps,
             "val_check_interval": 2,
+            "log_every_n_steps": 1,
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(tmp_path), "name": "run"},
