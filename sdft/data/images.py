@@ -215,6 +215,13 @@ def resize_short_side(image: Image.Image, resolution: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
+def center_square(image: Image.Image, side: int | None = None) -> Image.Image:
+    """The centred ``side`` x ``side`` square of an image (default: the largest one)."""
+    side = min(image.size) if side is None else side
+    left, top = _crop_offsets(image.size, side, center=True, generator=None)
+    return image.crop((left, top, left + side, top + side))
+
+
 def _crop_offsets(
     size: tuple[int, int], resolution: int, center: bool, generator: torch.Generator | None
 ) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sdft.data.images import list_images, load_rgb, resize_short_side
+from sdft.data.images import center_square, list_images, load_rgb, resize_short_side
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
 from sdft.evaluation.features import ClipFeatures, DinoFeatures
 from sdft.evaluation.scoring import SubjectMetrics
@@ -134,9 +134,7 @@ def load_square(path: Path, side: int = LOAD_SIDE) -> Tensor:
         path: the image file.
         side: the side of the square, in pixels.
     """
-    image = resize_short_side(load_rgb(path), side)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
+    image = center_square(resize_short_side(load_rgb(path), side), side)
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from sdft.data.images import center_square
 from sdft.evaluation.features import ClipFeatures, DinoFeatures
 from sdft.evaluation.metrics import PromptSimilarity, SubjectSimilarity
 from sdft.evaluation.probes import Probe
@@ -114,13 +115,6 @@ class ProbeScorer(nn.Module):
             self.metrics.update(pixels, [p.prompt for p in batch], [p.is_class for p in batch])
             images += generated
         return self.metrics.compute(), images
-
-
-def center_square(image: Image.Image) -> Image.Image:
-    """The largest centred square of an image."""
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
 
 
 def as_uint8(images: list[Image.Image]) -> torch.Tensor:
