@@ -17,15 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 
-from sdft.callbacks.samples import image_grid
+from sdft.callbacks.samples import image_grid, log_grid
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
 from sdft.evaluation.probes import build_probes, infer_subject, subject_prompts
 from sdft.evaluation.scoring import ProbeScorer
@@ -200,10 +197,7 @@ class SubjectEvaluator(Callback):
         write_jsonl(self.run_dir / "evaluation" / "metrics.jsonl", self.rows)
         for logger in trainer.loggers:
             logger.log_metrics(values, step=step)
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(
-                    "evaluation/grid", torch.from_numpy(np.array(grid_image)), step, dataformats="HWC"
-                )
+        log_grid(trainer, "evaluation/grid", grid_image, step)
         rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
 
     # -- selection ------------------------------------------------------------------------------------------------

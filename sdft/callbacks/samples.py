@@ -79,10 +79,14 @@ class SamplePreview(Callback):
         images = pl_module.generate(prompts, seeds, resolution, self.num_inference_steps, self.guidance_scale)
         folder = self.run_dir / "samples" / f"step_{step:06d}"
         write_images(images, folder, [f"{i // self.num_images_per_prompt}_{seed}" for i, seed in enumerate(seeds)])
-        grid = image_grid(images, columns=self.num_images_per_prompt)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples/grid", np.asarray(grid), step, dataformats="HWC")
+        log_grid(trainer, "samples/grid", image_grid(images, columns=self.num_images_per_prompt), step)
+
+
+def log_grid(trainer: Trainer, tag: str, grid: Image.Image, step: int) -> None:
+    """Show an image grid in TensorBoard (the trainer's TensorBoard loggers; others have no image panel)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, np.asarray(grid), step, dataformats="HWC")
 
 
 def write_images(images: list[Image.Image], folder: Path, stems: list[str]) -> list[Path]:
