@@ -135,9 +135,10 @@ class SubjectDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if not self.images:
-            self.images = read_subject(Path(assets.resolve(self.instance_dir)), self.resolution, "data.instance_dir")
+            photos = list_images(Path(assets.resolve(self.instance_dir)), "data.instance_dir")
+            self.images = [read_resized(path, self.resolution) for path in photos]
         if stage == "fit" and self.prior_preservation and not self.class_images:
-            self.class_images = read_images(self.prepare_class_images(), self.resolution)
+            self.class_images = [read_resized(path, self.resolution) for path in self.prepare_class_images()]
 
     def class_image_spec(self) -> ClassImageSpec:
         return ClassImageSpec(
@@ -192,24 +193,3 @@ class SubjectDataModule(LightningDataModule):
         return DataLoader(
             self.instance_dataset(augment=False), batch_size=self.batch_size, num_workers=self.num_workers
         )
-
-
-def read_subject(folder: Path, resolution: int, key: str) -> list[Image.Image]:
-    """Decode and check every photo in ``folder`` (see :func:`read_images`).
-
-    Args:
-        folder: the photo folder.
-        resolution: the training resolution.
-        key: the config key that named the folder, for messages.
-    """
-    return read_images(list_images(folder, key), resolution)
-
-
-def read_images(paths: list[Path], resolution: int) -> list[Image.Image]:
-    """Decode and check images; keep each with its short side scaled to ``resolution``.
-
-    Args:
-        paths: image files.
-        resolution: the training resolution; images far smaller are rejected, smaller ones warned about.
-    """
-    return [read_resized(path, resolution) for path in paths]
