@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from sdft import assets
 from sdft.data.images import check_folder, image_files, list_images, read_resized
 from sdft.data.sampling import AugmentedImages, train_loader
+from sdft.errors import UserError
 
 Captioned = list[tuple[Path, str]]
 
@@ -36,7 +37,7 @@ ROW_EXAMPLE = '{"file_name": "cat.png", "text": "a photo of a cat on a sofa"}'
 NAMES_SHOWN = 5
 
 
-class CaptionDataError(ValueError):
+class CaptionDataError(UserError):
     """A caption file or metadata row that cannot be used; the message names the file and the fix."""
 
 

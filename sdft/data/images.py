@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from sdft.errors import UserError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 SIDECAR_EXTENSIONS = frozenset({".txt", ".json", ".jsonl", ".caption", ".npz", ".npy", ".yaml", ".yml"})
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -21,7 +23,7 @@ HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 WHITE = (255, 255, 255, 255)
 
 
-class ImageDataError(ValueError):
+class ImageDataError(UserError):
     """A subject image or image folder that cannot be used; the message names the path and the fix."""
 
 
