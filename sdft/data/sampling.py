@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from sdft.data.images import prepare_image
+from sdft.errors import UserError
 from sdft.objectives import step_seed
 
 if TYPE_CHECKING:
@@ -46,8 +47,10 @@ def item_at(position: int, num_items: int, seed: int) -> int:
 class RunSampler(DistributedSampler):
     """Yields this rank's run positions ``start + rank, start + rank + world, ... < stop``.
 
-    It is a ``DistributedSampler`` so that Lightning keeps it under DDP instead of wrapping it in another one: the
-    rank split is already done here.
+    Its length is that of the whole run on this rank (positions ``rank, rank + world, ... < stop``), not of what
+    is left: Lightning counts a resumed epoch from the batches already done, so the epoch (the run) ends at the
+    last step, and a resumed run never starts the positions over. It is a ``DistributedSampler`` so that Lightning
+    keeps it under DDP instead of wrapping it in another one: the rank split is already done here.
     """
 
     def __init__(self, start: int, stop: int, num_replicas: int = 1, rank: int = 0) -> None:
@@ -60,12 +63,13 @@ class RunSampler(DistributedSampler):
         """
         super().__init__(range(stop), num_replicas=num_replicas, rank=rank, shuffle=False)
         self.positions = range(start + rank, stop, num_replicas)
+        self.run_length = len(range(rank, stop, num_replicas))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.positions)
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return self.run_length
 
 
 def run_sampler(trainer: Trainer, batch_size: int) -> RunSampler:
@@ -76,11 +80,44 @@ def run_sampler(trainer: Trainer, batch_size: int) -> RunSampler:
         batch_size: examples per batch on each device.
     """
     if trainer.max_steps < 1:
-        raise ValueError("trainer.max_steps is not set; sdft trains for a number of steps, e.g. max_steps: 1000")
-    per_step = batch_size * trainer.accumulate_grad_batches * trainer.world_size
+        raise UserError(
+            f"trainer.max_steps must be a positive number of optimizer steps, got {trainer.max_steps}; "
+            "sdft trains for a number of steps, e.g. max_steps: 1000"
+        )
+    per_step = examples_per_step(trainer, batch_size)
     return RunSampler(
         trainer.global_step * per_step, trainer.max_steps * per_step, trainer.world_size, trainer.global_rank
     )
+
+
+def examples_per_step(trainer: Trainer, batch_size: int) -> int:
+    """The global batch: examples per optimizer step over every device and accumulated micro-batch."""
+    return batch_size * trainer.accumulate_grad_batches * trainer.world_size
+
+
+class RunLoader(DataLoader):
+    """The training loader: its position is a function of the global step, so it resumes by construction.
+
+    It is stateful in Lightning's sense (``state_dict`` / ``load_state_dict``) so that Lightning knows a resume
+    mid-run is exact; the state is the global batch size, and resuming with another one is refused, since the
+    steps already done would then stand for other examples.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: RunSampler, examples_per_step: int, **kwargs) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.examples_per_step = examples_per_step
+
+    def state_dict(self) -> dict[str, int]:
+        return {"examples_per_step": self.examples_per_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        saved = state.get("examples_per_step", self.examples_per_step)
+        if saved != self.examples_per_step:
+            raise UserError(
+                f"the checkpoint was written with {saved} examples per optimizer step and this run has "
+                f"{self.examples_per_step} (data.batch_size x trainer.accumulate_grad_batches x devices); resume "
+                "with the batch size, accumulation and device count of the run that wrote it"
+            )
 
 
 def train_loader(
@@ -95,10 +132,11 @@ def train_loader(
         num_workers: data-loader worker processes.
         collate_fn: batches a list of examples.
     """
-    return DataLoader(
+    return RunLoader(
         dataset,
+        run_sampler(trainer, batch_size),
+        examples_per_step(trainer, batch_size),
         batch_size=batch_size,
-        sampler=run_sampler(trainer, batch_size),
         collate_fn=collate_fn,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
