@@ -74,11 +74,30 @@ def test_folder_with_only_sidecars_and_hidden_files(tmp_path: Path) -> None:
         list_images(tmp_path, KEY)
 
 
-def test_non_image_file_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["Thumbs.db", "notes.pdf", "notes.docx", "README"])
+def test_a_stray_non_image_file_is_skipped_with_a_warning_naming_it(tmp_path: Path, name: str) -> None:
     save_rgb(tmp_path / "a.png")
-    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.4")
-    with pytest.raises(
-        ImageDataError, match=r"notes\.pdf is not an image file.*remove it or move it out of the folder"
+    (tmp_path / name).write_bytes(b"not an image")
+    kind = Path(name).suffix.lower() or "no extension"
+    with pytest.warns(UserWarning, match=rf"{re.escape(name)}: not an image \({kind}\); skipped") as caught:
+        assert list_images(tmp_path, KEY) == [tmp_path / "a.png"]
+    assert len(caught) == 1
+
+
+def test_hidden_files_and_sidecars_are_skipped_silently(tmp_path: Path) -> None:
+    save_rgb(tmp_path / "a.png")
+    for name in (".DS_Store", "._a.png", "a.txt", "a.json", "metadata.jsonl"):
+        (tmp_path / name).write_bytes(b"x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list_images(tmp_path, KEY) == [tmp_path / "a.png"]
+
+
+def test_a_folder_of_only_non_images_still_has_no_images(tmp_path: Path) -> None:
+    (tmp_path / "Thumbs.db").write_bytes(b"x")
+    with (
+        pytest.warns(UserWarning, match="Thumbs.db: not an image"),
+        pytest.raises(ImageDataError, match="contains no images"),
     ):
         list_images(tmp_path, KEY)
 
@@ -110,6 +129,17 @@ def test_truncated_jpeg_is_named(tmp_path: Path) -> None:
     path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(ImageDataError, match=r"cut\.jpg could not be read as an image.*or remove it"):
         load_rgb(path)
+
+
+def test_an_image_over_pillows_pixel_limit_says_to_downscale_it(tmp_path: Path, monkeypatch) -> None:
+    save_rgb(tmp_path / "huge.png", size=(20, 15))  # 300 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses images over twice this
+    expected = (
+        r"huge\.png is 300 pixels, more than Pillow's safety limit of 200; "
+        r"downscale it \(e\.g\. to 2048 px on the long side\) or remove it$"
+    )
+    with pytest.raises(ImageDataError, match=expected):
+        load_rgb(tmp_path / "huge.png")
 
 
 # ---- load_rgb: modes ----

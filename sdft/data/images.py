@@ -1,12 +1,14 @@
 """Reading a folder of subject photos: listing, decoding to RGB, resolution checks, and the crop to a tensor.
 
 Real photo folders hold phone JPEGs rotated by EXIF, PNGs with transparency, 16-bit scans, palette GIFs and
-the odd caption file. Everything here either turns such a file into a plain RGB image or raises
-:class:`ImageDataError` naming the file and the fix; nothing is silently skipped.
+the odd caption file or ``Thumbs.db``. Everything here either turns an image file into a plain RGB image or raises
+:class:`ImageDataError` naming the file and the fix. Listing skips hidden files and sidecars (``.txt`` captions)
+silently, and any other non-image file with a warning that names it.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -66,7 +68,8 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def _is_image_file(path: Path) -> bool:
-    """Whether ``path`` is an image to use; False for hidden files, folders and sidecars, an error otherwise.
+    """Whether ``path`` is an image to use; hidden files, folders and sidecars are skipped silently, other files
+    (``Thumbs.db``, ``notes.pdf``) with a warning that names them.
 
     Args:
         path: one entry of the image folder.
@@ -76,12 +79,10 @@ def _is_image_file(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return True
-    if suffix in SIDECAR_EXTENSIONS:
-        return False
-    raise ImageDataError(
-        f"{path} is not an image file (expected {', '.join(sorted(IMAGE_EXTENSIONS))}, or a sidecar such as "
-        f".txt captions); remove it or move it out of the folder"
-    )
+    if suffix not in SIDECAR_EXTENSIONS:
+        kind = suffix or "no extension"
+        warnings.warn(f"{path}: not an image ({kind}); skipped", UserWarning, stacklevel=2)
+    return False
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -97,11 +98,29 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as opened:
             opened.load()
             image = ImageOps.exif_transpose(opened)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise _too_many_pixels(path, error) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageDataError(
             f"{path} could not be read as an image ({error}); re-save it as PNG or JPEG, or remove it"
         ) from error
     return _to_rgb(image, path)
+
+
+def _too_many_pixels(path: Path, error: Image.DecompressionBombError) -> ImageDataError:
+    """The error for an image Pillow refuses to decode because of its size (its decompression-bomb limit).
+
+    Args:
+        path: the image file.
+        error: Pillow's error, whose message holds the image's pixel count.
+    """
+    limit = 2 * Image.MAX_IMAGE_PIXELS  # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"is {int(found[1]):,} pixels, more than" if found else "has more pixels than"
+    return ImageDataError(
+        f"{path} {size} Pillow's safety limit of {limit:,}; downscale it (e.g. to 2048 px on the long side) "
+        f"or remove it"
+    )
 
 
 def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
