@@ -1,11 +1,16 @@
-"""Atomic writes of files and folders: a file or folder that exists is always complete."""
+"""Atomic writes of files and folders: a file or folder that exists is always complete.
+
+The temporary file or folder is created as ``open`` or ``mkdir`` would create the final one (mode 0o666 or 0o777
+less the umask, or the folder's default ACL), so a run's exports and the built-in assets are as readable as any
+other file the user makes, not private like ``tempfile``'s 0o600 files and 0o700 folders.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -21,15 +26,26 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         write: writes the contents to an open binary file (e.g. ``figure.savefig`` or ``image.save``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = staging_path(path, suffix=".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    handle = os.open(temporary, flags, 0o666)  # the mode open(path, "w") gives: 0o666 less the umask
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
-        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def staging_path(path: Path, suffix: str = "") -> Path:
+    """A fresh hidden sibling of ``path`` to build it in (``.name.<random>``), not yet created.
+
+    Args:
+        path: the final file or folder.
+        suffix: appended to the name (e.g. ``.tmp``).
+    """
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}{suffix}")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -59,7 +75,8 @@ def write_folder_atomic(folder: Path, build: Callable[[Path], T], replace: bool 
             (several ranks on a node) race harmlessly.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    staging = staging_path(folder)
+    staging.mkdir()  # the mode mkdir gives (0o777 less the umask), unlike tempfile.mkdtemp's private 0o700
     previous = folder.with_name(f".{folder.name}-previous")
     try:
         result = build(staging)

@@ -1,0 +1,72 @@
+"""Atomic writes: complete or absent, and as readable as a file or folder made the ordinary way."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sdft import assets
+from sdft.files import write_atomic, write_folder_atomic
+
+
+@pytest.fixture(params=[0o022, 0o002, 0o027], ids=["022", "002", "027"])
+def umask(request: pytest.FixtureRequest) -> int:
+    """Run the test under this umask (the process's own is restored afterwards)."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def fill(staging: Path) -> str:
+    """A build that writes a file the ordinary way, as diffusers' ``save_pretrained`` does."""
+    (staging / "weights.bin").write_bytes(b"weights")
+    return "weights.bin"
+
+
+def test_a_folder_written_atomically_has_the_mode_of_an_ordinary_folder(tmp_path: Path, umask: int) -> None:
+    (tmp_path / "ordinary").mkdir()
+    assert write_folder_atomic(tmp_path / "best", fill) == "weights.bin"
+    assert oct(mode(tmp_path / "best")) == oct(mode(tmp_path / "ordinary")) == oct(0o777 & ~umask)
+    assert oct(mode(tmp_path / "best" / "weights.bin")) == oct(0o666 & ~umask)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best", "ordinary"]  # no staging folder left
+
+
+def test_a_replaced_folder_keeps_the_ordinary_mode_and_only_the_new_contents(tmp_path: Path, umask: int) -> None:
+    write_folder_atomic(tmp_path / "final", lambda staging: (staging / "old.txt").write_text("old"))
+    write_folder_atomic(tmp_path / "final", fill)
+    assert [path.name for path in (tmp_path / "final").iterdir()] == ["weights.bin"]
+    assert oct(mode(tmp_path / "final")) == oct(0o777 & ~umask)
+    assert [path.name for path in tmp_path.iterdir()] == ["final"]
+
+
+def test_a_file_written_atomically_has_the_mode_open_gives(tmp_path: Path, umask: int) -> None:
+    with open(tmp_path / "ordinary.txt", "w") as file:
+        file.write("x")
+    write_atomic(tmp_path / "atomic.png", lambda file: file.write(b"png"))
+    assert (tmp_path / "atomic.png").read_bytes() == b"png"
+    assert oct(mode(tmp_path / "atomic.png")) == oct(mode(tmp_path / "ordinary.txt")) == oct(0o666 & ~umask)
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path: Path) -> None:
+    def fail(file) -> None:
+        file.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(tmp_path / "image.png", fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_built_in_asset_is_as_readable_as_an_ordinary_folder(tmp_path: Path, umask: int, monkeypatch) -> None:
+    monkeypatch.setenv("SDFT_CACHE", str(tmp_path))
+    folder = Path(assets.resolve("builtin:toy-class"))
+    assert oct(mode(folder)) == oct(0o777 & ~umask)
+    images = sorted(folder.glob("*.png"))
+    assert len(images) == 8 and {oct(mode(image)) for image in images} == {oct(0o666 & ~umask)}
