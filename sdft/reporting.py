@@ -51,7 +51,7 @@ class Evaluation:
     """A run's evaluation files, loaded: the metrics table, the real-real ceilings and the recorded selection."""
 
     rows: list[dict[str, Any]]
-    ceilings: dict[str, float]
+    ceilings: dict[str, float | None]
     num_reference_images: int | None
     selection: RecordedSelection | None
 
@@ -102,7 +102,9 @@ def read_evaluation(run_dir: Path) -> Evaluation:
         raise ValueError(f"{Path(run_dir) / 'evaluation' / 'metrics.jsonl'} has no evaluations: nothing to report")
     reference = _read_optional_json(Path(run_dir) / "evaluation" / "reference.json") or {}
     ceilings = {
-        key: float(value) for key, value in reference.items() if key not in CEILING_EXTRA_KEYS and _is_number(value)
+        key: None if value is None else float(value)
+        for key, value in reference.items()
+        if key not in CEILING_EXTRA_KEYS and (value is None or _is_number(value))
     }
     selection_path = Path(run_dir) / "evaluation" / "selection.json"
     selection = _read_optional_json(selection_path)
@@ -241,12 +243,25 @@ def metrics_table(evaluation: Evaluation, metrics: Sequence[str]) -> list[str]:
             cells = [f"**{cell}**" for cell in cells]
         marks = _step_marks(row["step"], base_step, evaluation.selection)
         lines.append("| " + " | ".join(cells) + f" | {_escape_cell('; '.join(marks))} |")
-    if any(metric in evaluation.ceilings for metric in metrics):
-        ceilings = [format_value(evaluation.ceilings.get(metric)) for metric in metrics]
-        count = evaluation.num_reference_images
-        note = "mean similarity between distinct reference photos" + (f" ({count} images)" if count else "")
-        lines.append("| real-real ceiling | " + " | ".join(ceilings) + f" | {note} |")
-    return lines
+    return lines + ceiling_row(evaluation, metrics)
+
+
+def ceiling_row(evaluation: Evaluation, metrics: Sequence[str]) -> list[str]:
+    """The table line of the real-real ceilings, if ``reference.json`` has any of ``metrics``; a single photo has
+    no distinct pair, so its ceilings are unavailable.
+
+    Args:
+        evaluation: the loaded evaluation files.
+        metrics: the metric columns, in order.
+    """
+    if not any(metric in evaluation.ceilings for metric in metrics):
+        return []
+    count = evaluation.num_reference_images
+    photos = f" ({count} image{'' if count == 1 else 's'})" if count else ""
+    known = any(evaluation.ceilings.get(metric) is not None for metric in metrics)
+    note = "mean similarity between distinct reference photos" if known else "unavailable: needs 2+ photos"
+    cells = [format_value(evaluation.ceilings.get(metric)) for metric in metrics]
+    return ["| real-real ceiling | " + " | ".join(cells) + f" | {note}{photos} |"]
 
 
 def selection_section(selection: RecordedSelection | None) -> list[str]:
@@ -288,7 +303,7 @@ def plot_metric(evaluation: Evaluation, metric: str, path: Path) -> None:
     base = evaluation.rows[0].get(metric)
     if _is_number(base):
         axes.axhline(base, linestyle="--", color="tab:gray", label=f"base model ({base:.3f})")
-    if metric in evaluation.ceilings:
+    if evaluation.ceilings.get(metric) is not None:
         ceiling = evaluation.ceilings[metric]
         axes.axhline(ceiling, linestyle=":", color="tab:green", label=f"real-real ceiling ({ceiling:.3f})")
     if evaluation.selection is not None:

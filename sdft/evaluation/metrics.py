@@ -57,27 +57,27 @@ class SubjectSimilarity(Metric):
             raise ValueError("set_reference needs at least one real image of the subject")
         self.reference = self.features(real_images.to(self.device))
 
-    def update(self, generated_images: Tensor) -> None:
-        """Add the cosines of every (generated, real) pair.
+    def update(self, generated_images: Tensor | None = None, embeddings: Tensor | None = None) -> None:
+        """Add the cosines of every (generated, real) pair, from the images or from their embeddings (pass one).
+
+        An update with no images adds nothing but counts as one, so a rank whose share of the probes held none of
+        these images computes without torchmetrics' "compute before update" warning.
 
         Args:
             generated_images: (N, 3, H, W) uint8 or [0, 1] float generated images.
+            embeddings: (N, D) embeddings of generated images by this metric's feature extractor.
         """
-        self.update_embedded(self.features(generated_images.to(self.device)))
-
-    def update_embedded(self, embeddings: Tensor) -> None:
-        """:meth:`update` for images already embedded by this metric's feature extractor.
-
-        Args:
-            embeddings: (N, D) embeddings of generated images.
-        """
+        if (generated_images is None) == (embeddings is None):
+            raise TypeError("SubjectSimilarity.update takes generated_images or embeddings, exactly one")
+        if embeddings is None:
+            embeddings = self.features(generated_images.to(self.device))
         similarity = cosine_matrix(embeddings.to(self.device), self.reference_embeddings())
         self.similarity_sum += similarity.sum().double()
         self.pair_count += similarity.numel()
 
     def compute(self) -> Tensor:
         """The mean cosine over all accumulated pairs."""
-        return (self.similarity_sum / self.pair_count).float()
+        return mean_of(self.similarity_sum, self.pair_count, type(self).__name__)
 
     def reference_ceiling(self) -> Tensor:
         """The real-real ceiling: mean cosine over pairs of distinct real photos (diagonal excluded)."""
@@ -112,31 +112,43 @@ class PromptSimilarity(Metric):
         self.add_state("similarity_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pair_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, images: Tensor, prompts: list[str]) -> None:
-        """Add the image-prompt cosines of a batch.
+    def update(self, images: Tensor | None, prompts: list[str], image_embeddings: Tensor | None = None) -> None:
+        """Add the image-prompt cosines of a batch, from the images or from their CLIP embeddings (pass one).
 
         Args:
-            images: (N, 3, H, W) uint8 or [0, 1] float generated images.
+            images: (N, 3, H, W) uint8 or [0, 1] float generated images, or None with ``image_embeddings``.
             prompts: the N prompts they were generated from, identifier removed.
+            image_embeddings: (N, D) embeddings of the images by this metric's CLIP (``encode_images``).
         """
-        self.update_embedded(self.clip_features.encode_images(images.to(self.device)), prompts)
-
-    def update_embedded(self, image_embeddings: Tensor, prompts: list[str]) -> None:
-        """:meth:`update` for images already embedded by this metric's CLIP (``encode_images``).
-
-        Args:
-            image_embeddings: (N, D) CLIP image embeddings of generated images.
-            prompts: the N prompts they were generated from, identifier removed.
-        """
-        if image_embeddings.shape[0] != len(prompts):
-            raise ValueError(
-                f"got {image_embeddings.shape[0]} images for {len(prompts)} prompts; pass one prompt per image"
-            )
-        image_embeddings = image_embeddings.to(self.device)
+        if (images is None) == (image_embeddings is None):
+            raise TypeError("PromptSimilarity.update takes images or image_embeddings, exactly one")
+        count = len(images if images is not None else image_embeddings)
+        if count != len(prompts):
+            raise ValueError(f"got {count} images for {len(prompts)} prompts; pass one prompt per image")
+        if count == 0:
+            return
+        if image_embeddings is None:
+            image_embeddings = self.clip_features.encode_images(images.to(self.device))
         text_embeddings = self.clip_features.encode_texts(prompts)
-        self.similarity_sum += (image_embeddings * text_embeddings).sum().double()
-        self.pair_count += len(prompts)
+        self.similarity_sum += (image_embeddings.to(self.device) * text_embeddings).sum().double()
+        self.pair_count += count
 
     def compute(self) -> Tensor:
         """The mean image-prompt cosine."""
-        return (self.similarity_sum / self.pair_count).float()
+        return mean_of(self.similarity_sum, self.pair_count, type(self).__name__)
+
+
+def mean_of(total: Tensor, count: Tensor, name: str) -> Tensor:
+    """``total / count`` as float32; raises when ``count`` is 0 (no image was scored on any rank).
+
+    A rank may hold no image of some kind (its share of the probes has no class prompt), so a metric's update can
+    add nothing; but a metric that scored no image anywhere has no value, and that is a bug, not a NaN.
+
+    Args:
+        total: the reduced sum of cosines.
+        count: the reduced number of pairs.
+        name: the metric, for the error.
+    """
+    if int(count) == 0:
+        raise RuntimeError(f"{name} scored no image: update it with at least one image before compute")
+    return (total / count).float()

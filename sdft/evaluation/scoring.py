@@ -30,7 +30,7 @@ class SubjectMetrics(nn.Module):
             with_pres: also score images of the bare class prompt (PRES).
         """
         super().__init__()
-        self.identifier, self.clip = identifier, clip
+        self.identifier = identifier
         metrics = {"clip_i": SubjectSimilarity(clip), "clip_t": PromptSimilarity(clip), "dino": SubjectSimilarity(dino)}
         if with_pres:
             metrics["pres"] = SubjectSimilarity(dino)
@@ -43,23 +43,36 @@ class SubjectMetrics(nn.Module):
         if "pres" in self.metrics:
             self.metrics["pres"].reference = self.metrics["dino"].reference
 
-    def ceilings(self) -> dict[str, float]:
-        """The real-real ceilings of CLIP-I and DINO (mean over distinct pairs of photos; needs two photos)."""
+    def ceilings(self) -> dict[str, float | None]:
+        """The real-real ceilings of CLIP-I and DINO: the mean over distinct pairs of photos, None with one photo."""
+        if len(self.metrics["dino"].reference_embeddings()) < 2:
+            return {"val/clip_i": None, "val/dino": None}
         return {f"val/{name}": float(self.metrics[name].reference_ceiling()) for name in ("clip_i", "dino")}
 
     def update(self, images: torch.Tensor, prompts: list[str], is_class: list[bool]) -> None:
-        """Add generated images (N, 3, H, W), their prompts, and which come from the bare class prompt."""
+        """Add generated images (N, 3, H, W), their prompts, and which come from the bare class prompt.
+
+        Every metric is updated, with no images where the batch holds none of its kind (under DDP a rank's share
+        of the probes may hold no class prompt), so each metric's update count says that its rank took part.
+        """
         subject = torch.tensor([not flag for flag in is_class], device=images.device)
-        if subject.any():
-            embeddings = self.clip.encode_images(images[subject])
-            stripped = [
-                strip_identifier(p, self.identifier) for p, flag in zip(prompts, is_class, strict=True) if not flag
-            ]
-            self.metrics["clip_i"].update_embedded(embeddings)
-            self.metrics["clip_t"].update_embedded(embeddings, stripped)
-            self.metrics["dino"].update(images[subject])
-        if not subject.all():
-            self.metrics["pres"].update(images[~subject])
+        clip = self.embed("clip_i", images[subject])
+        stripped = [strip_identifier(p, self.identifier) for p, flag in zip(prompts, is_class, strict=True) if not flag]
+        self.metrics["clip_i"].update(embeddings=clip)
+        self.metrics["clip_t"].update(None, stripped, image_embeddings=clip)
+        self.metrics["dino"].update(embeddings=self.embed("dino", images[subject]))
+        if "pres" in self.metrics:
+            self.metrics["pres"].update(embeddings=self.embed("dino", images[~subject]))
+
+    def embed(self, name: str, images: torch.Tensor) -> torch.Tensor:
+        """The (N, D) embeddings of ``images`` by metric ``name``'s backbone; (0, D) without running it when N = 0.
+
+        Args:
+            name: ``clip_i`` or ``dino``.
+            images: (N, 3, H, W) generated images.
+        """
+        metric = self.metrics[name]
+        return metric.features(images) if len(images) else metric.reference_embeddings()[:0]
 
     def compute(self) -> dict[str, float]:
         """Reduce every metric across ranks, then reset them for the next set of images."""

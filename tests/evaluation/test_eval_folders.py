@@ -185,3 +185,16 @@ def test_generated_subject_without_photos_is_an_error_naming_the_folder(tmp_path
     write_generated(tmp_path / "generated" / "cat", real, ["a sks cat"] * 2)
     with pytest.raises(ValueError, match=r"generated/cat has no photos folder .*subjects/cat"):
         evaluate_folders(tmp_path / "generated", tmp_path / "subjects", **TINY)
+
+
+def test_evaluate_folders_with_one_photo_per_subject_scores_without_ceilings(tmp_path, capsys):
+    for index, name in enumerate(("cat", "dog")):
+        real = write_photos(tmp_path / "subjects" / name, 1, seed=40 + index)
+        write_generated(tmp_path / "generated" / name, real * 2, [f"a sks {name}"] * 2)
+    rows = evaluate_folders(tmp_path / "generated", tmp_path / "subjects", **TINY)
+    for row in rows:
+        assert row["val/dino"] == pytest.approx(1.0, abs=1e-5) and row["num_real"] in (1, 2)
+        assert "ceiling/dino" not in row and "ceiling/clip_i" not in row
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[-4:] == ["ceil", "CLIP-I", "ceil", "DINO"]
+    assert all(line.split()[-2:] == ["-", "-"] for line in table[1:])
