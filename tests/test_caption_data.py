@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ from training import brief_fit, cpu_trainer, lora_tuner, validation_loss
 
 from sdft import assets
 from sdft.callbacks import SubjectEvaluator
-from sdft.data import CaptionDataModule, SubjectDataModule
+from sdft.data import CaptionDataModule, SubjectDataModule, captions
 from sdft.data.captions import CaptionDataError
 from sdft.data.images import ImageDataError
 from sdft.data.toy import SUBJECT, ToyDesign, color_name, describe
+from sdft.errors import UserError
 from sdft.methods.lora import LORA_WEIGHTS
 
 COLORS = {"red": (210, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210), "yellow": (230, 210, 40)}
@@ -233,16 +235,57 @@ def test_images_left_out_of_metadata_are_warned_about(captioned):
         ({"caption_dropout": -0.1}, "data.caption_dropout"),
         ({"random_flip": 2.0}, "data.random_flip"),
         ({"caption_source": "csv"}, "data.caption_source must be one of auto, metadata, txt"),
+        ({"resolution": 65}, r"data.resolution must be a positive multiple of 8 .*got 65; use e.g. 64$"),
+        ({"batch_size": 0}, "data.batch_size must be at least 1, got 0"),
+        ({"num_workers": -2}, "data.num_workers must be 0 .* or more, got -2"),
     ],
 )
-def test_bad_options_name_their_key(captioned, options, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_options_are_user_errors_naming_their_key(captioned, options, message):
+    with pytest.raises(UserError, match=message):
         caption_data(captioned, **options)
 
 
 def test_missing_folder_names_the_key(tmp_path):
     with pytest.raises(ImageDataError, match="does not exist; set data.data_dir"):
         caption_data(tmp_path / "nowhere").setup("fit")
+
+
+def test_check_reads_captions_and_images_once_without_a_model(captioned, monkeypatch):
+    decoded = []
+    read = captions.read_resized
+    monkeypatch.setattr(captions, "read_resized", lambda path, size: decoded.append(path.name) or read(path, size))
+    data = caption_data(captioned)
+    data.check()
+    assert sorted(decoded) == sorted(f"{name}.png" for name in COLORS)
+    assert sorted(data.captions) == sorted(caption_of(name) for name in COLORS) and len(data.images) == 4
+    data.check()
+    attached(data, max_steps=1)  # setup("fit") reuses what check() read
+    assert len(decoded) == 4
+
+
+def test_check_names_a_bad_metadata_row_before_any_setup(captioned):
+    write_metadata(captioned, [{"file_name": "red.png", "text": "red"}, {"file_name": "gone.png", "text": "x"}])
+    with pytest.raises(CaptionDataError, match="metadata.jsonl line 2: file_name 'gone.png' does not exist"):
+        caption_data(captioned).check()
+
+
+def test_a_row_repeated_in_metadata_is_warned_about_by_line(captioned):
+    rows = [{"file_name": f"{name}.png", "text": caption_of(name)} for name in COLORS]
+    write_metadata(captioned, [*rows, {"file_name": "green.png", "text": "a green square again"}])
+    with pytest.warns(UserWarning, match=r"metadata.jsonl lines 2 and 5 both list green.png, so it trains twice"):
+        caption_data(captioned).check()
+
+
+@pytest.mark.parametrize("source", ["metadata", "txt"])
+def test_the_same_image_under_two_names_is_warned_about_naming_both(captioned, source):
+    shutil.copy(captioned / "red.png", captioned / "scarlet.png")
+    (captioned / "scarlet.txt").write_text("a photo of a scarlet square")
+    rows = [{"file_name": f"{name}.png", "text": caption_of(name)} for name in [*COLORS, "scarlet"]]
+    write_metadata(captioned, rows)
+    expected = r"red\.png and .*scarlet\.png are the same image \(identical bytes\)"
+    with pytest.warns(UserWarning, match=expected) as caught:
+        caption_data(captioned, caption_source=source).check()
+    assert len([warning for warning in caught if "identical bytes" in str(warning.message)]) == 1
 
 
 # -- the toy captioned set --------------------------------------------------------------------------------------------

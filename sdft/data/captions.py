@@ -9,7 +9,8 @@ Two layouts are read, chosen by ``caption_source``:
 - ``auto`` (default): ``metadata`` when ``metadata.jsonl`` exists, else ``txt``.
 
 Empty captions are allowed (the image then trains unconditionally, as caption dropout does) but warned about by
-file; a set whose captions are all empty is an error. Examples follow the step-indexed scheme of
+file; a set whose captions are all empty is an error. An image listed twice in ``metadata.jsonl``, or two files
+with identical bytes, are warned about by name. Examples follow the step-indexed scheme of
 :mod:`sdft.data.sampling`: the image, its crop and flip, and whether its caption is dropped depend only on the run
 position and the seed, so a resumed run sees exactly the batches of an uninterrupted one.
 """
@@ -25,7 +26,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from sdft import assets
-from sdft.data.images import check_folder, image_files, list_images, read_resized
+from sdft.data.images import (
+    check_data_options,
+    check_folder,
+    check_probability,
+    image_files,
+    list_images,
+    read_resized,
+    warn_duplicate_images,
+)
 from sdft.data.sampling import AugmentedImages, train_loader
 from sdft.errors import UserError
 
@@ -75,10 +84,9 @@ class CaptionDataModule(LightningDataModule):
         """
         super().__init__()
         if caption_source not in CAPTION_SOURCES:
-            raise ValueError(f"data.caption_source must be one of {', '.join(CAPTION_SOURCES)}, got {caption_source!r}")
-        for key, value in (("caption_dropout", caption_dropout), ("random_flip", random_flip)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"data.{key} is a probability in [0, 1], got {value}")
+            raise UserError(f"data.caption_source must be one of {', '.join(CAPTION_SOURCES)}, got {caption_source!r}")
+        check_probability("data.caption_dropout", caption_dropout)
+        check_data_options(resolution, random_flip, batch_size, num_workers)
         self.data_dir, self.caption_source, self.caption_dropout = data_dir, caption_source, caption_dropout
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -89,7 +97,12 @@ class CaptionDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         assets.resolve(self.data_dir)
 
-    def setup(self, stage: str) -> None:
+    def check(self) -> None:
+        """Read and check what a user may have got wrong, without a model: the captions (rows, files, empty and
+        repeated entries, identical images) and the images, decoded.
+
+        The decoded images are kept for :meth:`setup`, so a second call, or ``setup`` after it, decodes nothing.
+        """
         if self.images:
             return
         pairs = read_captions(Path(assets.resolve(self.data_dir)), self.caption_source)
@@ -100,6 +113,9 @@ class CaptionDataModule(LightningDataModule):
         self.files = [path for path, _ in pairs]
         self.captions = [caption for _, caption in pairs]
         self.images = [decoded[path] for path in self.files]
+
+    def setup(self, stage: str) -> None:
+        self.check()
 
     def dataset(self, augment: bool) -> AugmentedImages:
         """The examples, augmented as configured or (for validation) centre-cropped, unflipped, never dropped."""
@@ -136,6 +152,7 @@ def read_captions(folder: Path, source: str) -> Captioned:
     else:
         pairs = read_txt_captions(folder, source)
     check_captions(pairs, folder)
+    warn_duplicate_images(list(dict.fromkeys(path for path, _ in pairs)))
     return pairs
 
 
@@ -153,10 +170,12 @@ def read_metadata(metadata: Path) -> Captioned:
             f"{ROW_EXAMPLE}; write it, or set data.caption_source to txt for .txt captions beside the images"
         )
     lines = read_text(metadata).splitlines()
-    pairs = [metadata_row(metadata, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    numbers = [number for number, line in enumerate(lines, start=1) if line.strip()]
+    pairs = [metadata_row(metadata, number, lines[number - 1]) for number in numbers]
     if not pairs:
         raise CaptionDataError(f"{metadata} has no rows; add one line per image like {ROW_EXAMPLE}")
     warn_unlisted_images(metadata.parent, {path.resolve() for path, _ in pairs})
+    warn_repeated_rows(metadata, numbers, pairs)
     return pairs
 
 
@@ -230,7 +249,7 @@ def check_captions(pairs: Captioned, folder: Path) -> None:
         pairs: (image file, caption) pairs.
         folder: the data folder, for messages.
     """
-    empty = [str(path.relative_to(folder) if path.is_relative_to(folder) else path) for path, c in pairs if not c]
+    empty = [relative_name(path, folder) for path, caption in pairs if not caption]
     if len(empty) == len(pairs):
         raise CaptionDataError(
             f"every caption in {folder} is empty, so nothing would be learnt from text; write the captions "
@@ -245,6 +264,26 @@ def check_captions(pairs: Captioned, folder: Path) -> None:
         )
 
 
+def warn_repeated_rows(metadata: Path, numbers: list[int], pairs: Captioned) -> None:
+    """Warn, naming both lines and the image, about rows that list an image an earlier row lists.
+
+    Args:
+        metadata: the ``metadata.jsonl`` file.
+        numbers: the line number of each row.
+        pairs: the (image file, caption) of each row.
+    """
+    first_row: dict[Path, int] = {}
+    for number, (path, _) in zip(numbers, pairs, strict=True):
+        first = first_row.setdefault(path.resolve(), number)
+        if first != number:
+            warnings.warn(
+                f"{metadata} lines {first} and {number} both list {relative_name(path, metadata.parent)}, so it trains "
+                f"twice as often as the others; remove one row unless that is intended",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
 def warn_unlisted_images(folder: Path, listed: set[Path]) -> None:
     """Warn about images directly in ``folder`` that ``metadata.jsonl`` leaves out (they are not trained on)."""
     unlisted = [path.name for path in image_files(folder) if path.resolve() not in listed]
@@ -255,6 +294,11 @@ def warn_unlisted_images(folder: Path, listed: set[Path]) -> None:
             UserWarning,
             stacklevel=2,
         )
+
+
+def relative_name(path: Path, folder: Path) -> str:
+    """A file's path as a message shows it: relative to the data folder when it is inside it."""
+    return str(path.relative_to(folder) if path.is_relative_to(folder) else path)
 
 
 def names(items: list[str]) -> str:

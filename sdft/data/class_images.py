@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from sdft.data.images import image_files
+from sdft.errors import UserError
 from sdft.files import write_atomic, write_json
 from sdft.objectives import step_seed
 
@@ -74,7 +75,7 @@ def missing_class_images(folder: Path, spec: ClassImageSpec, source: dict[str, s
         wanted = spec.generation_record(source)
         if recorded != wanted:
             differing = sorted(name for name in wanted if recorded.get(name) != wanted[name])
-            raise ValueError(
+            raise UserError(
                 f"{key}: {folder} holds class images generated with other settings ({', '.join(differing)} differ "
                 f"from this run's; see {manifest}). Point {key} at another folder, or delete the folder to "
                 "regenerate it"
@@ -83,6 +84,18 @@ def missing_class_images(folder: Path, spec: ClassImageSpec, source: dict[str, s
     own = [name for name in present if not is_generated(name)]
     needed = max(spec.count - len(own), 0)
     return [index for index in range(needed) if generated_name(index) not in present]
+
+
+def class_image_order(images: list[Path], count: int) -> list[Path]:
+    """The class images to train on: the user's own first, then generated ones, ``count`` in all (or fewer).
+
+    Args:
+        images: the image files of the class folder, in name order.
+        count: how many class images training uses.
+    """
+    own = [path for path in images if not is_generated(path.name)]
+    generated = [path for path in images if is_generated(path.name)]
+    return (own + generated)[:count]
 
 
 def is_generated(name: str) -> bool:
@@ -173,6 +186,4 @@ def ensure_class_images(
     images = image_files(folder)
     if not images:
         raise ValueError(f"{key}: {folder} holds no class images and spec.count is {spec.count}")
-    own = [path for path in images if not is_generated(path.name)]
-    generated = [path for path in images if is_generated(path.name)]
-    return (own + generated)[: spec.count]
+    return class_image_order(images, spec.count)

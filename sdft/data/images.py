@@ -8,6 +8,7 @@ silently, and any other non-image file with a warning that names it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -23,6 +24,8 @@ SIDECAR_EXTENSIONS = frozenset({".txt", ".json", ".jsonl", ".caption", ".npz", "
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 WHITE = (255, 255, 255, 255)
+#: the VAE's downsampling factor: the training resolution must be a multiple of it
+LATENT_FACTOR = 8
 
 
 class ImageDataError(UserError):
@@ -46,6 +49,26 @@ def list_images(folder: Path, key: str) -> list[Path]:
             f"add photos to it or set {key} to another folder"
         )
     return images
+
+
+def warn_duplicate_images(paths: list[Path]) -> None:
+    """Warn, naming both files, about images whose bytes are identical (a copy trains twice as often).
+
+    Args:
+        paths: distinct image files, in the order they are used.
+    """
+    first_of: dict[str, Path] = {}
+    for path in paths:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest not in first_of:
+            first_of[digest] = path
+            continue
+        warnings.warn(
+            f"{first_of[digest]} and {path} are the same image (identical bytes), so it trains twice as often as "
+            f"the others; remove one unless that is intended",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def check_folder(folder: Path, key: str) -> None:
@@ -267,3 +290,34 @@ def read_resized(path: Path, resolution: int) -> Image.Image:
     image = load_rgb(path)
     check_resolution(path, image.size, resolution, "data.resolution")
     return resize_short_side(image, resolution)
+
+
+# -- options shared by the data modules ------------------------------------------------------------------------------
+
+
+def check_data_options(resolution: int, random_flip: float, batch_size: int, num_workers: int) -> None:
+    """Reject data-module options that cannot work, naming the ``data.`` key and the fix.
+
+    Args:
+        resolution: the side of the square training crops, in pixels.
+        random_flip: the probability of mirroring an example.
+        batch_size: examples per batch on each device.
+        num_workers: data-loader worker processes.
+    """
+    if resolution < LATENT_FACTOR or resolution % LATENT_FACTOR:
+        nearest = max(LATENT_FACTOR, LATENT_FACTOR * round(resolution / LATENT_FACTOR))
+        raise UserError(
+            f"data.resolution must be a positive multiple of {LATENT_FACTOR} (the VAE's downsampling factor), "
+            f"got {resolution}; use e.g. {nearest}"
+        )
+    check_probability("data.random_flip", random_flip)
+    if batch_size < 1:
+        raise UserError(f"data.batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise UserError(f"data.num_workers must be 0 (load in the training process) or more, got {num_workers}")
+
+
+def check_probability(key: str, value: float) -> None:
+    """Raise, naming ``key``, unless ``value`` is a probability in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"{key} is a probability in [0, 1], got {value}")

@@ -10,10 +10,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sdft import assets
-from sdft.data.class_images import ClassImageSpec, default_class_dir, ensure_class_images
-from sdft.data.images import list_images, read_resized
+from sdft.data.class_images import ClassImageSpec, class_image_order, default_class_dir, ensure_class_images
+from sdft.data.images import (
+    check_data_options,
+    check_folder,
+    image_files,
+    list_images,
+    read_resized,
+    warn_duplicate_images,
+)
 from sdft.data.sampling import AugmentedImages, Example, train_loader
 from sdft.data.templates import prompt_templates as prompt_templates_of
+from sdft.errors import UserError
 from sdft.objectives import step_seed
 
 #: seed stream of the class examples' order and augmentation, apart from the instance examples'
@@ -44,6 +52,33 @@ def collate_prior(examples: list[Example]) -> dict[str, torch.Tensor | list[str]
         "prompts": list(batch["prompts"]) + list(batch["class_prompts"]),
         "is_prior": torch.arange(2 * size) >= size,
     }
+
+
+def check_class_options(
+    class_prompt: str | None, class_dir: str | None, count: int, steps: int, batch_size: int
+) -> None:
+    """Reject prior-preservation options that cannot work, naming the ``data.`` key and the fix.
+
+    Args:
+        class_prompt: the prompt of the class images, or None (no prior preservation).
+        class_dir: the folder of class images, or None (a cache folder).
+        count: ``data.num_class_images``.
+        steps: ``data.class_generation_steps``.
+        batch_size: ``data.class_generation_batch_size``.
+    """
+    if class_prompt is not None and not class_prompt.strip():
+        raise UserError("data.class_prompt is empty; name the subject's class, e.g. 'a photo of a dog'")
+    if class_dir is not None and class_prompt is None:
+        raise UserError(
+            "data.class_dir is set but data.class_prompt is not: prior preservation needs the prompt of the "
+            "class images, e.g. class_prompt: 'a photo of a dog'"
+        )
+    if count < 1:
+        raise UserError(f"data.num_class_images must be a positive integer, got {count}")
+    if steps < 1:
+        raise UserError(f"data.class_generation_steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise UserError(f"data.class_generation_batch_size must be at least 1, got {batch_size}")
 
 
 class SubjectDataModule(LightningDataModule):
@@ -96,25 +131,18 @@ class SubjectDataModule(LightningDataModule):
             class_generation_batch_size: class images per pipeline call when generating.
         """
         super().__init__()
+        check_data_options(resolution, random_flip, batch_size, num_workers)
         if not instance_prompt.strip():
-            raise ValueError("data.instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'")
-        if not 0.0 <= random_flip <= 1.0:
-            raise ValueError(f"data.random_flip is a probability in [0, 1], got {random_flip}")
+            raise UserError("data.instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'")
+        check_class_options(
+            class_prompt, class_dir, num_class_images, class_generation_steps, class_generation_batch_size
+        )
         self.instance_dir, self.instance_prompt, self.resolution = instance_dir, instance_prompt, resolution
         self.center_crop, self.random_flip, self.batch_size = center_crop, random_flip, batch_size
         self.num_workers, self.seed = num_workers, seed
         self.templates = (
             () if prompt_templates is None else prompt_templates_of(prompt_templates, "data.prompt_templates")
         )
-        if class_prompt is not None and not class_prompt.strip():
-            raise ValueError("data.class_prompt is empty; name the subject's class, e.g. 'a photo of a dog'")
-        if class_dir is not None and class_prompt is None:
-            raise ValueError(
-                "data.class_dir is set but data.class_prompt is not: prior preservation needs the prompt of the "
-                "class images, e.g. class_prompt: 'a photo of a dog'"
-            )
-        if num_class_images < 1:
-            raise ValueError(f"data.num_class_images must be a positive integer, got {num_class_images}")
         self.class_prompt, self.class_dir, self.num_class_images = class_prompt, class_dir, num_class_images
         self.class_generation_steps, self.class_generation_batch_size = (
             class_generation_steps,
@@ -122,6 +150,8 @@ class SubjectDataModule(LightningDataModule):
         )
         self.images: list[Image.Image] = []
         self.class_images: list[Image.Image] = []
+        #: the class images already in ``class_dir``, decoded by :meth:`check` (None: not read yet)
+        self.found_class_images: dict[Path, Image.Image] | None = None
 
     @property
     def prior_preservation(self) -> bool:
@@ -133,12 +163,48 @@ class SubjectDataModule(LightningDataModule):
         if self.class_dir is not None:
             assets.resolve(self.class_dir)
 
+    def check(self) -> None:
+        """Read and check what a user may have got wrong, without a model: the photos (listed, duplicates warned
+        about, decoded) and, with prior preservation, the class images already in ``class_dir``.
+
+        The decoded images are kept for :meth:`setup`, so a second call, or ``setup`` after it, decodes nothing.
+        """
+        self.read_photos()
+        if self.prior_preservation:
+            self.read_class_folder()
+
     def setup(self, stage: str) -> None:
-        if not self.images:
-            photos = list_images(Path(assets.resolve(self.instance_dir)), "data.instance_dir")
-            self.images = [read_resized(path, self.resolution) for path in photos]
+        self.read_photos()
         if stage == "fit" and self.prior_preservation and not self.class_images:
-            self.class_images = [read_resized(path, self.resolution) for path in self.prepare_class_images()]
+            self.read_class_folder()
+            found = self.found_class_images
+            paths = self.prepare_class_images()
+            self.class_images = [found.pop(path) if path in found else self.read_image(path) for path in paths]
+            found.clear()
+
+    def read_image(self, path: Path) -> Image.Image:
+        """One image decoded, checked against ``data.resolution`` and scaled to it."""
+        return read_resized(path, self.resolution)
+
+    def read_photos(self) -> None:
+        """Decode the subject's photos, once; identical files are warned about by name."""
+        if self.images:
+            return
+        photos = list_images(Path(assets.resolve(self.instance_dir)), "data.instance_dir")
+        warn_duplicate_images(photos)
+        self.images = [self.read_image(path) for path in photos]
+
+    def read_class_folder(self) -> None:
+        """Decode the class images already in ``class_dir`` that training would use, once (none without one)."""
+        if self.found_class_images is not None:
+            return
+        paths = []
+        if self.class_dir is not None:
+            folder = Path(assets.resolve(self.class_dir))
+            if folder.exists():
+                check_folder(folder, "data.class_dir")
+            paths = class_image_order(image_files(folder), self.num_class_images)
+        self.found_class_images = {path: self.read_image(path) for path in paths}
 
     def class_image_spec(self) -> ClassImageSpec:
         return ClassImageSpec(
