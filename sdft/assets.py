@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from sdft.errors import UserError
 from sdft.files import write_folder_atomic
 
 
@@ -55,7 +56,8 @@ def resolve(name_or_path: str) -> str:
         return name_or_path
     name = name_or_path.removeprefix(PREFIX)
     if name not in BUILDERS:
-        raise ValueError(f"unknown built-in asset {name_or_path!r}; available: {sorted(PREFIX + n for n in BUILDERS)}")
+        available = ", ".join(sorted(PREFIX + known for known in BUILDERS))
+        raise UserError(f"unknown built-in asset {name_or_path!r}; use one of {available}, or a path or hub id")
     folder = cache_dir() / name
     if not folder.is_dir():  # built once; concurrent builders (ranks on one node) race harmlessly
         write_folder_atomic(folder, BUILDERS[name], replace=False)

@@ -20,6 +20,7 @@ from sdft.data.class_images import (
     ensure_class_images,
     generated_name,
 )
+from sdft.errors import UserError
 from sdft.families import StableDiffusion
 
 SPEC = ClassImageSpec("a photo of a toy", count=4, resolution=32, seed=0, num_inference_steps=2)
@@ -91,7 +92,7 @@ def test_a_larger_count_generates_only_the_new_images(generated, tiny_sd1, tmp_p
 
 def test_other_settings_in_the_same_folder_are_refused_by_key(generated, tiny_sd1):
     other = ClassImageSpec("a photo of a dog", count=4, resolution=32, num_inference_steps=2)
-    with pytest.raises(ValueError, match=r"data.class_dir: .* other settings \(prompt differ"):
+    with pytest.raises(UserError, match=r"data.class_dir: .* other settings \(prompt differ"):
         ensure(generated[0].parent, CountingFactory(tiny_sd1), other)
 
 

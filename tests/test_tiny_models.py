@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from sdft import assets
+from sdft.errors import UserError
 from sdft.tiny_models import build_tiny_sd1
 from sdft.tokenizers import write_clip_tokenizer
 
@@ -54,5 +55,5 @@ def test_builtin_assets_are_built_once_into_the_cache(tmp_path, monkeypatch):
     assert assets.resolve("builtin:toy-class") == folder
     assert len(builds) == 1
     assert assets.resolve("some/hub-model") == "some/hub-model"
-    with pytest.raises(ValueError, match="unknown built-in asset 'builtin:nope'.*builtin:tiny-sd1"):
+    with pytest.raises(UserError, match="unknown built-in asset 'builtin:nope'; use one of builtin:tiny-sd1, "):
         assets.resolve("builtin:nope")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sdft.errors import UserError
+
 OBJECT_TEMPLATES = (
     "a photo of a {}",
     "a rendering of a {}",
@@ -64,11 +66,11 @@ def prompt_templates(templates: str | list[str], key: str) -> tuple[str, ...]:
     """
     if isinstance(templates, str):
         if templates not in NAMED:
-            raise ValueError(f"{key} is {templates!r}; use 'object', 'style' or a list of templates with '{{}}'")
+            raise UserError(f"{key} is {templates!r}; use 'object', 'style' or a list of templates with '{{}}'")
         return NAMED[templates]
     if not templates:
-        raise ValueError(f"{key} is an empty list; give templates with '{{}}' or use 'object' / 'style'")
+        raise UserError(f"{key} is an empty list; give templates with '{{}}' or use 'object' / 'style'")
     for template in templates:
         if template.count("{}") != 1:
-            raise ValueError(f"{key}: template {template!r} must hold exactly one '{{}}' for the subject phrase")
+            raise UserError(f"{key}: template {template!r} must hold exactly one '{{}}' for the subject phrase")
     return tuple(templates)
