@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from jsonargparse import ArgumentParser
 
+from sdft.checkpointing import read_checkpoint
 from sdft.methods.base import DiffusionFineTuner
 
 
@@ -58,10 +58,7 @@ def checkpoints_by_step(folder: Path) -> list[tuple[int, Path]]:
     Args:
         folder: a checkpoint folder, e.g. ``<run>/checkpoints``.
     """
-    found = [
-        (torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"], path)
-        for path in Path(folder).glob("*.ckpt")
-    ]
+    found = [(read_checkpoint(path, mmap=True)["global_step"], path) for path in Path(folder).glob("*.ckpt")]
     return sorted(found)
 
 
@@ -72,7 +69,7 @@ def apply_checkpoint(model: DiffusionFineTuner, checkpoint: Path) -> DiffusionFi
         model: a method configured like the run that wrote the checkpoint.
         checkpoint: a ``.ckpt`` written during ``sdft fit``.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(Path(checkpoint))
     model.on_load_checkpoint(state)  # loads the base weights and configures what trains first
     model.load_state_dict(state["state_dict"], strict=False)
     return model

@@ -1,0 +1,54 @@
+"""Checkpoint files that are either complete or absent, and that name themselves when they cannot be read.
+
+Lightning's default checkpoint writer stages the file in the system's temporary folder and moves it into place;
+when that folder is on another filesystem (a tmpfs ``/tmp`` is common) the move is a copy, and a process killed
+during the copy leaves a truncated ``.ckpt``. :class:`AtomicCheckpointIO` writes into a hidden sibling of the
+checkpoint and renames it, so a checkpoint that exists is complete.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from sdft.errors import UserError
+from sdft.files import write_atomic
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on local filesystems; load errors name the file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        write_atomic(Path(path), lambda file: torch.save(checkpoint, file))
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Callable | None = lambda storage, loc: storage, weights_only=None
+    ) -> dict[str, Any]:
+        return read_checkpoint(Path(path), map_location, weights_only=weights_only)
+
+
+def read_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False, weights_only=False) -> dict[str, Any]:
+    """Load a ``.ckpt`` file; a missing, truncated or foreign file is a :class:`UserError` naming it.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors go (``torch.load``'s argument).
+        mmap: map the file instead of reading it (cheap when only a few fields are needed).
+        weights_only: restrict unpickling to tensors and plain containers.
+    """
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint {path} not found; pass an existing .ckpt file (e.g. from <run>/checkpoints/)")
+    try:
+        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=weights_only)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        raise UserError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is truncated or not a "
+            "checkpoint: delete it and resume from an earlier one"
+        ) from error

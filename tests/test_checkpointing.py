@@ -1,0 +1,74 @@
+"""Checkpoints are complete or absent, even when the writer is killed and the temporary folder is elsewhere."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdft.checkpointing import AtomicCheckpointIO, read_checkpoint
+from sdft.errors import UserError
+
+SIZE = 16_000_000
+
+
+def write_checkpoints_forever(folder: Path, temporary: Path, saved) -> None:
+    """Save 64 MB checkpoints ``step=N.ckpt`` in a loop, with the temporary folder on ``temporary``."""
+    os.environ["TMPDIR"] = str(temporary)
+    tempfile.tempdir = None
+    state = {"global_step": 0, "state_dict": {"w": torch.arange(SIZE, dtype=torch.float32)}}
+    for step in range(1000):
+        state["global_step"] = step
+        AtomicCheckpointIO().save_checkpoint(state, folder / f"step={step}.ckpt")
+        saved.set()
+
+
+def kill_writer_mid_write(folder: Path, temporary: Path, delay: float) -> None:
+    """Fork a process that saves checkpoints in a loop and SIGKILL it ``delay`` s after its first save."""
+    context = multiprocessing.get_context("fork")
+    saved = context.Event()
+    writer = context.Process(target=write_checkpoints_forever, args=(folder, temporary, saved))
+    writer.start()
+    assert saved.wait(timeout=60)
+    time.sleep(delay)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")
+def test_a_writer_killed_mid_write_leaves_only_loadable_checkpoints(tmp_path):
+    interrupted = 0
+    for round_, delay in enumerate((0.1, 0.3)):
+        folder = tmp_path / f"round{round_}"
+        folder.mkdir()
+        kill_writer_mid_write(folder, Path("/dev/shm"), delay)
+        interrupted += any(path.name.endswith(".tmp") for path in folder.iterdir())
+        checkpoints = sorted(folder.glob("*.ckpt"))
+        assert checkpoints
+        for path in checkpoints:
+            state = read_checkpoint(path, mmap=True)
+            assert state["state_dict"]["w"][-1] == SIZE - 1
+            assert path.name == f"step={state['global_step']}.ckpt"
+    assert interrupted, "no kill landed during a write: the test proved nothing"
+
+
+def test_a_truncated_checkpoint_is_named_in_the_error(tmp_path):
+    path = tmp_path / "step=3.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3, "w": torch.ones(1000)}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(UserError, match=r"checkpoint .*step=3\.ckpt cannot be read .*resume from an earlier one"):
+        AtomicCheckpointIO().load_checkpoint(path)
+    with pytest.raises(UserError, match=r"step=4\.ckpt not found"):
+        read_checkpoint(tmp_path / "step=4.ckpt")
+
+
+def test_saved_checkpoints_get_the_mode_of_an_ordinary_file(tmp_path):
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "a.ckpt")
+    (tmp_path / "b.ckpt").write_bytes(b"")
+    assert (tmp_path / "a.ckpt").stat().st_mode == (tmp_path / "b.ckpt").stat().st_mode
