@@ -1,39 +1,42 @@
-"""The ``sdft`` command: LightningCLI for ``fit`` / ``validate`` / ``test`` / ``predict``, and tools beside it."""
+"""The ``sdft`` command: LightningCLI for ``fit`` / ``validate`` / ``test`` / ``predict``, and tools beside it.
+
+This module imports only what parsing needs; each command imports its own machinery when it runs, so
+``sdft --help`` and light tools such as ``sdft report`` start in about a second. A user's mistake
+(:class:`sdft.errors.UserError`) is printed as one line and exits with status 2; ``SDFT_DEBUG=1`` shows the
+traceback instead.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from jsonargparse import auto_cli
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from sdft.callbacks import FinalExport
-from sdft.evaluation.folders import evaluate_folders
-from sdft.evaluation.posthoc import score_run
-from sdft.methods import DiffusionFineTuner
-from sdft.reporting import write_report
-from sdft.runs import export_checkpoint
-from sdft.tiny_models import build_tiny_sd1
+from sdft.errors import UserError
 
-
-class SdftCLI(LightningCLI):
-    """LightningCLI with sdft's forced callback (the final export)."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(FinalExport, "final_export")
+#: the LightningCLI subcommands sdft offers, with their help lines
+LIGHTNING_COMMANDS = {
+    "fit": "train a model",
+    "validate": "score a checkpoint on the validation data",
+    "test": "run the test loop",
+    "predict": "run the predict loop",
+}
+DEFAULT_CLIP = "open_clip:ViT-B-32/openai"
+DEFAULT_DINO = "facebook/dino-vits16"
 
 
 def export(checkpoint: Path, output: Path | None = None) -> None:
     """Export a checkpoint in its method's format (e.g. a diffusers LoRA file).
 
     Args:
-        checkpoint: a ``.ckpt`` file in ``<run>/checkpoints/``.
-        output: destination folder; default ``<run>/exports/<checkpoint name>``.
+        checkpoint: a .ckpt file in <run>/checkpoints/.
+        output: destination folder; default <run>/exports/<checkpoint name>.
     """
+    from sdft.runs import export_checkpoint
+
     print(export_checkpoint(checkpoint, output))
 
 
@@ -44,22 +47,71 @@ def tiny_model(output: Path, seed: int = 0) -> None:
         output: the folder to write.
         seed: the weights are a function of this seed.
     """
+    from sdft.tiny_models import build_tiny_sd1
+
     print(build_tiny_sd1(output, seed))
 
 
 def report(run_dir: Path, output: Path | None = None) -> None:
-    """Write a markdown report of a run's evaluations: metric plots, the chosen step and why, the image grids.
+    """Write a markdown report of a run: metric and loss plots, the chosen step and why, the image grids.
 
     Args:
-        run_dir: a run folder made by ``sdft fit`` with the ``SubjectEvaluator`` callback.
-        output: destination folder; default ``<run_dir>/report``.
+        run_dir: a run folder made by `sdft fit`.
+        output: destination folder; default <run_dir>/report.
     """
+    from sdft.reporting import write_report
+
     print(write_report(run_dir, output))
 
 
-TOOLS = {
-    "evaluate": evaluate_folders,
-    "evaluate-run": score_run,
+def evaluate(
+    generated: Path,
+    subjects: Path,
+    identifier: str = "sks",
+    clip_model: str = DEFAULT_CLIP,
+    dino_model: str = DEFAULT_DINO,
+    output: Path | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+) -> None:
+    """Score folders of generated images against subject photos (DreamBench CLIP-I, CLIP-T, DINO, PRES).
+
+    Every generated/<subject>/ (images and a metadata.jsonl naming each image's prompt) is scored against
+    subjects/<subject>/; a final mean row averages the subjects.
+
+    Args:
+        generated: folder of <subject>/ folders of generated images, each with its metadata.jsonl.
+        subjects: folder of <subject>/ folders of the real photos.
+        identifier: the rare token in the prompts, removed for CLIP-T.
+        clip_model: CLIP spec, e.g. open_clip:ViT-B-32/openai or builtin:tiny-clip.
+        dino_model: DINO spec, e.g. facebook/dino-vits16 or builtin:tiny-dino.
+        output: a .jsonl file for the rows (one JSON object per line); not written when omitted.
+        batch_size: images embedded at once.
+        device: where the feature extractors run; cuda when available, else cpu, when omitted.
+    """
+    from sdft.evaluation.folders import evaluate_folders
+
+    evaluate_folders(generated, subjects, identifier, clip_model, dino_model, output, batch_size, device)
+
+
+def evaluate_run(run_dir: Path, clip_model: str | None = None, dino_model: str | None = None) -> None:
+    """Re-score the base model and every checkpoint of a finished run with its evaluator's probes.
+
+    Writes evaluation/posthoc.jsonl and evaluation/posthoc_selection.json and prints the table.
+
+    Args:
+        run_dir: a run folder made by `sdft fit` (config.yaml and checkpoints/).
+        clip_model: CLIP spec overriding the run's evaluator (e.g. open_clip:ViT-L-14/openai).
+        dino_model: DINO spec overriding the run's evaluator.
+    """
+    from sdft.evaluation.posthoc import score_run
+
+    score_run(run_dir, clip_model, dino_model)
+
+
+TOOLS: dict[str, Callable[..., None]] = {
+    "evaluate": evaluate,
+    "evaluate-run": evaluate_run,
     "export": export,
     "report": report,
     "tiny-model": tiny_model,
@@ -68,20 +120,22 @@ TOOLS = {
 
 def usage() -> str:
     """The top-level help: Lightning's subcommands, then the tools."""
-    lines = [
-        "usage: sdft <command> [options]   (sdft <command> --help for a command's options)",
-        "",
-        "commands:",
-    ]
-    lightning = {
-        "fit": "train a model",
-        "validate": "score a checkpoint on the validation data",
-        "test": "run the test loop",
-        "predict": "run the predict loop",
-    }
-    lines += [f"  {name:<13}{text}" for name, text in lightning.items() if name in LightningCLI.subcommands()]
+    lines = ["usage: sdft <command> [options]   (sdft <command> --help for a command's options)", "", "commands:"]
+    lines += [f"  {name:<13}{text}" for name, text in LIGHTNING_COMMANDS.items()]
     lines += [f"  {name:<13}{tool.__doc__.splitlines()[0]}" for name, tool in TOOLS.items()]
     return "\n".join(lines)
+
+
+def run(argv: list[str]) -> None:
+    """Run one ``sdft`` command line (without the program name)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+    elif argv[0] in TOOLS:
+        auto_cli(TOOLS[argv[0]], args=argv[1:], prog=f"sdft {argv[0]}")
+    else:
+        from sdft.lightning_cli import run_lightning
+
+        run_lightning(argv)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -90,23 +144,13 @@ def main(args: list[str] | None = None) -> None:
     Args:
         args: command-line arguments without the program name; ``sys.argv[1:]`` when None.
     """
-    argv = sys.argv[1:] if args is None else args
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return
-    if argv[0] in TOOLS:
-        auto_cli(TOOLS[argv[0]], args=argv[1:])
-        return
-    # The frozen base model stays in eval mode on purpose; only the trained modules are in train mode.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
-    SdftCLI(
-        DiffusionFineTuner,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        args=args,
-    )
+    try:
+        run(sys.argv[1:] if args is None else args)
+    except UserError as error:
+        if os.environ.get("SDFT_DEBUG"):
+            raise
+        print(f"sdft: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Callbacks: what happens around training (samples, exports, evaluation), declared in the config."""
+"""Callbacks: what happens around training (samples, exports, evaluation, interruption), declared in the config."""
 
 from sdft.callbacks.evaluation import SubjectEvaluator
 from sdft.callbacks.export import FinalExport
+from sdft.callbacks.interruption import InterruptionCheckpoint
+from sdft.callbacks.progress import StepProgressBar
 from sdft.callbacks.samples import SamplePreview
 
-__all__ = ["FinalExport", "SamplePreview", "SubjectEvaluator"]
+__all__ = ["FinalExport", "InterruptionCheckpoint", "SamplePreview", "StepProgressBar", "SubjectEvaluator"]

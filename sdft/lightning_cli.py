@@ -1,0 +1,143 @@
+"""sdft's LightningCLI: forced callbacks and checkpoint writer, checks before any model loads, resumes that continue
+their run folder, and exit statuses that tell a scheduler what happened."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from diffusers.utils import logging as diffusers_logging
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from transformers.utils import logging as transformers_logging
+
+from sdft.callbacks import FinalExport, InterruptionCheckpoint, StepProgressBar
+from sdft.checkpointing import AtomicCheckpointIO
+from sdft.errors import UserError
+from sdft.methods import DiffusionFineTuner
+
+#: expected warnings that say nothing to an sdft user
+QUIET = (
+    # the frozen base model stays in eval mode on purpose; only the trained modules are in train mode
+    (r"Found \d+ module\(s\) in eval mode", PossibleUserWarning),
+    # raised inside Lightning about torch's own pytree API
+    (r".*isinstance\(treespec, LeafSpec\)", Warning),
+    # sdft checks the data and the steps itself; one worker per core is rarely right for a few photos
+    (r"The '\w+_dataloader' does not have many workers", PossibleUserWarning),
+    # the console script hands LightningCLI its own arguments
+    (r"LightningCLI's args parameter is intended", UserWarning),
+)
+#: Lightning's advertisements, dropped from its log
+ADVERTISEMENTS = ("💡 Tip:",)
+
+
+class DropAdvertisements(logging.Filter):
+    """A logging filter that drops Lightning's tips about other products."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(ADVERTISEMENTS)
+
+
+@runtime_checkable
+class CheckedData(Protocol):
+    """A data module that can check its files and settings without loading a model."""
+
+    def check(self) -> None: ...
+
+
+class SdftCLI(LightningCLI):
+    """LightningCLI with sdft's forced callbacks (final export, checkpoint on interruption), atomic checkpoint
+    files, checks before any model loads, and an exit status of 128 + the signal's number (130 for Ctrl-C, 143
+    for SIGTERM) when a fit is interrupted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except (SystemExit, KeyboardInterrupt):
+            code = interruption_exit_code(getattr(self, "trainer", None))
+            if code:
+                raise SystemExit(code) from None
+            raise
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(FinalExport, "final_export")
+        parser.add_lightning_class_args(InterruptionCheckpoint, "interruption")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            continue_run_folder(self.config["fit"], self.save_config_kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a writer the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        bar = trainer.progress_bar_callback
+        if type(bar) in (TQDMProgressBar, RichProgressBar):  # Lightning's defaults: count steps, not epochs
+            callbacks = trainer.callbacks
+            callbacks[callbacks.index(bar)] = StepProgressBar()
+        return trainer
+
+    def before_fit(self) -> None:
+        check_before_loading(self.trainer, self.datamodule)
+
+
+def check_before_loading(trainer, datamodule: LightningDataModule) -> None:
+    """The user's settings and files that can be checked before any model loads (one-line errors)."""
+    if trainer.max_steps < 1:
+        raise UserError(
+            f"trainer.max_steps must be a positive number of optimizer steps, got {trainer.max_steps}; "
+            "sdft trains for a number of steps, e.g. --trainer.max_steps 1000"
+        )
+    if isinstance(datamodule, CheckedData):
+        datamodule.check()
+
+
+def continue_run_folder(config, save_config_kwargs: dict[str, Any]) -> None:
+    """Resume into the run folder that wrote ``--ckpt_path``, when the logger would otherwise start a new version.
+
+    A checkpoint ``<save_dir>/<name>/version_N/checkpoints/x.ckpt`` resumed with a TensorBoard or CSV logger of the
+    same ``save_dir`` and ``name`` and no explicit version continues ``version_N``: its evaluations, grids, samples
+    and checkpoints stay in one folder, and ``config.yaml`` is rewritten with the resumed run's configuration.
+    """
+    checkpoint, logger = config.get("ckpt_path"), config.get("trainer.logger")
+    if not checkpoint or not hasattr(logger, "init_args") or logger.init_args.get("version") is not None:
+        return
+    run_dir = Path(checkpoint).resolve().parent.parent
+    save_dir, name = logger.init_args.get("save_dir"), logger.init_args.get("name")
+    if save_dir is None or name is None or Path(checkpoint).resolve().parent.name != "checkpoints":
+        return
+    if (Path(save_dir) / name / run_dir.name).resolve() == run_dir:
+        logger.init_args.version = run_dir.name
+        save_config_kwargs["overwrite"] = True
+
+
+def run_lightning(argv: list[str]) -> None:
+    """Run a LightningCLI subcommand, without the warnings every sdft run would print."""
+    for message, category in QUIET:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(existing, DropAdvertisements) for existing in rank_zero_log.filters):
+        rank_zero_log.addFilter(DropAdvertisements())
+    diffusers_logging.disable_progress_bar()  # loading a model is not progress worth a bar
+    transformers_logging.disable_progress_bar()
+    SdftCLI(
+        DiffusionFineTuner,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        args=argv,
+    )
+
+
+def interruption_exit_code(trainer) -> int:
+    """128 + the signal that interrupted the fit, 0 if none did (or there is no trainer yet)."""
+    for callback in getattr(trainer, "callbacks", ()):
+        if isinstance(callback, InterruptionCheckpoint) and callback.signal is not None:
+            return 128 + callback.signal
+    return 0
