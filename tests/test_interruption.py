@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 from lightning.pytorch import Callback
+from training import LossRecorder, checkpointer, cpu_trainer, lora_tuner, subject_data
 
 from sdft.callbacks import InterruptionCheckpoint
-from training import LossRecorder, checkpointer, cpu_trainer, lora_tuner, subject_data
 
 MAX_STEPS = 6
 
@@ -77,7 +77,10 @@ trainer:
         init_args: {{every_n_train_steps: 100000, filename: "step={{step:06d}}", auto_insert_metric_name: false}}}}
 model:
   class_path: sdft.methods.LoRAFineTuner
-  init_args: {{family: {{class_path: sdft.families.StableDiffusion, init_args: {{pretrained_model_name_or_path: builtin:tiny-sd1}}}}}}
+  init_args:
+    family:
+      class_path: sdft.families.StableDiffusion
+      init_args: {{pretrained_model_name_or_path: builtin:tiny-sd1}}
 data:
   class_path: sdft.data.SubjectDataModule
   init_args: {{instance_dir: {subject_dir}, instance_prompt: a photo of sks toy, resolution: 32}}

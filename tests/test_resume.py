@@ -8,7 +8,6 @@ import warnings
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
-
 from training import checkpointer, cpu_trainer, lora_tuner, subject_data
 
 MAX_STEPS = 8
