@@ -146,11 +146,24 @@ def main(args: list[str] | None = None) -> None:
     """
     try:
         run(sys.argv[1:] if args is None else args)
-    except UserError as error:
-        if os.environ.get("SDFT_DEBUG"):
+    except Exception as error:
+        mistake = user_error_in(error)
+        if mistake is None or os.environ.get("SDFT_DEBUG"):
             raise
-        print(f"sdft: error: {error}", file=sys.stderr)
+        print(f"sdft: error: {mistake}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_error_in(error: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``error``, which may wrap it (as the config parser does for a class whose
+    arguments are refused), or None when ``error`` is no user's mistake."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

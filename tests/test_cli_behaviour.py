@@ -4,6 +4,7 @@ readable help, a quiet run with a step progress bar, and resumes that continue t
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -88,3 +89,26 @@ def test_a_resumed_fit_continues_its_run_folder(tmp_path):
     selection = json.loads((run / "evaluation" / "selection.json").read_text())
     assert (run / "best").is_dir() and selection["export"] == "best"
     assert yaml.safe_load((run / "config.yaml").read_text())["ckpt_path"].endswith("step=000002.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "--data.init_args.instance_dir={missing}",
+            r"sdft: error: \S*no-such-photos does not exist; set data.instance_dir",
+        ),
+        ("--data.init_args.resolution=65", r"sdft: error: data.resolution must be a positive multiple of 8"),
+    ],
+)
+def test_a_data_mistake_is_one_line_before_any_model_loads(option, message, capsys, tmp_path):
+    missing_model = tmp_path / "no-such-model"
+    error = fit_error(
+        capsys,
+        "--config",
+        "configs/quickstart.yaml",
+        f"--model.init_args.family.init_args.pretrained_model_name_or_path={missing_model}",
+        option.format(missing=tmp_path / "no-such-photos"),
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    )
+    assert len(error.strip().splitlines()) == 1 and re.match(message, error), error
