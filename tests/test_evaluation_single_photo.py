@@ -22,6 +22,9 @@ def test_a_fit_on_one_photo_selects_exports_and_reports_without_a_ceiling(tmp_pa
     assert selection["step"] == 2 and selection["export"] == "best"
     assert Path(selection["checkpoint"]).is_file()
     assert (run / "best" / "learned_embeds.safetensors").is_file()
-    text = write_report(run).read_text()
+    report = write_report(run)
+    text = report.read_text()
+    assert "### train/loss ↓" in text and (report.parent / "curve_train_loss.png").is_file()  # curves of a scored run
+    assert not (report.parent / "curve_val_dino.png").exists()  # evaluated metrics are plotted from the table
     ceiling = next(line for line in text.splitlines() if line.startswith("| real-real ceiling |"))
     assert "unavailable: needs 2+ photos (1 image)" in ceiling and "0." not in ceiling

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,16 @@ def test_exporting_an_earlier_step_leaves_the_live_weights_alone(evaluated_run, 
     earlier = export_of(evaluated_run / "checkpoints" / "step=2.ckpt", tiny_sd1, tmp_path / "reference")
     assert all(torch.equal(exported[k], earlier[k]) for k in earlier)
     assert all(torch.equal(live[k], v) for k, v in model.trainable_state_dict().items())
+
+
+def test_a_chosen_step_below_the_base_model_on_fidelity_is_warned_about():
+    subject_evaluator = evaluator()
+    subject_evaluator.rows = [{"step": 0, "val/dino": 0.5}, {"step": 2, "val/dino": 0.4}, {"step": 4, "val/dino": 0.6}]
+    with pytest.warns(UserWarning, match=r"the chosen step 2 has val/dino 0.4000, below the base model's 0.5000"):
+        subject_evaluator.warn_if_below_base(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        subject_evaluator.warn_if_below_base(4)
 
 
 def test_evaluation_cadence_must_fall_on_checkpoints(tiny_sd1, subject_dir, tmp_path):

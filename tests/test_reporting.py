@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdft.reporting import read_metrics, write_report
+from sdft.errors import UserError
+from sdft.reporting import plot_title, read_evaluation, read_metrics, rule_limit, tie_band, write_report
 
 ROWS = [
     {"step": 0, "val/clip_i": 0.61, "val/clip_t": 0.24, "val/dino": 0.35, "val/pres": 0.30},
@@ -28,10 +29,14 @@ SELECTION = {
 REFERENCE = {"val/clip_i": 0.88, "val/dino": 0.77, "num_reference_images": 5}
 
 
-def make_run(root: Path, rows: list[dict] = ROWS, selection: dict | None = SELECTION, grids: bool = True) -> Path:
-    """A run folder with metrics.jsonl, reference.json, optional selection.json and small grid PNGs."""
+def make_run(
+    root: Path, rows: list[dict] = ROWS, selection: dict | None = SELECTION, grids: bool = True, best: bool = True
+) -> Path:
+    """A run folder with metrics.jsonl, reference.json, optional selection.json, small grid PNGs and best/."""
     run = root / "version_0"
     (run / "evaluation").mkdir(parents=True)
+    if best:
+        (run / "best").mkdir()
     lines = []
     for row in rows:
         grid = f"evaluation/step_{row['step']:06d}.png"
@@ -89,16 +94,17 @@ def test_grid_links_resolve_relative_to_report(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     output = tmp_path / "elsewhere" / "report"
     report = write_report(run, output)
-    targets = re.findall(r"!\[samples at step \d+\]\(([^)]+)\)", report.read_text())
+    targets = re.findall(r"!\[probes at step \d+\]\(([^)]+)\)", report.read_text())
     assert len(targets) == len(ROWS)
     for target, row in zip(targets, ROWS, strict=True):
         assert not Path(target).is_absolute()
         assert (report.parent / target).resolve() == (run / f"evaluation/step_{row['step']:06d}.png").resolve()
 
 
-def test_missing_grids_are_skipped(tmp_path: Path) -> None:
+def test_missing_grids_are_skipped_with_a_note(tmp_path: Path) -> None:
     text = write_report(make_run(tmp_path, grids=False)).read_text()
-    assert "samples at step" not in text and "No sample grids were found." in text
+    assert "probes at step" not in text and "No evaluation grids were found." in text
+    assert "Grid files not found, not shown: step 0 (evaluation/step_000000.png), step 100 (" in text
 
 
 def test_missing_selection_is_reported(tmp_path: Path) -> None:
@@ -116,18 +122,81 @@ def test_run_without_pres_has_no_pres_plot(tmp_path: Path) -> None:
 
 
 def test_missing_metrics_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"evaluation/metrics\.jsonl.*SubjectEvaluator"):
+    with pytest.raises(UserError, match=r"evaluation/metrics\.jsonl not found.*SubjectEvaluator"):
+        read_metrics(tmp_path)
+
+
+def test_a_folder_with_nothing_to_report_is_one_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a run")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))} has nothing to report: no evaluation"):
         write_report(tmp_path)
+    with pytest.raises(UserError, match="missing is not a folder"):
+        write_report(tmp_path / "missing")
 
 
 def test_malformed_line_names_the_line(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     path = run / "evaluation" / "metrics.jsonl"
     path.write_text(path.read_text() + '{"step": 400, "val/dino": \n')
-    with pytest.raises(ValueError, match=r"metrics\.jsonl line 5 is not valid JSON"):
+    with pytest.raises(UserError, match=r"metrics\.jsonl line 5 is not valid JSON"):
         read_metrics(run)
 
 
 def test_read_metrics_sorts_by_step(tmp_path: Path) -> None:
     run = make_run(tmp_path, rows=list(reversed(ROWS)))
     assert [row["step"] for row in read_metrics(run)] == [0, 100, 200, 300]
+
+
+def test_each_metric_says_which_direction_is_better(tmp_path: Path) -> None:
+    text = write_report(make_run(tmp_path)).read_text()
+    header = table_row(text, "step")
+    assert "val/clip_i ↑ | val/clip_t ↑ | val/dino ↑ | val/pres ↓" in header
+    assert "↑ higher is better, ↓ lower is better." in text
+    assert "### val/pres ↓" in text and "### val/dino ↑" in text
+    assert plot_title("val/pres") == "val/pres vs step (lower is better)"
+    assert plot_title("val/loss") == "val/loss vs step (lower is better)"
+    assert plot_title("val/clip_t") == "val/clip_t vs step (higher is better)"
+
+
+def test_the_selection_rule_limits_and_the_tie_band_are_drawn_and_spelled_out(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    evaluation = read_evaluation(run)
+    assert rule_limit(evaluation, "val/clip_t")[1] == pytest.approx(0.24 - 0.03)
+    assert rule_limit(evaluation, "val/pres")[1] == pytest.approx(0.30 + 0.05)
+    assert rule_limit(evaluation, "val/dino") is None
+    assert tie_band(evaluation, "val/dino") == pytest.approx((0.5601 - 0.02, 0.5601, 0.02))  # best candidate: 200
+    assert tie_band(evaluation, "val/clip_t") is None
+    text = write_report(run).read_text()
+    assert "the rule floor 0.210 (base 0.240 - 0.03); steps beyond it are rejected" in text
+    assert "the rule ceiling 0.350 (base 0.300 + 0.05)" in text
+    assert "the tie band 0.540-0.560 (within 0.02 of the best competing step)" in text
+
+
+def test_grid_rows_are_labelled_with_their_prompts_and_seeds(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    probes = [("a sks dog in the snow", False), ("a red sks dog", False), ("a dog", True)]
+    records = [{"prompt": prompt, "seed": seed, "class_prompt": bare} for prompt, bare in probes for seed in (0, 1)]
+    (run / "evaluation" / "probes.json").write_text(json.dumps({"columns": 2, "probes": records}))
+    text = write_report(run).read_text()
+    assert "1. `a sks dog in the snow` (seeds 0, 1)\n2. `a red sks dog` (seeds 0, 1)\n" in text
+    assert "3. `a dog` (bare class prompt, seeds 0, 1)" in text
+    assert text.index("3. `a dog`") < text.index("### Step 0 (base model)")
+
+
+def test_a_chosen_step_below_the_base_model_on_fidelity_is_warned_about(tmp_path: Path) -> None:
+    assert "**Warning:**" not in write_report(make_run(tmp_path / "fine")).read_text()
+    rows = [{**row, "val/dino": 0.30} if row["step"] == 100 else row for row in ROWS]
+    text = write_report(make_run(tmp_path / "worse", rows=rows)).read_text()
+    assert "**Warning:** the chosen step 100 has val/dino 0.300, below the base model's 0.350 (step 0)" in text
+
+
+def test_an_export_that_does_not_exist_is_not_claimed(tmp_path: Path) -> None:
+    text = write_report(make_run(tmp_path, best=False)).read_text()
+    assert "Exported checkpoint" not in text
+    assert "No export of the chosen step (`best/` does not exist in the run folder)." in text
+
+
+def test_a_malformed_selection_names_the_file(tmp_path: Path) -> None:
+    run = make_run(tmp_path, selection={"reason": "no step"})
+    with pytest.raises(UserError, match=r"selection\.json is malformed"):
+        write_report(run)

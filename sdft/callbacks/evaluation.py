@@ -7,12 +7,19 @@ rule to the whole table and exports the chosen step to ``<run>/best/``. Files, u
 
 - ``metrics.jsonl``: one row per evaluation (``step``, the four metrics, ``grid``, wall ``seconds``);
 - ``step_<N>.png``: the probe images of the evaluation (this rank's share under DDP);
-- ``reference.json``: the real-real ceilings of CLIP-I and DINO;
-- ``selection.json``: the chosen step, the reason, the candidates, the rejected steps and the rule.
+- ``probes.json``: the probes of the grids, in grid order (``columns`` per row);
+- ``reference.json``: the real-real ceilings of CLIP-I and DINO (null with a single photo: no distinct pairs);
+- ``selection.json``: the chosen step, the reason, the candidates, the rejected steps, the rule, the checkpoint
+  file the export came from and ``export`` (``best`` only when ``<run>/best/`` was written).
+
+A resumed run keeps its history: the rows and the run and checkpoint folders written so far are part of the
+checkpoint, so a run resumed into another folder finds the chosen step's checkpoint in the earlier folders, copies
+the earlier grids into its own ``evaluation/`` and writes the whole table into its ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +30,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 
 from sdft.callbacks.samples import image_grid, log_grid
+from sdft.errors import UserError
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
-from sdft.evaluation.probes import build_probes, infer_subject, subject_prompts
+from sdft.evaluation.probes import Probe, build_probes, infer_subject, subject_prompts
 from sdft.evaluation.scoring import ProbeScorer
 from sdft.evaluation.selection import Selection, select_step
 from sdft.files import write_atomic, write_json, write_jsonl
@@ -83,9 +91,11 @@ class SubjectEvaluator(Callback):
             export_best: export the chosen step to ``<run>/best/`` at the end of training.
         """
         if every_n_steps < 1:
-            raise ValueError(f"SubjectEvaluator.every_n_steps must be >= 1, got {every_n_steps}")
+            raise UserError(f"SubjectEvaluator.every_n_steps must be >= 1, got {every_n_steps}")
         if fidelity not in ("val/dino", "val/clip_i"):
-            raise ValueError(f"SubjectEvaluator.fidelity must be val/dino or val/clip_i, got {fidelity!r}")
+            raise UserError(f"SubjectEvaluator.fidelity must be val/dino or val/clip_i, got {fidelity!r}")
+        if tie_tolerance < 0:
+            raise UserError(f"SubjectEvaluator.tie_tolerance must be >= 0, got {tie_tolerance}")
         self.every_n_steps, self.identifier, self.class_noun, self.live = every_n_steps, identifier, class_noun, live
         self.prompts, self.num_prompts, self.images_per_prompt = prompts, num_prompts, images_per_prompt
         self.class_images, self.seed, self.resolution, self.batch_size = class_images, seed, resolution, batch_size
@@ -99,6 +109,10 @@ class SubjectEvaluator(Callback):
         }
         self.rows: list[dict[str, Any]] = []
         self.run_dir = Path()
+        self.earlier_run_dirs: list[Path] = []  # run folders of the run this one resumed, from the checkpoint
+        self.checkpoint_dirs: list[Path] = []  # every checkpoint folder of this run and the runs it resumed
+        self.restored = False
+        self.resumed_at: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------------------
 
@@ -120,7 +134,7 @@ class SubjectEvaluator(Callback):
         if self.identifier and self.class_noun:
             return self.identifier, self.class_noun
         if instance_prompt is None:
-            raise ValueError(
+            raise UserError(
                 "SubjectEvaluator needs the subject's identifier and class noun, and the data module has no "
                 "instance_prompt to read them from (e.g. a CaptionDataModule); set SubjectEvaluator's identifier "
                 "and class_noun init args (e.g. identifier: sks, class_noun: dog), or remove the callback"
@@ -149,7 +163,7 @@ class SubjectEvaluator(Callback):
         for callback in trainer.checkpoint_callbacks:
             every = callback._every_n_train_steps
             if self.export_best and every and self.every_n_steps % every:
-                raise ValueError(
+                raise UserError(
                     f"SubjectEvaluator.every_n_steps={self.every_n_steps} is not a multiple of ModelCheckpoint."
                     f"every_n_train_steps={every}: the best step could have no checkpoint; make it a multiple"
                 )
@@ -157,11 +171,38 @@ class SubjectEvaluator(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> None:
         self.scorer.to(pl_module.device)
         ceilings = self.scorer.set_reference(trainer.datamodule.images)
+        self.checkpoint_dirs = unique_paths([*self.checkpoint_dirs, *current_checkpoint_dirs(trainer)])
+        if self.restored:
+            self.resumed_at = trainer.global_step
         if trainer.is_global_zero:
             reference = {**ceilings, "num_reference_images": len(trainer.datamodule.images)}
             write_json(self.run_dir / "evaluation" / "reference.json", reference)
+            self.write_probes(trainer.world_size)
+            self.carry_history()
         if not self.rows:  # a resumed run already has its base-model row
             self.evaluate(trainer, pl_module)
+
+    def write_probes(self, world_size: int) -> None:
+        """Record the probes of rank 0's grids (its share under DDP), in grid order, in ``probes.json``.
+
+        Args:
+            world_size: the number of ranks the probes are split across.
+        """
+        probes = [probe_record(probe) for probe in self.scorer.probes[::world_size]]
+        write_json(self.run_dir / "evaluation" / "probes.json", {"columns": self.images_per_prompt, "probes": probes})
+
+    def carry_history(self) -> None:
+        """On resume into another folder: copy the earlier grids here and write the whole table (rank 0)."""
+        if not self.rows:
+            return
+        earlier = [folder for folder in self.earlier_run_dirs if folder != self.run_dir.resolve()]
+        for row in self.rows:
+            target = self.run_dir / row["grid"]
+            source = next((folder / row["grid"] for folder in earlier if (folder / row["grid"]).is_file()), None)
+            if not target.is_file() and source is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+        write_jsonl(self.run_dir / "evaluation" / "metrics.jsonl", self.rows)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
 
@@ -205,9 +246,9 @@ class SubjectEvaluator(Callback):
     def record_selection(self, trainer: Trainer, pl_module: DiffusionFineTuner, selection: Selection) -> None:
         if not trainer.is_global_zero:
             return
-        checkpoint = find_checkpoint(trainer, selection.step)
-        if self.export_best:
-            export_step(pl_module, checkpoint, trainer.global_step, selection.step, self.run_dir / "best")
+        checkpoint = self.find_checkpoint(trainer, selection.step)
+        best = self.run_dir / "best"
+        exported = self.export_best and export_step(pl_module, checkpoint, trainer.global_step, selection.step, best)
         record = {
             "step": selection.step,
             "reason": selection.reason,
@@ -215,24 +256,91 @@ class SubjectEvaluator(Callback):
             "rejected": {str(k): v for k, v in selection.rejected.items()},
             "rule": self.rule,
             "checkpoint": str(checkpoint) if checkpoint else None,
-            "export": "best" if self.export_best else None,
-            "values": next(row for row in self.rows if row["step"] == selection.step),
+            "export": "best" if exported else None,
+            "values": self.row_of(selection.step),
         }
         write_json(self.run_dir / "evaluation" / "selection.json", record)
         rank_zero_info(f"selected step {selection.step}: {selection.reason}")
+        if exported:
+            rank_zero_info(f"best step {selection.step} exported to {best}")
+        self.warn_if_below_base(selection.step)
+
+    def row_of(self, step: int) -> dict[str, Any]:
+        return next(row for row in self.rows if row["step"] == step)
+
+    def warn_if_below_base(self, step: int) -> None:
+        """Warn when the chosen step scores below the base model (the earliest row) on the fidelity metric.
+
+        Args:
+            step: the chosen step.
+        """
+        fidelity = self.rule["fidelity"]
+        base, chosen = min(self.rows, key=lambda row: row["step"]), self.row_of(step)
+        if chosen[fidelity] < base[fidelity]:
+            rank_zero_warn(
+                f"the chosen step {step} has {fidelity} {chosen[fidelity]:.4f}, below the base model's "
+                f"{base[fidelity]:.4f} (step {base['step']}): training has not yet improved subject fidelity; "
+                "train longer or at a higher learning rate, or check the subject photos"
+            )
+
+    def find_checkpoint(self, trainer: Trainer, step: int) -> Path | None:
+        """The checkpoint file of ``step``: in this run's checkpoint folders, else (for a step up to the one this
+        run resumed from; later files belong to the abandoned continuation) in the folders of the resumed run.
+
+        Args:
+            trainer: the trainer, whose ModelCheckpoint folders come first.
+            step: the global step of the checkpoint.
+        """
+        found = checkpoint_at(current_checkpoint_dirs(trainer), step)
+        if found is None and self.resumed_at is not None and step <= self.resumed_at:
+            earlier = [*self.checkpoint_dirs, *(folder / "checkpoints" for folder in self.earlier_run_dirs)]
+            found = checkpoint_at(unique_paths(earlier), step)
+        return found
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows}
+        run_dirs = unique_paths([*self.earlier_run_dirs, self.run_dir.resolve()])
+        return {
+            "rows": self.rows,
+            "run_dirs": [str(folder) for folder in run_dirs],
+            "checkpoint_dirs": [str(folder) for folder in self.checkpoint_dirs],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict["rows"])
+        self.earlier_run_dirs = [Path(folder) for folder in state_dict.get("run_dirs", [])]
+        self.checkpoint_dirs = [Path(folder) for folder in state_dict.get("checkpoint_dirs", [])]
+        self.restored = True
 
 
-def find_checkpoint(trainer: Trainer, step: int) -> Path | None:
-    """The checkpoint file a ModelCheckpoint wrote at ``step``, read from the files' own ``global_step``."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath and Path(callback.dirpath).is_dir():
-            found = [path for saved, path in checkpoints_by_step(Path(callback.dirpath)) if saved == step]
+def probe_record(probe: Probe) -> dict[str, Any]:
+    """A probe as a JSON object: ``prompt``, ``seed`` and ``class_prompt`` (an image of the bare class prompt)."""
+    return {"prompt": probe.prompt, "seed": probe.seed, "class_prompt": probe.is_class}
+
+
+def unique_paths(paths: list[Path]) -> list[Path]:
+    """The resolved paths in first-seen order, without repeats."""
+    return list(dict.fromkeys(Path(path).resolve() for path in paths))
+
+
+def current_checkpoint_dirs(trainer: Trainer) -> list[Path]:
+    """The folders of the trainer's ModelCheckpoint callbacks."""
+    return [
+        Path(callback.dirpath)
+        for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath
+    ]
+
+
+def checkpoint_at(folders: list[Path], step: int) -> Path | None:
+    """The first checkpoint file in ``folders`` that holds ``step``, read from the files' own ``global_step``.
+
+    Args:
+        folders: checkpoint folders, searched in order; missing ones are skipped.
+        step: the global step.
+    """
+    for folder in folders:
+        if folder.is_dir():
+            found = [path for saved, path in checkpoints_by_step(folder) if saved == step]
             if found:
                 return found[0]
     return None
@@ -240,17 +348,28 @@ def find_checkpoint(trainer: Trainer, step: int) -> Path | None:
 
 def export_step(
     pl_module: DiffusionFineTuner, checkpoint: Path | None, current_step: int, step: int, directory: Path
-) -> None:
-    """Export the weights of ``step``: the live ones if it is the current step, else those of its checkpoint."""
+) -> bool:
+    """Export the weights of ``step``: the live ones if it is the current step, else those of its checkpoint.
+
+    Returns whether ``directory`` was written (not when no checkpoint holds an earlier step).
+
+    Args:
+        pl_module: the model in training; its live weights are restored after exporting a checkpoint.
+        checkpoint: the checkpoint file of ``step``, or None.
+        current_step: the trainer's global step.
+        step: the step to export.
+        directory: the export folder.
+    """
     if step == current_step:
         pl_module.export(directory)
-        return
+        return True
     if checkpoint is None:
         rank_zero_warn(f"no checkpoint holds step {step}; {directory} was not written")
-        return
+        return False
     live = {key: value.clone() for key, value in pl_module.trainable_state_dict().items()}
     apply_checkpoint(pl_module, checkpoint)
     try:
         pl_module.export(directory)
     finally:
         pl_module.load_state_dict(live, strict=False)
+    return True
