@@ -18,6 +18,7 @@ from training import checkpointer, cpu_trainer, lora_tuner, subject_data
 from sdft.callbacks import SubjectEvaluator
 from sdft.callbacks.evaluation import export_step
 from sdft.cli import main
+from sdft.errors import UserError
 from sdft.methods.lora import LORA_WEIGHTS
 from sdft.runs import apply_checkpoint
 
@@ -99,9 +100,25 @@ def test_a_chosen_step_below_the_base_model_on_fidelity_is_warned_about():
         subject_evaluator.warn_if_below_base(4)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"every_n_steps": 0}, "SubjectEvaluator.every_n_steps must be >= 1, got 0"),
+        ({"identifier": "sks dog"}, "SubjectEvaluator.identifier must be one word"),
+        ({"fidelity": "val/clip_t"}, "SubjectEvaluator.fidelity must be val/dino or val/clip_i"),
+        ({"class_images": 0}, "class_images=0 turns PRES off, but pres_margin=0.05 limits it; set pres_margin: null"),
+        ({"tie_tolerance": -0.1}, "SubjectEvaluator.tie_tolerance must be >= 0"),
+    ],
+)
+def test_a_bad_option_is_a_user_error_naming_it(options, message):
+    with pytest.raises(UserError, match=message):
+        SubjectEvaluator(**options)
+    assert SubjectEvaluator(class_images=0, pres_margin=None).rule["pres_margin"] is None
+
+
 def test_evaluation_cadence_must_fall_on_checkpoints(tiny_sd1, subject_dir, tmp_path):
     trainer = cpu_trainer(tmp_path, 4, [evaluator(every_n_steps=3), checkpointer(tmp_path, 2)])
-    with pytest.raises(ValueError, match="every_n_steps=3 is not a multiple of ModelCheckpoint.every_n_train_steps=2"):
+    with pytest.raises(UserError, match="every_n_steps=3 is not a multiple of ModelCheckpoint.every_n_train_steps=2"):
         trainer.fit(lora_tuner(tiny_sd1), datamodule=subject_data(subject_dir))
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from sdft.errors import UserError
 from sdft.evaluation.probes import Probe, build_probes, infer_subject, subject_prompts
 
 
 def test_identifier_and_class_come_from_the_instance_prompt():
     assert infer_subject("a photo of sks dog") == ("sks", "dog")
-    with pytest.raises(ValueError, match="set SubjectEvaluator's identifier and class_noun"):
+    with pytest.raises(UserError, match="set SubjectEvaluator's identifier and class_noun"):
         infer_subject("sks")
 
 
@@ -30,8 +31,10 @@ def test_user_prompts_from_a_file_fill_the_placeholders(tmp_path):
     path.write_text("a {identifier} {class_noun} on the moon\n\nan oil painting of a {identifier} {class_noun}\n")
     prompts = subject_prompts("zwx", "toy", live=False, prompts=str(path), num_prompts=None)
     assert prompts == ["a zwx toy on the moon", "an oil painting of a zwx toy"]
-    with pytest.raises(ValueError, match="holds no prompt"):
+    with pytest.raises(UserError, match="holds no prompt"):
         subject_prompts("zwx", "toy", live=False, prompts=[], num_prompts=None)
+    with pytest.raises(UserError, match=r"SubjectEvaluator.prompts: .*missing.txt is not a file"):
+        subject_prompts("zwx", "toy", live=False, prompts=str(tmp_path / "missing.txt"), num_prompts=None)
 
 
 def test_probes_pair_prompts_with_fixed_seeds_and_add_class_probes():

@@ -90,12 +90,7 @@ class SubjectEvaluator(Callback):
             tie_tolerance: steps this close to the best fidelity count as tied; the earliest wins.
             export_best: export the chosen step to ``<run>/best/`` at the end of training.
         """
-        if every_n_steps < 1:
-            raise UserError(f"SubjectEvaluator.every_n_steps must be >= 1, got {every_n_steps}")
-        if fidelity not in ("val/dino", "val/clip_i"):
-            raise UserError(f"SubjectEvaluator.fidelity must be val/dino or val/clip_i, got {fidelity!r}")
-        if tie_tolerance < 0:
-            raise UserError(f"SubjectEvaluator.tie_tolerance must be >= 0, got {tie_tolerance}")
+        check_options(every_n_steps, identifier, class_images, fidelity, pres_margin, tie_tolerance)
         self.every_n_steps, self.identifier, self.class_noun, self.live = every_n_steps, identifier, class_noun, live
         self.prompts, self.num_prompts, self.images_per_prompt = prompts, num_prompts, images_per_prompt
         self.class_images, self.seed, self.resolution, self.batch_size = class_images, seed, resolution, batch_size
@@ -310,6 +305,30 @@ class SubjectEvaluator(Callback):
         self.earlier_run_dirs = [Path(folder) for folder in state_dict.get("run_dirs", [])]
         self.checkpoint_dirs = [Path(folder) for folder in state_dict.get("checkpoint_dirs", [])]
         self.restored = True
+
+
+def check_options(
+    every_n_steps: int,
+    identifier: str | None,
+    class_images: int,
+    fidelity: str,
+    pres_margin: float | None,
+    tie_tolerance: float,
+) -> None:
+    """Raise a :class:`UserError` naming the first bad SubjectEvaluator option (see its ``__init__``)."""
+    if every_n_steps < 1:
+        raise UserError(f"SubjectEvaluator.every_n_steps must be >= 1, got {every_n_steps}")
+    if identifier is not None and len(identifier.split()) != 1:
+        raise UserError(f"SubjectEvaluator.identifier must be one word (the rare token, e.g. sks), got {identifier!r}")
+    if fidelity not in ("val/dino", "val/clip_i"):
+        raise UserError(f"SubjectEvaluator.fidelity must be val/dino or val/clip_i, got {fidelity!r}")
+    if class_images < 1 and pres_margin is not None:
+        raise UserError(
+            f"SubjectEvaluator.class_images={class_images} turns PRES off, but pres_margin={pres_margin} limits it; "
+            "set pres_margin: null as well, or class_images to 1 or more"
+        )
+    if tie_tolerance < 0:
+        raise UserError(f"SubjectEvaluator.tie_tolerance must be >= 0, got {tie_tolerance}")
 
 
 def probe_record(probe: Probe) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sdft.data.images import center_square, list_images, load_rgb, resize_short_side
+from sdft.errors import UserError
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
 from sdft.evaluation.features import ClipFeatures, DinoFeatures
 from sdft.evaluation.scoring import SubjectMetrics
@@ -72,7 +73,7 @@ def read_generated_folder(folder: Path) -> list[GeneratedImage]:
     listed = {entry.path for entry in entries}
     unlisted = sorted(path.name for path in images if path not in listed)
     if unlisted:
-        raise ValueError(
+        raise UserError(
             f"{folder / METADATA_FILE} has no entry for {', '.join(unlisted)}; add a line "
             f'{{"file_name": "{unlisted[0]}", "text": "<its prompt>"}} per image, or remove the images'
         )
@@ -86,7 +87,7 @@ def read_metadata(path: Path) -> list[GeneratedImage]:
         path: the ``metadata.jsonl`` file inside a generated subject folder.
     """
     if not path.is_file():
-        raise ValueError(
+        raise UserError(
             f"{path} is missing; write one line per generated image, "
             f'{{"file_name": "0001.png", "text": "a sks dog in the snow"}}, so CLIP-T knows each prompt'
         )
@@ -95,7 +96,7 @@ def read_metadata(path: Path) -> list[GeneratedImage]:
     names = [entry.path.name for entry in entries]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"{path} lists {', '.join(duplicates)} more than once; keep one line per image")
+        raise UserError(f"{path} lists {', '.join(duplicates)} more than once; keep one line per image")
     return entries
 
 
@@ -111,17 +112,17 @@ def parse_metadata_line(line: str, path: Path, number: int) -> GeneratedImage:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{where} is not valid JSON ({error}); fix or remove the line") from error
+        raise UserError(f"{where} is not valid JSON ({error}); fix or remove the line") from error
     if not isinstance(record, dict) or not isinstance(record.get("file_name"), str):
-        raise ValueError(f'{where} needs a "file_name" string, e.g. {{"file_name": "0001.png", "text": "..."}}')
+        raise UserError(f'{where} needs a "file_name" string, e.g. {{"file_name": "0001.png", "text": "..."}}')
     if not isinstance(record.get("text"), str):
-        raise ValueError(f'{where} needs a "text" string holding the prompt of {record["file_name"]}')
+        raise UserError(f'{where} needs a "text" string holding the prompt of {record["file_name"]}')
     class_prompt = record.get("class_prompt", False)
     if not isinstance(class_prompt, bool):
-        raise ValueError(f'{where}: "class_prompt" must be true or false, got {class_prompt!r}')
+        raise UserError(f'{where}: "class_prompt" must be true or false, got {class_prompt!r}')
     image = path.parent / record["file_name"]
     if not image.is_file():
-        raise ValueError(f"{where} lists {image}, which does not exist; add the image or remove the line")
+        raise UserError(f"{where} lists {image}, which does not exist; add the image or remove the line")
     return GeneratedImage(image, record["text"], class_prompt)
 
 
@@ -170,7 +171,7 @@ def score_subject(
         batch_size: images embedded at once.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UserError(f"batch_size must be at least 1, got {batch_size}; pass --batch_size 1 or more")
     entries = read_generated_folder(generated_dir)
     subject_images = [entry for entry in entries if not entry.class_prompt]
     class_images = [entry for entry in entries if entry.class_prompt]
@@ -195,7 +196,7 @@ def check_subject_prompts(images: list[GeneratedImage], folder: Path, identifier
         identifier: the rare token the prompts should contain.
     """
     if not images:
-        raise ValueError(
+        raise UserError(
             f"every image in {folder / METADATA_FILE} is marked class_prompt, so CLIP-I, CLIP-T and DINO have "
             f'nothing to score; add images generated from the subject prompts ("a {identifier} dog ...")'
         )
@@ -239,13 +240,13 @@ def match_subjects(generated: Path, subjects: Path) -> list[str]:
     """
     for folder, key in ((generated, "generated"), (subjects, "subjects")):
         if not folder.is_dir():
-            raise ValueError(f"{folder} is not a folder; set {key} to a folder of <subject>/ folders")
+            raise UserError(f"{folder} is not a folder; set {key} to a folder of <subject>/ folders")
     names = subfolder_names(generated)
     if not names:
-        raise ValueError(f"{generated} has no <subject>/ folders; put each subject's generated images in one")
+        raise UserError(f"{generated} has no <subject>/ folders; put each subject's generated images in one")
     for name in names:
         if not (subjects / name).is_dir():
-            raise ValueError(
+            raise UserError(
                 f"{generated / name} has no photos folder {subjects / name}; add the subject's real photos there "
                 "or rename the generated folder to match"
             )

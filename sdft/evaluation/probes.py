@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdft.errors import UserError
 from sdft.evaluation.prompts import dreambench_prompts
 
 
@@ -25,7 +26,7 @@ def infer_subject(instance_prompt: str) -> tuple[str, str]:
     """
     words = instance_prompt.split()
     if len(words) < 2:
-        raise ValueError(
+        raise UserError(
             f"cannot read the identifier and class noun from the instance prompt {instance_prompt!r}; "
             "set SubjectEvaluator's identifier and class_noun"
         )
@@ -50,13 +51,24 @@ def subject_prompts(
     if prompts is None:
         chosen = dreambench_prompts(identifier, class_noun, live)
     else:
-        lines = Path(prompts).read_text().splitlines() if isinstance(prompts, str) else prompts
+        lines = read_prompt_file(Path(prompts)) if isinstance(prompts, str) else prompts
         chosen = [line.format(identifier=identifier, class_noun=class_noun) for line in lines if line.strip()]
     if not chosen:
-        raise ValueError("SubjectEvaluator.prompts holds no prompt")
+        raise UserError("SubjectEvaluator.prompts holds no prompt; give a list of prompts or a file of one per line")
     if num_prompts is None or num_prompts >= len(chosen):
         return chosen
     return [chosen[i * len(chosen) // num_prompts] for i in range(num_prompts)]
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """The lines of a prompt file; a missing file is a :class:`UserError` naming it.
+
+    Args:
+        path: the text file, one prompt per line.
+    """
+    if not path.is_file():
+        raise UserError(f"SubjectEvaluator.prompts: {path} is not a file; give a list of prompts or a file of them")
+    return path.read_text(encoding="utf-8").splitlines()
 
 
 def build_probes(

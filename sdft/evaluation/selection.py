@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from sdft.errors import UserError
+
 CLIP_T = "val/clip_t"
 PRES = "val/pres"
 EPSILON = 1e-9
@@ -79,7 +81,7 @@ def select_single(rows: Sequence[Row], monitor: str, mode: str = "max", tie_tole
         tie_tolerance: gap within which an earlier step is preferred to the best one.
     """
     if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        raise UserError(f"mode must be 'max' or 'min', got {mode!r}")
     ordered = sorted_rows(rows, [monitor], tie_tolerance)
     chosen = earliest_near_best(ordered, monitor, mode, tie_tolerance)
     reason = describe_choice(chosen, ordered, monitor, mode, tie_tolerance)
@@ -97,7 +99,7 @@ def sorted_rows(rows: Sequence[Row], keys: Sequence[str], tie_tolerance: float) 
     if not rows:
         raise ValueError("the metrics table is empty: evaluate at least one step before selecting")
     if tie_tolerance < 0:
-        raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
+        raise UserError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
     for row in rows:
         missing = [key for key in ["step", *keys] if key not in row]
         if missing:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sdft.errors import UserError
 from sdft.evaluation.backbones import load_clip, load_dino
 from sdft.evaluation.folders import METADATA_FILE, evaluate_folders, load_square, score_subject
 from sdft.evaluation.similarity import mean_cross_similarity, mean_distinct_pair_similarity
@@ -156,7 +157,7 @@ def test_evaluate_folders_adds_a_mean_row_prints_a_table_and_writes_json_lines(t
 def test_missing_metadata_is_an_error_naming_the_file(tmp_path, clip, dino):
     real = write_photos(tmp_path / "subjects" / "dog", 2, seed=0)
     write_photos(tmp_path / "generated" / "dog", 2, seed=1)
-    with pytest.raises(ValueError, match=r"generated/dog/metadata\.jsonl is missing"):
+    with pytest.raises(UserError, match=r"generated/dog/metadata\.jsonl is missing"):
         score_subject(tmp_path / "generated" / "dog", real[0].parent, "sks", clip, dino)
 
 
@@ -183,7 +184,7 @@ def test_generated_subject_without_photos_is_an_error_naming_the_folder(tmp_path
     real = write_photos(tmp_path / "subjects" / "dog", 2, seed=0)
     write_generated(tmp_path / "generated" / "dog", real, ["a sks dog"] * 2)
     write_generated(tmp_path / "generated" / "cat", real, ["a sks cat"] * 2)
-    with pytest.raises(ValueError, match=r"generated/cat has no photos folder .*subjects/cat"):
+    with pytest.raises(UserError, match=r"generated/cat has no photos folder .*subjects/cat"):
         evaluate_folders(tmp_path / "generated", tmp_path / "subjects", **TINY)
 
 
