@@ -25,6 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdft.data import SubjectDataModule
 from sdft.families import StableDiffusion
+from sdft.families.base import Capabilities
 from sdft.methods import TextualInversion
 from sdft.methods.tokens import EMBEDDINGS_FILE, ExtendedEmbedding, PlaceholderTokens
 from sdft.runs import apply_checkpoint
@@ -65,11 +66,17 @@ def test_extended_embedding_reads_old_ids_from_the_frozen_table_and_new_ids_from
 class TwoEncoderFamily:
     """Stands in for an SDXL-like family: two text encoders of different widths, each with its own tokenizer."""
 
+    capabilities = Capabilities(
+        lora_components=("unet",),
+        token_encoders=("text_encoder", "text_encoder_2"),
+        embedding_keys=("clip_l", "clip_g"),
+    )
+
     def __init__(self, model_dir: Path) -> None:
         self.encoders = {"text_encoder": tiny_clip_text_encoder(32), "text_encoder_2": tiny_clip_text_encoder(48)}
         self.tokenizer_of = {name: CLIPTokenizer.from_pretrained(model_dir / "tokenizer") for name in self.encoders}
 
-    def text_encoders(self) -> dict[str, nn.Module]:
+    def token_encoders(self) -> dict[str, nn.Module]:
         return self.encoders
 
     def tokenizers(self) -> dict[str, CLIPTokenizer]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -10,19 +11,84 @@ import torch
 from diffusers import DiffusionPipeline
 from torch import nn
 
+Batch = dict[str, Any]
+
+
+def map_tensors(function: Callable[..., torch.Tensor], *trees: Any) -> Any:
+    """Apply ``function`` to the tensors found at the same place in several nested dicts of tensors.
+
+    Args:
+        function: takes one tensor from each tree, returns a tensor.
+        trees: dicts whose values are tensors, dicts of the same kind, or None (kept as None).
+    """
+    first = trees[0]
+    if isinstance(first, dict):
+        return {key: map_tensors(function, *(tree[key] for tree in trees)) for key in first}
+    if first is None:
+        return None
+    return function(*trees)
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser is conditioned on for a batch: its keyword arguments, which may nest (SDXL's
+    ``added_cond_kwargs``) and hold sequences (T5 states) or pooled vectors, each with the batch first.
+
+    Only the family that made it reads inside; everyone else joins and repeats it as a whole.
+    """
+
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def cat(cls, parts: list[Conditioning]) -> Conditioning:
+        """Join the conditioning of consecutive parts of a batch."""
+        return cls(map_tensors(lambda *tensors: torch.cat(tensors), *(part.kwargs for part in parts)))
+
+    def repeat_interleave(self, repeats: int) -> Conditioning:
+        """Each example's conditioning ``repeats`` times in a row (to score an image at several noise levels)."""
+        return Conditioning(map_tensors(lambda tensor: tensor.repeat_interleave(repeats, 0), self.kwargs))
+
 
 @dataclass
 class NoisedLatents:
-    """A training example after the forward process: the denoiser input and what it should predict."""
+    """A training example after the forward process: the denoiser input, what it should predict, and the weight of
+    its loss (1 unless the family's objective weights examples, e.g. flow matching's ``sigma_sqrt``)."""
 
     noisy: torch.Tensor
     timesteps: torch.Tensor
     target: torch.Tensor
+    weight: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight is None:
+            self.weight = torch.ones(self.noisy.shape[0], device=self.noisy.device)
 
     @classmethod
     def cat(cls, parts: list[NoisedLatents]) -> NoisedLatents:
         """Join examples noised separately (e.g. instance and class examples) into one denoiser batch."""
         return cls(**{field.name: torch.cat([getattr(p, field.name) for p in parts]) for field in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family offers the methods, declared rather than discovered.
+
+    Attributes:
+        lora_components: the components LoRA may adapt (never a T5 encoder), the denoiser first.
+        token_encoders: the text encoders that take new tokens (textual inversion), in embedding-file order;
+            empty when the family does not support new tokens.
+        embedding_keys: the keys of a multi-encoder embedding file (``clip_l``, ``clip_g``), one per token encoder;
+            empty for one encoder, whose file is keyed by the placeholder.
+        vae_dtype: the dtype the VAE must run in whatever the rest runs in (SDXL's VAE overflows in fp16); None
+            follows the rest.
+        block_types: names of the denoiser's repeated block classes (the units FSDP wraps).
+    """
+
+    lora_components: tuple[str, ...]
+    token_encoders: tuple[str, ...] = ()
+    embedding_keys: tuple[str, ...] = ()
+    vae_dtype: torch.dtype | None = None
+    block_types: tuple[str, ...] = ()
 
 
 class ModelFamily(nn.Module, ABC):
@@ -42,6 +108,8 @@ class ModelFamily(nn.Module, ABC):
     tokenizer_names: ClassVar[tuple[str, ...]]
     #: the diffusers pipeline class that samples from, and saves LoRA files for, this family
     pipeline_class: ClassVar[type[DiffusionPipeline]]
+    #: what the family offers the methods (LoRA components, new tokens, VAE dtype, block types)
+    capabilities: ClassVar[Capabilities]
 
     def __init__(self, pretrained_model_name_or_path: str) -> None:
         super().__init__()
@@ -58,8 +126,14 @@ class ModelFamily(nn.Module, ABC):
         return {name: getattr(self, name) for name in self.text_encoder_names}
 
     def components(self, text_encoders: bool) -> dict[str, nn.Module]:
-        """The denoiser and, if ``text_encoders``, the text encoders: what a method trains, by component name."""
-        return {self.denoiser_name: self.denoiser, **(self.text_encoders() if text_encoders else {})}
+        """The denoiser and, if ``text_encoders``, the text encoders that may train (``capabilities.lora_components``:
+        never a T5): what a method trains, by component name."""
+        names = self.capabilities.lora_components if text_encoders else (self.denoiser_name,)
+        return {name: getattr(self, name) for name in names}
+
+    def token_encoders(self) -> dict[str, nn.Module]:
+        """The text encoders that take new tokens (``capabilities.token_encoders``), in embedding-file order."""
+        return {name: getattr(self, name) for name in self.capabilities.token_encoders}
 
     def tokenizers(self) -> dict[str, Any]:
         """Each text encoder's tokenizer, keyed by the text encoder's component name."""
@@ -81,8 +155,13 @@ class ModelFamily(nn.Module, ABC):
         """Module names that LoRA adapts in ``component`` when the user names none."""
 
     @abstractmethod
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Prompts -> the denoiser's conditioning keyword arguments (gradients flow if an encoder trains)."""
+    def encode_conditioning(self, batch: Batch) -> Conditioning:
+        """A batch -> the denoiser's conditioning (gradients flow if an encoder trains).
+
+        Args:
+            batch: ``prompts`` (B strings, already rewritten by the method), ``pixel_values`` (B, 3, H, W), and
+                each example's ``original_size`` and ``crop_top_left`` (B, 2) as (height, width) / (top, left).
+        """
 
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -95,7 +174,7 @@ class ModelFamily(nn.Module, ABC):
         """Noise latents for training; ``levels`` in [0, 1) pins the noise level (None: the training density)."""
 
     @abstractmethod
-    def predict(self, noised: NoisedLatents, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
+    def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
         """Run the denoiser; the output is directly comparable with ``noised.target``."""
 
     @abstractmethod

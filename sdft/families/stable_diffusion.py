@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdft.assets import resolve
-from sdft.families.base import ModelFamily, NoisedLatents
+from sdft.families.base import Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents
 from sdft.objectives import add_noise, diffusion_target, levels_to_timesteps
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -25,6 +25,11 @@ class StableDiffusion(ModelFamily):
     text_encoder_names = ("text_encoder",)
     tokenizer_names = ("tokenizer",)
     pipeline_class = StableDiffusionPipeline
+    capabilities = Capabilities(
+        lora_components=("unet", "text_encoder"),
+        token_encoders=("text_encoder",),
+        block_types=("BasicTransformerBlock", "ResnetBlock2D"),
+    )
 
     def __init__(
         self,
@@ -71,15 +76,15 @@ class StableDiffusion(ModelFamily):
     def default_lora_targets(self, component: str) -> list[str]:
         return list(UNET_ATTENTION if component == self.denoiser_name else CLIP_ATTENTION)
 
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def encode_conditioning(self, batch: Batch) -> Conditioning:
         input_ids = self.tokenizer(
-            prompts,
+            batch["prompts"],
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.text_encoder.device)
-        return {"encoder_hidden_states": self.text_encoder(input_ids)[0]}
+        return Conditioning({"encoder_hidden_states": self.text_encoder(input_ids)[0]})
 
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
@@ -96,8 +101,8 @@ class StableDiffusion(ModelFamily):
         target = diffusion_target(latents, noise, alpha_bar, self.prediction_type)
         return NoisedLatents(add_noise(latents, noise, alpha_bar), timesteps, target)
 
-    def predict(self, noised: NoisedLatents, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.unet(noised.noisy, noised.timesteps, **conditioning).sample
+    def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
+        return self.unet(noised.noisy, noised.timesteps, **conditioning.kwargs).sample
 
     def pipeline(self) -> StableDiffusionPipeline:
         scheduler = getattr(diffusers, self.sampler_config["_class_name"]).from_config(self.sampler_config)

@@ -11,11 +11,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 
-from sdft.families.base import ModelFamily, NoisedLatents
+from sdft.families.base import Batch, Conditioning, ModelFamily, NoisedLatents
 from sdft.files import write_folder_atomic
 from sdft.objectives import per_example_mse, prior_preservation_loss, step_seed
 
-Batch = dict[str, Any]
 ParameterGroups = list[dict[str, Any]]
 
 #: generator key of the initial values of new weights (adapters, token embeddings)
@@ -29,9 +28,10 @@ class DiffusionFineTuner(LightningModule):
 
     A method (subclass) fills in two hooks: :meth:`configure_trainable` decides what trains, and
     :meth:`write_export` writes the trained result in the format its consumers load. It may also override
-    :meth:`parameter_groups` (per-part learning rates) and :meth:`encode_prompts` (prompt rewriting, e.g. for new
-    tokens). Checkpoints hold only trainable tensors plus the optimizer, scheduler and loop state; the frozen base
-    model is reloaded from its source on resume.
+    :meth:`parameter_groups` (per-part learning rates) and :meth:`rewrite_prompts` (e.g. spelling a new word as its
+    tokens). The family, not the method, turns a batch into conditioning (:meth:`ModelFamily.encode_conditioning`).
+    Checkpoints hold only trainable tensors plus the optimizer, scheduler and loop state; the frozen base model is
+    reloaded from its source on resume.
 
     Batches with an ``is_prior`` mask (prior preservation, see :class:`sdft.data.SubjectDataModule`) are trained on
     ``instance loss + prior_loss_weight * prior loss``; both parts are logged.
@@ -85,9 +85,13 @@ class DiffusionFineTuner(LightningModule):
         (e.g. to give the text encoder its own learning rate)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Prompts -> the denoiser's conditioning, through the family; a method may rewrite the prompts first."""
-        return self.family.encode_prompts(prompts)
+    def rewrite_prompts(self, prompts: list[str]) -> list[str]:
+        """The prompts as the text encoders should read them; unchanged unless a method adds words."""
+        return prompts
+
+    def conditioning(self, batch: Batch) -> Conditioning:
+        """A batch -> the denoiser's conditioning, by the family, from the method's rewritten prompts."""
+        return self.family.encode_conditioning({**batch, "prompts": self.rewrite_prompts(list(batch["prompts"]))})
 
     def export(self, directory: str | Path) -> Path:
         """Write the trained result where its consumers load it (a diffusers LoRA file, a pipeline, ...).
@@ -147,15 +151,14 @@ class DiffusionFineTuner(LightningModule):
         """Per-example denoising loss (B * repeats,), all randomness drawn from ``generator``.
 
         Args:
-            batch: ``pixel_values`` (B, 3, H, W) in [-1, 1] and ``prompts`` (B strings).
+            batch: ``pixel_values`` (B, 3, H, W) in [-1, 1], ``prompts`` (B strings) and what else the family reads.
             generator: the source of the posterior sample, noise and (when ``levels`` is None) noise levels.
             levels: noise levels in [0, 1) for each of the B * repeats examples; None samples them.
             repeats: score each image this many times (consecutive rows), e.g. at several fixed levels.
         """
         noised = self.noised_latents(batch["pixel_values"], generator, levels, repeats)
-        conditioning = self.encode_prompts(batch["prompts"])
-        conditioning = {key: value.repeat_interleave(repeats, 0) for key, value in conditioning.items()}
-        return per_example_mse(self.family.predict(noised, conditioning), noised.target)
+        conditioning = self.conditioning(batch).repeat_interleave(repeats)
+        return weighted_losses(self.family.predict(noised, conditioning), noised)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         micro_batch = batch_idx % self.trainer.accumulate_grad_batches
@@ -175,8 +178,7 @@ class DiffusionFineTuner(LightningModule):
                 for part, stream in zip(parts, streams, strict=False)
             ]
         )
-        conditioning = self.encode_prompts([prompt for part in parts for prompt in part["prompts"]])
-        losses = per_example_mse(self.family.predict(noised, conditioning), noised.target)
+        losses = weighted_losses(self.family.predict(noised, self.conditioning(cat_batches(parts))), noised)
         if len(parts) == 1:
             loss = losses.mean()
         else:
@@ -215,7 +217,7 @@ class DiffusionFineTuner(LightningModule):
         """One image per (prompt, seed) pair, from the weights in training, in eval mode."""
         pipeline = self.family.pipeline()
         pipeline.set_progress_bar_config(disable=True)
-        was_training = self.training
+        training = [module for module in self.modules() if module.training]
         self.eval()
         try:
             generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
@@ -228,7 +230,8 @@ class DiffusionFineTuner(LightningModule):
                 guidance_scale=guidance_scale,
             ).images
         finally:
-            self.train(was_training)
+            for module in training:  # only what trained before: frozen encoders stay in eval mode (T5 dropout)
+                module.train()
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
@@ -247,13 +250,36 @@ class DiffusionFineTuner(LightningModule):
 
 
 def split_prior(batch: Batch) -> tuple[Batch, Batch]:
-    """A prior-preservation batch -> its instance examples and its class examples, each a plain batch."""
+    """A prior-preservation batch -> its instance examples and its class examples, each a plain batch.
+
+    Every per-example entry (a tensor with the batch first, or a list) is split; the ``is_prior`` mask is dropped.
+    """
     is_prior = batch["is_prior"].bool()
-    instance, prior = (
-        {
-            "pixel_values": batch["pixel_values"][mask],
-            "prompts": [prompt for prompt, keep in zip(batch["prompts"], mask.tolist(), strict=True) if keep],
-        }
+    return tuple(
+        {key: select(value, mask) for key, value in batch.items() if key != "is_prior"}
         for mask in (~is_prior, is_prior)
     )
-    return instance, prior
+
+
+def select(values: torch.Tensor | list, mask: torch.Tensor) -> torch.Tensor | list:
+    """The examples of a batch entry where ``mask`` is true."""
+    if isinstance(values, torch.Tensor):
+        return values[mask]
+    return [value for value, keep in zip(values, mask.tolist(), strict=True) if keep]
+
+
+def cat_batches(parts: tuple[Batch, ...] | list[Batch]) -> Batch:
+    """Consecutive parts of a batch -> one batch: every entry joined (tensors concatenated, lists chained)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        key: torch.cat([part[key] for part in parts])
+        if isinstance(parts[0][key], torch.Tensor)
+        else [value for part in parts for value in part[key]]
+        for key in parts[0]
+    }
+
+
+def weighted_losses(prediction: torch.Tensor, noised: NoisedLatents) -> torch.Tensor:
+    """Each example's loss: its MSE against the target, times the family's per-example weight (B,)."""
+    return per_example_mse(prediction, noised.target) * noised.weight

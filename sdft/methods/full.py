@@ -44,7 +44,9 @@ class FullFineTuner(DiffusionFineTuner):
         denoiser = {"params": list(self.family.denoiser.parameters())}
         if not self.train_text_encoder:
             return [denoiser]
-        encoders = {"params": [p for m in self.family.text_encoders().values() for p in m.parameters()]}
+        trained = self.family.components(text_encoders=True)
+        trained.pop(self.family.denoiser_name)
+        encoders = {"params": [p for m in trained.values() for p in m.parameters()]}
         if self.text_encoder_lr is not None:
             encoders["lr"] = self.text_encoder_lr
         return [denoiser, encoders]

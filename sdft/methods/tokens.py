@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from sdft.errors import UserError
 from sdft.families.base import ModelFamily
 
 #: the file diffusers' ``load_textual_inversion`` reads
 EMBEDDINGS_FILE = "learned_embeds.safetensors"
 #: the key of an A1111 (stable-diffusion-webui) embedding for one text encoder
 A1111_KEY = "emb_params"
-#: the keys of an SDXL embedding file (diffusers and A1111), in text-encoder order
-SDXL_KEYS = ("clip_l", "clip_g")
 
 
 class ExtendedEmbedding(nn.Module):
@@ -96,8 +95,13 @@ class PlaceholderTokens:
     def add_to(self, family: ModelFamily) -> None:
         """Add the tokens to every tokenizer of ``family`` and their rows, each a copy of the initializer's
         embedding, to the matching text encoder. Everything is checked before anything changes."""
-        encoders, tokenizers = family.text_encoders(), family.tokenizers()
-        file_keys(self.placeholder, len(encoders))  # fail now, not at export, if no file format fits the family
+        encoders, tokenizers = family.token_encoders(), family.tokenizers()
+        if not encoders:
+            raise UserError(
+                f"model.init_args.family: {type(family).__name__} takes no new tokens, so textual inversion and "
+                f"pivotal tuning do not apply to it; use LoRA or full fine-tuning, or a family that does: "
+                f"{', '.join(families_taking_tokens())}"
+            )
         initial = {name: self.initial_rows(tokenizers[name], encoder) for name, encoder in encoders.items()}
         for name, encoder in encoders.items():
             tokenizers[name].add_tokens(self.tokens)
@@ -143,7 +147,7 @@ class PlaceholderTokens:
 
     def embeddings(self, family: ModelFamily) -> dict[str, ExtendedEmbedding]:
         """The extended token embedding of each text encoder, by component name (after :meth:`add_to`)."""
-        return {name: encoder.get_input_embeddings() for name, encoder in family.text_encoders().items()}
+        return {name: encoder.get_input_embeddings() for name, encoder in family.token_encoders().items()}
 
     def parameters(self, family: ModelFamily) -> list[nn.Parameter]:
         """The trained rows of every text encoder."""
@@ -157,7 +161,7 @@ class PlaceholderTokens:
             directory: an existing folder.
         """
         rows = [row.detach().cpu().contiguous() for row in self.parameters(family)]
-        keyed = dict(zip(file_keys(self.placeholder, len(rows)), rows, strict=True))
+        keyed = dict(zip(family.capabilities.embedding_keys or (self.placeholder,), rows, strict=True))
         save_file(keyed, directory / EMBEDDINGS_FILE)
         save_file({A1111_KEY: rows[0]} if len(rows) == 1 else keyed, directory / self.a1111_name)
         return directory / EMBEDDINGS_FILE
@@ -192,23 +196,20 @@ class LearnsPlaceholder:
         super().__init__(*args, **kwargs)
         self.tokens = PlaceholderTokens(placeholder_token, initializer_token, num_vectors)
 
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        return self.family.encode_prompts(self.tokens.expand(prompts))
+    def rewrite_prompts(self, prompts: list[str]) -> list[str]:
+        return self.tokens.expand(prompts)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if batch_idx == 0:
             self.tokens.check_prompts(batch["prompts"])
 
 
-def file_keys(placeholder: str, num_encoders: int) -> tuple[str, ...]:
-    """The keys of an embedding file, one per text encoder: the placeholder for one, ``clip_l`` / ``clip_g`` for two.
-
-    Args:
-        placeholder: the learned word.
-        num_encoders: the family's number of text encoders.
-    """
-    if num_encoders == 1:
-        return (placeholder,)
-    if num_encoders == len(SDXL_KEYS):
-        return SDXL_KEYS
-    raise ValueError(f"no embedding file format for {num_encoders} text encoders; new tokens need one or two")
+def families_taking_tokens() -> list[str]:
+    """The names of the model families whose text encoders take new tokens."""
+    found, pending = [], list(ModelFamily.__subclasses__())
+    while pending:
+        family = pending.pop()
+        pending += family.__subclasses__()
+        if getattr(family, "capabilities", None) is not None and family.capabilities.token_encoders:
+            found.append(family.__name__)
+    return sorted(found)
