@@ -83,7 +83,11 @@ def color_of(pixels: torch.Tensor) -> str:
 
 
 def examples(loader) -> list[tuple[torch.Tensor, str]]:
-    return [(pixels, prompt) for batch in loader for pixels, prompt in zip(*batch.values(), strict=True)]
+    return [
+        (pixels, prompt)
+        for batch in loader
+        for pixels, prompt in zip(batch["pixel_values"], batch["prompts"], strict=True)
+    ]
 
 
 # -- pairs ------------------------------------------------------------------------------------------------------------

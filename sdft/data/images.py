@@ -24,6 +24,8 @@ SIDECAR_EXTENSIONS = frozenset({".txt", ".json", ".jsonl", ".caption", ".npz", "
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 WHITE = (255, 255, 255, 255)
+#: the key of an image's metadata that holds its size in the file, (height, width), before any resize
+ORIGINAL_SIZE = "original_size"
 #: the VAE's downsampling factor: the training resolution must be a multiple of it
 LATENT_FACTOR = 8
 
@@ -231,17 +233,30 @@ def prepare_image(
         flip: mirror left-right (the caller draws this decision).
         generator: the source of the random crop offsets; torch's default generator when None.
     """
+    return prepare_crop(image, resolution, center_crop, flip, generator)[0]
+
+
+def prepare_crop(
+    image: Image.Image,
+    resolution: int,
+    center_crop: bool,
+    flip: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`prepare_image`, and where the crop's top-left corner lies in the resized image as shown (mirrored
+    when flipped): ``(pixels (3, R, R), (top, left))``, the crop SDXL is conditioned on."""
     if image.mode != "RGB":
         raise ValueError(f"prepare_image needs an RGB image, got mode {image.mode}; load it with load_rgb")
     if resolution < 1:
         raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
     image = resize_short_side(image, resolution)
     left, top = _crop_offsets(image.size, resolution, center_crop, generator)
-    image = image.crop((left, top, left + resolution, top + resolution))
+    crop = image.crop((left, top, left + resolution, top + resolution))
     if flip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
-    return (pixels.permute(2, 0, 1).float() / 127.5 - 1.0).contiguous()
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        left = image.width - left - resolution
+    pixels = torch.from_numpy(np.array(crop, dtype=np.uint8))
+    return (pixels.permute(2, 0, 1).float() / 127.5 - 1.0).contiguous(), (top, left)
 
 
 def resize_short_side(image: Image.Image, resolution: int) -> Image.Image:
@@ -286,10 +301,21 @@ def _crop_offsets(
 
 
 def read_resized(path: Path, resolution: int) -> Image.Image:
-    """Decode an image, reject it if far below ``data.resolution``, and scale its short side to the resolution."""
+    """Decode an image, reject it if far below ``data.resolution``, and scale its short side to the resolution.
+
+    The size it had in its file stays in the image's metadata, ``info["original_size"]`` as (height, width): SDXL
+    is conditioned on it.
+    """
     image = load_rgb(path)
     check_resolution(path, image.size, resolution, "data.resolution")
-    return resize_short_side(image, resolution)
+    resized = resize_short_side(image, resolution)
+    resized.info = {**resized.info, ORIGINAL_SIZE: (image.height, image.width)}
+    return resized
+
+
+def original_size(image: Image.Image) -> tuple[int, int]:
+    """The (height, width) an image had in its file, as :func:`read_resized` recorded it (else its own size)."""
+    return image.info.get(ORIGINAL_SIZE, (image.height, image.width))
 
 
 # -- options shared by the data modules ------------------------------------------------------------------------------

@@ -9,20 +9,22 @@ the batches the uninterrupted run would have seen, whatever the number of data-l
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from sdft.data.images import prepare_image
+from sdft.data.images import original_size, prepare_crop
 from sdft.errors import UserError
 from sdft.objectives import step_seed
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
-#: one training example: pixels (3, R, R) in [-1, 1] under ``pixel_values`` and its prompt under ``prompts``
+#: one training example: pixels (3, R, R) in [-1, 1] under ``pixel_values``, its prompt under ``prompts``, and the
+#: image's size in its file and the crop's top-left corner, (2,) each, under ``original_size`` and ``crop_top_left``
 Example = dict[str, torch.Tensor | str]
 
 
@@ -143,6 +145,23 @@ def train_loader(
     )
 
 
+@dataclass(frozen=True)
+class Augmented:
+    """An image as a run position shows it.
+
+    Attributes:
+        index: which image.
+        pixels: the crop (3, R, R) in [-1, 1], flipped or not.
+        crop_top_left: the crop's (top, left) corner in the resized image as shown (mirrored when flipped).
+        generator: the position's generator, for further draws (a prompt template, a caption dropout).
+    """
+
+    index: int
+    pixels: torch.Tensor
+    crop_top_left: tuple[int, int]
+    generator: torch.Generator
+
+
 def augmented_image_at(
     images: list[Image.Image],
     position: int,
@@ -150,11 +169,11 @@ def augmented_image_at(
     resolution: int,
     center_crop: bool,
     flip_probability: float,
-) -> tuple[int, torch.Tensor, torch.Generator]:
-    """The image a run position shows, augmented: ``(its index, pixels (3, R, R) in [-1, 1], generator)``.
+) -> Augmented:
+    """The image a run position shows, augmented.
 
     The image is ``item_at(position)``; the flip and crop are drawn from a generator seeded by (seed, position),
-    which is returned for further per-position draws (a prompt template, a caption dropout).
+    which is returned for further per-position draws.
 
     Args:
         images: decoded images, short side at ``resolution``.
@@ -167,11 +186,12 @@ def augmented_image_at(
     generator = torch.Generator().manual_seed(step_seed(seed, position, 1))
     flip = bool(torch.rand((), generator=generator) < flip_probability)
     index = item_at(position, len(images), seed)
-    return index, prepare_image(images[index], resolution, center_crop, flip, generator), generator
+    pixels, crop_top_left = prepare_crop(images[index], resolution, center_crop, flip, generator)
+    return Augmented(index, pixels, crop_top_left, generator)
 
 
 class AugmentedImages(Dataset):
-    """Run position -> one augmented example ``{"pixel_values": (3, R, R) in [-1, 1], "prompts": str}``.
+    """Run position -> one augmented example (see :data:`Example`).
 
     Images are decoded once and kept with their short side at the resolution; the image, its crop and flip, and
     then (with ``templates``) the prompt template and (with ``caption_dropout``) whether the prompt is dropped are
@@ -208,12 +228,17 @@ class AugmentedImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, position: int) -> Example:
-        index, pixels, generator = augmented_image_at(
+        shown = augmented_image_at(
             self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability
         )
-        prompt = self.prompts[index]
+        prompt, generator = self.prompts[shown.index], shown.generator
         if self.templates:
             prompt = self.templates[int(torch.randint(len(self.templates), (), generator=generator))].format(prompt)
         if self.caption_dropout and torch.rand((), generator=generator) < self.caption_dropout:
             prompt = ""
-        return {"pixel_values": pixels, "prompts": prompt}
+        return {
+            "pixel_values": shown.pixels,
+            "prompts": prompt,
+            "original_size": torch.tensor(original_size(self.images[shown.index])),
+            "crop_top_left": torch.tensor(shown.crop_top_left),
+        }

@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sdft import assets
+from sdft.batches import collate_pairs
 from sdft.data.class_images import ClassImageSpec, class_image_order, default_class_dir, ensure_class_images
 from sdft.data.images import (
     check_data_options,
@@ -29,8 +30,8 @@ CLASS_STREAM = 2
 
 
 class PriorPreservationExamples(Dataset):
-    """Run position -> an instance example and a class example, which :func:`collate_prior` batches as
-    B instance examples followed by B class examples, with an ``is_prior`` mask, for any batch size B."""
+    """Run position -> an instance example and a class example, which :func:`sdft.batches.collate_pairs` batches
+    as B instance examples followed by B class examples, with an ``is_prior`` mask, for any batch size B."""
 
     def __init__(self, instances: AugmentedImages, classes: AugmentedImages) -> None:
         self.instances, self.classes = instances, classes
@@ -38,20 +39,8 @@ class PriorPreservationExamples(Dataset):
     def __len__(self) -> int:
         return len(self.instances)
 
-    def __getitem__(self, position: int) -> Example:
-        instance, prior = self.instances[position], self.classes[position]
-        return {**instance, "class_pixel_values": prior["pixel_values"], "class_prompts": prior["prompts"]}
-
-
-def collate_prior(examples: list[Example]) -> dict[str, torch.Tensor | list[str]]:
-    """Pairs -> ``{"pixel_values": (2B, ...), "prompts": [2B], "is_prior": (2B,)}``, instance examples first."""
-    batch = default_collate(examples)
-    size = len(examples)
-    return {
-        "pixel_values": torch.cat([batch["pixel_values"], batch["class_pixel_values"]]),
-        "prompts": list(batch["prompts"]) + list(batch["class_prompts"]),
-        "is_prior": torch.arange(2 * size) >= size,
-    }
+    def __getitem__(self, position: int) -> tuple[Example, Example]:
+        return self.instances[position], self.classes[position]
 
 
 def check_class_options(
@@ -252,7 +241,7 @@ class SubjectDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset, collate = self.instance_dataset(augment=True), default_collate
         if self.prior_preservation:
-            dataset, collate = PriorPreservationExamples(dataset, self.class_dataset()), collate_prior
+            dataset, collate = PriorPreservationExamples(dataset, self.class_dataset()), collate_pairs
         return train_loader(dataset, self.trainer, self.batch_size, self.num_workers, collate)
 
     def val_dataloader(self) -> DataLoader:

@@ -11,7 +11,7 @@ import torch
 from diffusers import DiffusionPipeline
 from torch import nn
 
-Batch = dict[str, Any]
+from sdft.batches import Batch
 
 
 def map_tensors(function: Callable[..., torch.Tensor], *trees: Any) -> Any:

@@ -11,7 +11,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 
-from sdft.families.base import Batch, Conditioning, ModelFamily, NoisedLatents
+from sdft.batches import Batch, cat_batches, split_prior
+from sdft.families.base import Conditioning, ModelFamily, NoisedLatents
 from sdft.files import write_folder_atomic
 from sdft.objectives import per_example_mse, prior_preservation_loss, step_seed
 
@@ -247,37 +248,6 @@ class DiffusionFineTuner(LightningModule):
                 f"the checkpoint lacks {len(missing)} trained tensors (first: {missing[0]}); it was written by another "
                 "method or configuration: resume with the config of the run that wrote it"
             )
-
-
-def split_prior(batch: Batch) -> tuple[Batch, Batch]:
-    """A prior-preservation batch -> its instance examples and its class examples, each a plain batch.
-
-    Every per-example entry (a tensor with the batch first, or a list) is split; the ``is_prior`` mask is dropped.
-    """
-    is_prior = batch["is_prior"].bool()
-    return tuple(
-        {key: select(value, mask) for key, value in batch.items() if key != "is_prior"}
-        for mask in (~is_prior, is_prior)
-    )
-
-
-def select(values: torch.Tensor | list, mask: torch.Tensor) -> torch.Tensor | list:
-    """The examples of a batch entry where ``mask`` is true."""
-    if isinstance(values, torch.Tensor):
-        return values[mask]
-    return [value for value, keep in zip(values, mask.tolist(), strict=True) if keep]
-
-
-def cat_batches(parts: tuple[Batch, ...] | list[Batch]) -> Batch:
-    """Consecutive parts of a batch -> one batch: every entry joined (tensors concatenated, lists chained)."""
-    if len(parts) == 1:
-        return parts[0]
-    return {
-        key: torch.cat([part[key] for part in parts])
-        if isinstance(parts[0][key], torch.Tensor)
-        else [value for part in parts for value in part[key]]
-        for key in parts[0]
-    }
 
 
 def weighted_losses(prediction: torch.Tensor, noised: NoisedLatents) -> torch.Tensor:
