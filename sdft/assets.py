@@ -23,6 +23,15 @@ def _tiny_sd1(folder: Path) -> object:
     return build_tiny_sd1(folder)
 
 
+def _tiny_model(builder: str) -> Callable[[Path], object]:
+    def build(folder: Path) -> object:
+        from sdft import tiny_models
+
+        return getattr(tiny_models, builder)(folder)
+
+    return build
+
+
 def _toy(writer: str, **options) -> Callable[[Path], object]:
     def build(folder: Path) -> object:
         from sdft.data import toy
@@ -35,6 +44,8 @@ def _toy(writer: str, **options) -> Callable[[Path], object]:
 PREFIX = "builtin:"
 BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-sd1": _tiny_sd1,
+    "tiny-sd2-v": _tiny_model("build_tiny_sd2_v"),
+    "tiny-sdxl": _tiny_model("build_tiny_sdxl"),
     "toy-subject": _toy("write_toy_subject"),
     "toy-class": _toy("write_toy_class", num_images=8),
     "toy-captions": _toy("write_toy_captions"),

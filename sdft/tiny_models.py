@@ -9,8 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdft.tokenizers import write_clip_tokenizer
 
@@ -33,8 +40,8 @@ def tiny_sd1_unet() -> UNet2DConditionModel:
     )
 
 
-def tiny_vae() -> AutoencoderKL:
-    """A three-level KL autoencoder: 4 latent channels, spatial factor 4."""
+def tiny_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
+    """A three-level KL autoencoder: 4 latent channels, spatial factor 4, latents scaled by ``scaling_factor``."""
     return AutoencoderKL(
         block_out_channels=(16, 32, 32),
         in_channels=3,
@@ -44,7 +51,7 @@ def tiny_vae() -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=16,
         sample_size=64,
-        scaling_factor=0.18215,
+        scaling_factor=scaling_factor,
     )
 
 
@@ -88,3 +95,136 @@ def build_tiny_sd1(directory: str | Path, seed: int = 0) -> Path:
     )
     pipeline.save_pretrained(directory, safe_serialization=True)
     return Path(directory)
+
+
+#: SDXL's micro-conditioning: original size, crop corner and target size, two numbers each (Podell et al. 2023)
+TIME_IDS = 6
+#: SD 2.x and SDXL's OpenCLIP tokenizers pad with "!" (id 0) where OpenAI CLIP's pads with its end token
+OPENCLIP_PAD = "!"
+
+
+def tiny_openclip_text_encoder(
+    hidden_size: int = 32, with_projection: bool = False
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A two-layer OpenCLIP-style text encoder (GELU, padded with ``!``) over the 49,408-token CLIP vocabulary.
+
+    Args:
+        hidden_size: the width of its hidden states (and of the projected pooled embedding).
+        with_projection: also project the pooled embedding, as SDXL's second text encoder does.
+    """
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+        projection_dim=hidden_size,
+    )
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
+
+
+def tiny_sd2_unet(cross_attention_dim: int = 32) -> UNet2DConditionModel:
+    """SD 2.x's UNet shape in miniature: linear attention projections and a head count per level."""
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        norm_num_groups=16,
+    )
+
+
+def tiny_sdxl_unet(cross_attention_dim: int, pooled_dim: int, time_embed_dim: int = 8) -> UNet2DConditionModel:
+    """SDXL's UNet shape in miniature: no attention at the first level, and the "text_time" added conditioning
+    (the pooled text embedding and the six embedded time ids, joined into the timestep embedding).
+
+    Args:
+        cross_attention_dim: width of the text hidden states (both encoders' widths together).
+        pooled_dim: width of the second text encoder's projected pooled embedding.
+        time_embed_dim: width of each time id's sinusoidal embedding.
+    """
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=TIME_IDS * time_embed_dim + pooled_dim,
+        norm_num_groups=16,
+    )
+
+
+def clip_tokenizer(directory: Path, pad_token: str | None = None) -> CLIPTokenizer:
+    """The offline CLIP tokenizer (written to ``directory``), padding with ``pad_token`` if given."""
+    options = {} if pad_token is None else {"pad_token": pad_token}
+    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory), **options)
+
+
+def build_tiny_sd2_v(directory: str | Path, seed: int = 0) -> Path:
+    """Build a tiny SD-2.x-shaped v-prediction pipeline (as the 768 px SD 2 models) and save it as a diffusers folder.
+
+    Args:
+        directory: where to write the model folder.
+        seed: the weights are a function of this seed alone.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet, vae, text_encoder = tiny_sd2_unet(), tiny_vae(), tiny_openclip_text_encoder()
+    scheduler = DDIMScheduler(
+        **SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction"
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(Path(directory) / "tokenizer", OPENCLIP_PAD),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    return Path(directory)
+
+
+def build_tiny_sdxl(directory: str | Path, seed: int = 0) -> Path:
+    """Build a tiny SDXL-shaped pipeline and save it as a diffusers folder (safetensors); return the folder.
+
+    Two text encoders of different widths (a CLIP-L-like one of 32 and an OpenCLIP-bigG-like one of 48 with a
+    projected pooled output), a UNet with SDXL's added conditioning and a VAE with SDXL's scaling factor.
+
+    Args:
+        directory: where to write the model folder.
+        seed: the weights are a function of this seed alone.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder, text_encoder_2 = tiny_clip_text_encoder(32), tiny_openclip_text_encoder(48, with_projection=True)
+        unet, vae = tiny_sdxl_unet(cross_attention_dim=32 + 48, pooled_dim=48), tiny_vae(scaling_factor=0.13025)
+    directory = Path(directory)
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=clip_tokenizer(directory / "tokenizer"),
+        tokenizer_2=clip_tokenizer(directory / "tokenizer_2", OPENCLIP_PAD),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, timestep_spacing="leading"),
+        add_watermarker=False,
+    )
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    return directory

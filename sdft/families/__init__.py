@@ -2,5 +2,6 @@
 
 from sdft.families.base import ModelFamily, NoisedLatents
 from sdft.families.stable_diffusion import StableDiffusion
+from sdft.families.stable_diffusion_xl import StableDiffusionXL
 
-__all__ = ["ModelFamily", "NoisedLatents", "StableDiffusion"]
+__all__ = ["ModelFamily", "NoisedLatents", "StableDiffusion", "StableDiffusionXL"]

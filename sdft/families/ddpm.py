@@ -1,0 +1,80 @@
+"""The DDPM training objective of the UNet families (SD 1.x/2.x, SDXL), read from a model's scheduler config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import DDPMScheduler, SchedulerMixin
+from torch import nn
+
+from sdft.errors import UserError
+from sdft.families.base import NoisedLatents
+from sdft.objectives import PREDICTION_TYPES, add_noise, diffusion_target, levels_to_timesteps
+
+
+def check_prediction_type(prediction_type: str | None) -> None:
+    """Raise a :class:`UserError` naming the family's ``prediction_type`` key unless it is None or known."""
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise UserError(
+            f"model.init_args.family.init_args.prediction_type must be one of {', '.join(PREDICTION_TYPES)} or null "
+            f"(read the model's scheduler config), got {prediction_type!r}"
+        )
+
+
+class DDPMSchedule(nn.Module):
+    """The DDPM forward process (Ho et al. 2020, arXiv 2006.11239) of a model's noise schedule, and its sampler.
+
+    A family holds one as a child module, so ``alphas_cumprod`` follows the family's device; it is not saved in
+    checkpoints. The prediction type (epsilon, or v for SD 2.x 768 px models) comes from the scheduler config
+    unless the user overrides it, and the sampler is the model's own scheduler class with that prediction type.
+    """
+
+    def __init__(self, scheduler_config: dict[str, Any], prediction_type: str | None = None) -> None:
+        """
+        Args:
+            scheduler_config: the model's ``scheduler/scheduler_config.json`` (any diffusers scheduler class).
+            prediction_type: ``epsilon``, ``v_prediction`` or ``sample``; None reads ``scheduler_config``.
+        """
+        super().__init__()
+        self.prediction_type = prediction_type or scheduler_config.get("prediction_type", "epsilon")
+        self.sampler_config = {**scheduler_config, "prediction_type": self.prediction_type}
+        alphas_cumprod = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
+        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str, revision: str | None = None, prediction_type: str | None = None
+    ) -> DDPMSchedule:
+        """The schedule of a diffusers model, read from its ``scheduler`` subfolder.
+
+        Args:
+            source: a local diffusers folder or hub id.
+            revision: hub revision (branch, tag or commit).
+            prediction_type: overrides the scheduler config's; None keeps it.
+        """
+        config = DDPMScheduler.load_config(source, subfolder="scheduler", revision=revision)
+        return cls(dict(config), prediction_type)
+
+    def add_training_noise(
+        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
+    ) -> NoisedLatents:
+        """Noise latents at uniformly drawn (or the given) levels; the target follows the prediction type.
+
+        Args:
+            latents: clean latents (B, C, H, W).
+            generator: the source of the levels (when None) and the noise.
+            levels: noise levels (B,) in [0, 1), mapped to integer timesteps; None draws them uniformly.
+        """
+        if levels is None:
+            levels = torch.rand(latents.shape[0], generator=generator, device=generator.device)
+        timesteps = levels_to_timesteps(levels.to(latents.device), len(self.alphas_cumprod))
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
+        alpha_bar = self.alphas_cumprod[timesteps]
+        target = diffusion_target(latents, noise, alpha_bar, self.prediction_type)
+        return NoisedLatents(add_noise(latents, noise, alpha_bar), timesteps, target)
+
+    def sampler(self) -> SchedulerMixin:
+        """A fresh instance of the model's own scheduler class, with the training prediction type."""
+        return getattr(diffusers, self.sampler_config["_class_name"]).from_config(self.sampler_config)

@@ -1,0 +1,341 @@
+"""SDXL on its tiny offline model: the micro-conditioning from the real data path, the two text encoders as the stock
+pipeline reads them, the fp32 VAE, and every method's export loaded by diffusers' own SDXL loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch.utils.data import default_collate
+from training import LossRecorder, brief_fit, checkpointer, cpu_trainer, subject_data, validation_loss
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+from sdft.assets import resolve
+from sdft.data import SubjectDataModule
+from sdft.data.images import read_resized
+from sdft.data.sampling import AugmentedImages
+from sdft.errors import UserError
+from sdft.families import StableDiffusionXL
+from sdft.families.stable_diffusion_xl import micro_conditioning
+from sdft.methods import DiffusionFineTuner, FullFineTuner, LoRAFineTuner, TextualInversion
+from sdft.methods.lora import LORA_WEIGHTS
+from sdft.methods.tokens import EMBEDDINGS_FILE
+from sdft.tiny_models import tiny_vae
+
+PROMPT = "a photo of sks toy"
+SEEDS = (3, 4)
+STEPS = 6
+
+
+def adamw(lr: float):
+    return lambda params: torch.optim.AdamW(params, lr=lr)
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl() -> Path:
+    return Path(resolve("builtin:tiny-sdxl"))
+
+
+@pytest.fixture(scope="module")
+def family(tiny_sdxl) -> StableDiffusionXL:
+    loaded = StableDiffusionXL(str(tiny_sdxl))
+    loaded.load()
+    return loaded.eval()
+
+
+def stock_pipeline(folder: Path) -> StableDiffusionXLPipeline:
+    pipeline = StableDiffusionXLPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def stock_images(pipeline: StableDiffusionXLPipeline, prompt: str = PROMPT) -> np.ndarray:
+    """Images at :data:`SEEDS`, 32 px, 4 steps, at ``generate``'s guidance scale (SDXL's own default is 5)."""
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    images = pipeline(
+        [prompt] * len(SEEDS), generator=generators, height=32, width=32, num_inference_steps=4, guidance_scale=7.5
+    ).images
+    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+
+
+def trained_images(model: DiffusionFineTuner, prompt: str = PROMPT) -> np.ndarray:
+    images = model.generate([prompt] * len(SEEDS), list(SEEDS), resolution=32, num_inference_steps=4)
+    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+
+
+# -- conditioning ---------------------------------------------------------------------------------------------------
+
+
+def sized_images(folder: Path) -> list[Image.Image]:
+    """A landscape (80 x 48) and a portrait (40 x 96) photo, read as the data modules read them at 32 px."""
+    paths = []
+    for name, size in (("landscape.png", (80, 48)), ("portrait.png", (40, 96))):
+        Image.new("RGB", size, (200, 30, 90)).save(folder / name)
+        paths.append(folder / name)
+    return [read_resized(path, 32) for path in paths]
+
+
+@pytest.mark.parametrize(
+    ("flip", "landscape_left"),
+    [(0.0, 10), (1.0, 11)],  # the 53 x 32 resize, centre crop at 10; mirrored: 53 - 10 - 32 = 11
+)
+def test_time_ids_are_each_examples_original_size_crop_and_target_size(family, tmp_path, flip, landscape_left):
+    dataset = AugmentedImages(sized_images(tmp_path), [PROMPT] * 2, 32, True, flip, seed=0)
+    batch = default_collate([dataset[position] for position in range(4)])
+    time_ids = family.encode_conditioning(batch).kwargs["added_cond_kwargs"]["time_ids"]
+    expected_of = {  # (height, width) in the file -> its hand-computed row
+        (48, 80): [48, 80, 0, landscape_left, 32, 32],
+        (96, 40): [96, 40, 22, 0, 32, 32],  # 32 x 77 resize, centre crop at top 22 (left 0 either way)
+    }
+    expected = [expected_of[tuple(size)] for size in batch["original_size"].tolist()]
+    assert sorted({tuple(row) for row in expected}) == sorted(tuple(row) for row in expected_of.values())
+    assert torch.equal(time_ids, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_micro_conditioning_follows_the_pipelines_order():
+    original, crop = torch.tensor([[1024, 768], [600, 900]]), torch.tensor([[0, 128], [44, 0]])
+    expected = torch.tensor([[1024, 768, 0, 128, 512, 256], [600, 900, 44, 0, 512, 256]], dtype=torch.float32)
+    assert torch.equal(micro_conditioning(original, crop, (512, 256)), expected)
+
+
+def test_prompts_are_encoded_as_the_stock_pipeline_encodes_them(family, tiny_sdxl):
+    prompts = [PROMPT, "a red cube on a table"]
+    batch = {
+        "prompts": prompts,
+        "pixel_values": torch.zeros(2, 3, 32, 32),
+        "original_size": torch.tensor([[32, 32]] * 2),
+        "crop_top_left": torch.zeros(2, 2, dtype=torch.long),
+    }
+    with torch.no_grad():
+        conditioning = family.encode_conditioning(batch).kwargs
+        states, _, pooled, _ = stock_pipeline(tiny_sdxl).encode_prompt(
+            prompts, device=torch.device("cpu"), do_classifier_free_guidance=False
+        )
+    assert conditioning["encoder_hidden_states"].shape == (2, 77, 32 + 48)
+    assert torch.equal(conditioning["encoder_hidden_states"], states)
+    assert torch.equal(conditioning["added_cond_kwargs"]["text_embeds"], pooled)
+
+
+# -- images and noise -----------------------------------------------------------------------------------------------
+
+
+def test_the_vae_runs_in_float32_outside_autocast_with_the_configs_scale(family):
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert family.vae.dtype == torch.float32 and family.vae.config.scaling_factor == pytest.approx(0.13025)
+    with torch.no_grad():
+        by_hand = family.vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(1)) * 0.13025
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            latents = family.encode_images(pixels, torch.Generator().manual_seed(1))
+    assert latents.dtype == torch.float32 and torch.equal(latents, by_hand)
+
+
+def test_the_target_is_the_noise_for_the_epsilon_model(family):
+    assert family.prediction_type == "epsilon"
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noised = family.add_training_noise(latents, torch.Generator().manual_seed(5))
+    draws = torch.Generator().manual_seed(5)
+    levels = torch.rand(3, generator=draws)
+    noise = torch.randn(latents.shape, generator=draws)
+    assert torch.equal(noised.timesteps, (levels * 1000).long()) and torch.equal(noised.target, noise)
+
+
+def test_an_unknown_prediction_type_names_the_key(tiny_sdxl):
+    with pytest.raises(UserError, match=r"family.init_args.prediction_type must be one of epsilon, v_prediction"):
+        StableDiffusionXL(str(tiny_sdxl), prediction_type="flow")
+
+
+def test_a_separate_vae_replaces_the_models_own(tiny_sdxl, family, tmp_path):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        tiny_vae(scaling_factor=0.13025).save_pretrained(tmp_path / "vae")
+    other = StableDiffusionXL(str(tiny_sdxl), vae_name_or_path=str(tmp_path / "vae"))
+    other.load()
+    assert other.source()["vae_name_or_path"] == str(tmp_path / "vae")
+    saved = AutoencoderKL.from_pretrained(tmp_path / "vae").state_dict()
+    assert all(torch.equal(value, saved[key]) for key, value in other.vae.state_dict().items())
+    assert not torch.equal(other.vae.encoder.conv_in.weight, family.vae.encoder.conv_in.weight)
+    assert torch.equal(other.unet.conv_in.weight, family.unet.conv_in.weight)
+
+
+# -- LoRA: the fast representative ------------------------------------------------------------------------------
+
+
+def lora(tiny_sdxl: Path) -> LoRAFineTuner:
+    return LoRAFineTuner(
+        StableDiffusionXL(str(tiny_sdxl)), optimizer=adamw(1e-2), rank=4, alpha=8.0, train_text_encoder=True
+    )
+
+
+@dataclass
+class Fit:
+    model: DiffusionFineTuner
+    root: Path
+    losses: dict[int, float]
+    loss_before: float
+    loss_after: float
+
+
+def fit(model: DiffusionFineTuner, root: Path, data) -> Fit:
+    """Train ``model`` for :data:`STEPS` steps with a checkpoint every two, recording losses and validation loss."""
+    recorder = LossRecorder()
+    before = validation_loss(cpu_trainer(root, 1), model, data)
+    cpu_trainer(root, STEPS, [checkpointer(root, 2), recorder]).fit(model, datamodule=data)
+    return Fit(model, root, recorder.losses, before, validation_loss(cpu_trainer(root, 1), model, data))
+
+
+@pytest.fixture(scope="module")
+def lora_fit(tiny_sdxl, subject_dir, tmp_path_factory) -> Fit:
+    """A LoRA on the UNet and both text encoders."""
+    return fit(lora(tiny_sdxl), tmp_path_factory.mktemp("lora"), subject_data(subject_dir))
+
+
+def test_lora_fit_lowers_the_validation_loss(lora_fit):
+    assert lora_fit.loss_after < 0.98 * lora_fit.loss_before, (lora_fit.loss_before, lora_fit.loss_after)
+
+
+def test_lora_checkpoint_holds_exactly_the_adapters_of_the_three_components(lora_fit):
+    state = torch.load(lora_fit.root / "checkpoints" / f"step={STEPS}.ckpt", weights_only=False)["state_dict"]
+    assert set(state) == set(lora_fit.model.trainable_state_dict())
+    assert {key.split(".")[1] for key in state} == {"unet", "text_encoder", "text_encoder_2"}
+    assert all(".lora_A." in key or ".lora_B." in key for key in state)
+
+
+def test_lora_export_loads_in_the_stock_sdxl_pipeline_and_reproduces_the_images(lora_fit, tiny_sdxl, tmp_path):
+    path = lora_fit.model.export(tmp_path)
+    with safe_open(path, "pt") as file:
+        keys = list(file.keys())
+    assert {key.split(".")[0] for key in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    pipeline = stock_pipeline(tiny_sdxl)
+    untrained = stock_images(pipeline)
+    pipeline.load_lora_weights(tmp_path)
+    expected = trained_images(lora_fit.model)
+    assert np.abs(stock_images(pipeline) - expected).max() <= 1
+    assert np.abs(untrained - expected).mean() > 1.0  # the adapters change the images: the equality means something
+
+
+def test_lora_resume_continues_with_the_uninterrupted_losses(lora_fit, tiny_sdxl, subject_dir, tmp_path):
+    recorder, resumed = LossRecorder(), lora(tiny_sdxl)
+    checkpoint = lora_fit.root / "checkpoints" / f"step={STEPS - 2}.ckpt"
+    trainer = cpu_trainer(tmp_path, STEPS, [recorder])
+    trainer.fit(resumed, datamodule=subject_data(subject_dir), ckpt_path=checkpoint)
+    assert recorder.losses == pytest.approx({step: lora_fit.losses[step] for step in (STEPS - 1, STEPS)}, rel=1e-6)
+    final = lora_fit.model.trainable_state_dict()
+    assert all(torch.equal(value, final[key]) for key, value in resumed.trainable_state_dict().items())
+
+
+# -- full fine-tuning and textual inversion (slow) -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_exports_a_pipeline_the_stock_loader_reproduces(tiny_sdxl, subject_dir, tmp_path):
+    model = FullFineTuner(StableDiffusionXL(str(tiny_sdxl)), optimizer=adamw(1e-3), train_text_encoder=True)
+    result = fit(model, tmp_path / "fit", subject_data(subject_dir))
+    assert result.loss_after < 0.95 * result.loss_before, (result.loss_before, result.loss_after)
+    state = torch.load(result.root / "checkpoints" / f"step={STEPS}.ckpt", weights_only=False)["state_dict"]
+    trained = {
+        f"family.{name}.{key}"
+        for name in ("unet", "text_encoder", "text_encoder_2")
+        for key in getattr(model.family, name).state_dict()
+    }
+    assert set(state) == trained
+    folder = model.export(tmp_path / "pipeline")
+    expected = trained_images(model)
+    assert np.abs(stock_images(stock_pipeline(folder)) - expected).max() <= 1
+    assert np.abs(stock_images(stock_pipeline(tiny_sdxl)) - expected).mean() > 1.0
+
+
+def base_table(folder: Path, name: str) -> torch.Tensor:
+    model_class = CLIPTextModel if name == "text_encoder" else CLIPTextModelWithProjection
+    return model_class.from_pretrained(folder, subfolder=name).get_input_embeddings().weight.detach()
+
+
+@pytest.mark.slow
+def test_textual_inversion_trains_rows_in_both_encoders_that_diffusers_loads(tiny_sdxl, subject_dir, tmp_path):
+    model = TextualInversion(
+        StableDiffusionXL(str(tiny_sdxl)),
+        optimizer=adamw(5e-2),
+        placeholder_token="<sks>",
+        initializer_token="toy",
+        num_vectors=2,
+    )
+    prompt = "a photo of <sks> toy"
+    data = SubjectDataModule(str(subject_dir), prompt, resolution=32, batch_size=2, random_flip=0.5)
+    result = fit(model, tmp_path / "fit", data)
+    assert result.loss_after < result.loss_before, (result.loss_before, result.loss_after)
+    state = torch.load(result.root / "checkpoints" / f"step={STEPS}.ckpt", weights_only=False)["state_dict"]
+    assert all(key.endswith(".token_embedding.rows") for key in state)  # the new rows and nothing else
+    assert {key.split(".")[1]: value.shape for key, value in state.items()} == {
+        "text_encoder": (2, 32),
+        "text_encoder_2": (2, 48),
+    }
+    for name, encoder in model.family.token_encoders().items():
+        base, table = base_table(tiny_sdxl, name), encoder.get_input_embeddings().weight
+        assert torch.equal(table[: len(base)], base)  # every original row untouched
+        initializer = base[model.family.tokenizer.convert_tokens_to_ids("toy</w>")]
+        assert ((table[len(base) :] - initializer).abs().amax(dim=1) > 1e-2).all(), name  # both vectors learn
+
+    model.export(tmp_path / "export")
+    embeddings = load_file(tmp_path / "export" / EMBEDDINGS_FILE)
+    assert {key: value.shape for key, value in embeddings.items()} == {"clip_l": (2, 32), "clip_g": (2, 48)}
+    pipeline = stock_pipeline(tiny_sdxl)
+    untrained = stock_images(pipeline, prompt.replace("<sks>", "toy toy"))
+    for key, encoder, tokenizer in (
+        ("clip_l", "text_encoder", "tokenizer"),
+        ("clip_g", "text_encoder_2", "tokenizer_2"),
+    ):
+        pipeline.load_textual_inversion(
+            embeddings[key],
+            token=model.tokens.tokens,
+            text_encoder=getattr(pipeline, encoder),
+            tokenizer=getattr(pipeline, tokenizer),
+        )
+    expected = trained_images(model, prompt)
+    assert np.abs(stock_images(pipeline, prompt) - expected).max() <= 1
+    assert np.abs(untrained - expected).mean() > 1.0
+
+
+# -- the shipped configs (slow) ---------------------------------------------------------------------------------
+
+
+TINY_SDXL = "--model.init_args.family.init_args.pretrained_model_name_or_path=builtin:tiny-sdxl"
+#: an SDXL pipeline export: its index and a folder per component
+PIPELINE = [
+    "model_index.json",
+    "scheduler",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "unet",
+    "vae",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "exported", "class_images"),
+    [
+        ("configs/quickstart_sdxl.yaml", [LORA_WEIGHTS], False),
+        ("configs/sdxl/lora.yaml", [LORA_WEIGHTS], False),
+        ("configs/sdxl/dreambooth_lora.yaml", [LORA_WEIGHTS], True),
+        ("configs/sdxl/dreambooth.yaml", PIPELINE, True),
+        ("configs/sdxl/textual_inversion.yaml", [EMBEDDINGS_FILE, "sks.safetensors"], False),
+        ("configs/sdxl/pivotal_tuning.yaml", [EMBEDDINGS_FILE, LORA_WEIGHTS, "sks.safetensors"], False),
+    ],
+)
+def test_shipped_configs_fit_the_tiny_model_through_the_cli(config, exported, class_images, subject_dir, tmp_path):
+    data = {"instance_dir": str(subject_dir)}
+    if class_images:  # two class images generated by the tiny model's base pipeline
+        data |= {"class_dir": str(tmp_path / "class"), "num_class_images": 2, "class_generation_steps": 2}
+    run = brief_fit(config, tmp_path, data, TINY_SDXL)
+    assert sorted(path.name for path in (run / "final").iterdir()) == exported
+    assert (run / "evaluation" / "selection.json").is_file()
+    if class_images:
+        assert len(list((tmp_path / "class").glob("*.png"))) == 2
