@@ -41,11 +41,22 @@ def _toy(writer: str, **options) -> Callable[[Path], object]:
     return build
 
 
+def _tiny_flow_model(builder: str) -> Callable[[Path], object]:
+    def build(folder: Path) -> object:
+        from sdft import tiny_transformer_models
+
+        return getattr(tiny_transformer_models, builder)(folder)
+
+    return build
+
+
 PREFIX = "builtin:"
 BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-sd1": _tiny_sd1,
     "tiny-sd2-v": _tiny_model("build_tiny_sd2_v"),
     "tiny-sdxl": _tiny_model("build_tiny_sdxl"),
+    "tiny-sd3": _tiny_flow_model("build_tiny_sd3"),
+    "tiny-flux": _tiny_flow_model("build_tiny_flux"),
     "toy-subject": _toy("write_toy_subject"),
     "toy-class": _toy("write_toy_class", num_images=8),
     "toy-captions": _toy("write_toy_captions"),

@@ -1,17 +1,23 @@
-"""The CLIP BPE tokenizer, written offline from the vocabulary open_clip ships.
+"""The CLIP BPE and T5 Unigram tokenizers, written offline from the vocabulary open_clip ships.
 
 OpenAI CLIP, Stable Diffusion's text encoders and open_clip all use one byte-level BPE of 49,408 tokens. open_clip
 bundles its merges as ``bpe_simple_vocab_16e6.txt.gz``; this module turns that file into the ``vocab.json`` and
 ``merges.txt`` that ``transformers.CLIPTokenizer`` reads, so tiny models get a real tokenizer without a download.
+SD3 and Flux.1 also read the prompt with T5, whose tokenizer is a sentencepiece Unigram model; a small one is built
+here from CLIP's most frequent words, in the files ``transformers.T5TokenizerFast`` reads.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
+import string
 from pathlib import Path
 
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import Unigram
 
 NUM_MERGES = 49152 - 256 - 2
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -64,4 +70,73 @@ def write_clip_tokenizer(directory: str | Path, model_max_length: int = 77) -> P
         "errors": "replace",
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+#: T5's special tokens and their fixed ids: padding 0, end of sequence 1, unknown 2
+T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+#: sentencepiece's word-boundary mark, prefixed to the first piece of every word
+WORD_START = "\u2581"
+
+
+def clip_words(merges: list[tuple[str, str]]) -> list[str]:
+    """The whole alphabetic ASCII words among CLIP's BPE merges, most frequent first (merge order), without repeats.
+
+    Args:
+        merges: the BPE merges from :func:`read_clip_merges`.
+    """
+    words = ("".join(pair).removesuffix("</w>") for pair in merges if pair[1].endswith("</w>"))
+    return list(dict.fromkeys(word for word in words if word.isascii() and word.isalpha()))
+
+
+def build_t5_vocab(words: list[str]) -> list[tuple[str, float]]:
+    """A Unigram vocabulary (Kudo 2018, arXiv 1804.10959) in T5's layout: ``<pad>``, ``</s>``, ``<unk>`` first, then
+    each word as a word-initial piece scored by Zipf's law (``-log(rank + 2)``), then every printable ASCII
+    character, word-initial and not, at low scores, so any ASCII text has a segmentation without ``<unk>``.
+
+    Args:
+        words: the words, most frequent first.
+    Returns:
+        (piece, log-probability) pairs; a piece's id is its position.
+    """
+    vocab = [(token, 0.0) for token in T5_SPECIAL_TOKENS]
+    vocab += [(WORD_START + word, -math.log(rank + 2)) for rank, word in enumerate(words)]
+    characters = [c for c in string.printable if not c.isspace()]
+    fallback = [(WORD_START, -12.0)] + [(WORD_START + c, -14.0) for c in characters] + [(c, -16.0) for c in characters]
+    known = {piece for piece, _ in vocab}
+    return vocab + [(piece, score) for piece, score in fallback if piece not in known]
+
+
+def t5_tokenizer_json(vocab: list[tuple[str, float]]) -> str:
+    """The ``tokenizer.json`` of a T5 tokenizer over ``vocab``: words split at whitespace and marked with ``▁``,
+    segmented by the Unigram model, and ended with ``</s>``, as T5's own tokenizer does."""
+    tokenizer = Tokenizer(Unigram(vocab, unk_id=T5_SPECIAL_TOKENS.index("<unk>"), byte_fallback=False))
+    tokenizer.normalizer = normalizers.Replace(Regex(" {2,}"), " ")
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="always")
+    tokenizer.add_special_tokens(list(T5_SPECIAL_TOKENS))
+    eos = ("</s>", T5_SPECIAL_TOKENS.index("</s>"))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos]
+    )
+    return tokenizer.to_str(pretty=True)
+
+
+def write_t5_tokenizer(directory: str | Path, model_max_length: int = 512, num_words: int = 4000) -> Path:
+    """Write a ``transformers.T5TokenizerFast`` folder (``tokenizer.json``, its config and special tokens) and return
+    its path: a real Unigram tokenizer over CLIP's ``num_words`` most frequent words, built offline.
+
+    Args:
+        directory: the folder to write; created if missing.
+        model_max_length: the longest prompt in tokens (512 for T5-XXL in SD3 and Flux.1).
+        num_words: whole-word pieces in the vocabulary.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = build_t5_vocab(clip_words(read_clip_merges())[:num_words])
+    (directory / "tokenizer.json").write_text(t5_tokenizer_json(vocab), encoding="utf-8")
+    special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {"tokenizer_class": "T5Tokenizer", "model_max_length": model_max_length, "extra_ids": 0, **special}
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "additional_special_tokens": []}, indent=2))
     return directory

@@ -1,7 +1,9 @@
 """Model families: how each kind of text-to-image model loads, encodes, noises and samples."""
 
 from sdft.families.base import ModelFamily, NoisedLatents
+from sdft.families.flux import Flux
 from sdft.families.stable_diffusion import StableDiffusion
+from sdft.families.stable_diffusion_3 import StableDiffusion3
 from sdft.families.stable_diffusion_xl import StableDiffusionXL
 
-__all__ = ["ModelFamily", "NoisedLatents", "StableDiffusion", "StableDiffusionXL"]
+__all__ = ["Flux", "ModelFamily", "NoisedLatents", "StableDiffusion", "StableDiffusion3", "StableDiffusionXL"]

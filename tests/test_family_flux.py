@@ -1,0 +1,197 @@
+"""The Flux.1 family on its tiny offline model: 2x2 latent packing and image ids as FluxPipeline lays them out, the
+pipeline's prompt encoding, the rectified-flow objective and the resolution shift by hand, the guidance embedding,
+and LoRA and full fine-tuning that learn, checkpoint what trains, resume exactly and export what FluxPipeline
+reproduces."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformer_families import (
+    PROMPT,
+    fit,
+    full_tuner,
+    lora_tuner,
+    resumed_losses,
+    stock_images,
+    stock_pipeline,
+    trained_images,
+)
+
+from sdft.assets import resolve
+from sdft.errors import UserError
+from sdft.families import Flux
+from sdft.families.flux import latent_image_ids, pack_latents, unpack_latents
+from sdft.methods import PivotalTuning
+from sdft.methods.lora import LORA_WEIGHTS
+from sdft.runs import apply_checkpoint
+from sdft.tiny_transformer_models import build_tiny_flux
+
+
+@pytest.fixture(scope="module")
+def tiny_flux() -> Path:
+    return Path(resolve("builtin:tiny-flux"))
+
+
+@pytest.fixture(scope="module")
+def family(tiny_flux) -> Flux:
+    family = Flux(str(tiny_flux))
+    family.load()
+    return family
+
+
+def test_packing_round_trips_and_matches_the_pipelines_layout():
+    latents = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(0))
+    tokens = pack_latents(latents)
+    assert tokens.shape == (2, 3 * 4, 16)
+    assert torch.equal(unpack_latents(tokens, 6, 8), latents)
+    assert torch.equal(tokens, FluxPipeline._pack_latents(latents, 2, 4, 6, 8))
+    # the pipeline unpacks from the image size: 8x the latent size for its VAE of factor 8
+    assert torch.equal(unpack_latents(tokens, 6, 8), FluxPipeline._unpack_latents(tokens, 48, 64, 8))
+    # token 0 is the top-left 2x2 patch, channels first: (c0 of the 4 pixels, c1 of them, ...)
+    assert tokens[0, 0, :4].tolist() == latents[0, 0, :2, :2].flatten().tolist()
+    assert tokens[0, 1, :4].tolist() == latents[0, 0, :2, 2:4].flatten().tolist()
+
+
+def test_image_ids_are_row_and_column_as_the_pipeline_makes_them():
+    ids = latent_image_ids(3, 4, torch.device("cpu"), torch.float32)
+    assert ids.shape == (12, 3)
+    assert ids[5].tolist() == [0.0, 1.0, 1.0] and ids[11].tolist() == [0.0, 2.0, 3.0]
+    assert torch.equal(ids, FluxPipeline._prepare_latent_image_ids(1, 3, 4, torch.device("cpu"), torch.float32))
+
+
+def test_the_tiny_model_samples_through_the_stock_pipeline_and_is_a_function_of_its_seed(tiny_flux, tmp_path):
+    stock = stock_pipeline(Flux, tiny_flux)
+    images = stock_images(stock)
+    assert images.shape == (2, 32, 32, 3) and np.abs(images[0] - images[1]).mean() > 1  # two seeds, two images
+    assert stock.transformer.config.guidance_embeds and stock.scheduler.config.use_dynamic_shifting
+    again = build_tiny_flux(tmp_path / "again", seed=0)
+    weights = sorted(path.relative_to(again) for path in again.rglob("*.safetensors"))
+    assert {path.parts[0] for path in weights} == {"transformer", "vae", "text_encoder", "text_encoder_2"}
+    assert all(equal_tensors(load_file(tiny_flux / path), load_file(again / path)) for path in weights)
+
+
+def equal_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_conditioning_is_the_pipelines_prompt_encoding(family, tiny_flux):
+    prompts = [PROMPT, "a dog on the beach"]
+    pipeline = FluxPipeline.from_pretrained(tiny_flux)
+    with torch.no_grad():
+        conditioning = family.encode_conditioning({"prompts": prompts}).kwargs
+        states, pooled, _ = pipeline.encode_prompt(prompts, None, max_sequence_length=512)
+    assert conditioning["encoder_hidden_states"].shape == (2, 512, 96)
+    assert torch.equal(conditioning["encoder_hidden_states"], states)
+    assert torch.equal(conditioning["pooled_projections"], pooled)
+
+
+def test_noisy_input_and_velocity_target_at_fixed_levels_by_hand(family):
+    """Flux trains on the unshifted table by default (its shift is dynamic): level q -> uniform quantile u = 1 - q
+    -> index floor(1000 u) -> sigma (1000 - index) / 1000, i.e. 0.5 and 0.9; the target is noise - x0."""
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    noised = family.add_training_noise(latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
+    sigma = torch.tensor([0.5, 0.9])[:, None, None, None]
+    assert noised.timesteps.tolist() == pytest.approx([500.0, 900.0])
+    torch.testing.assert_close(noised.noisy, (1 - sigma) * latents + sigma * noise)
+    torch.testing.assert_close(noised.target, noise - latents)
+
+
+def test_the_resolution_shift_by_hand(tiny_flux):
+    """8x8 latents are 16 tokens: mu = 0.5 + (16 - 256) * 0.65 / 3840 = 0.459375, and sigma 0.5 shifts to
+    e^mu * 0.5 / (1 + (e^mu - 1) * 0.5) = 0.61287 (the sampler's own shift at this size)."""
+    family = Flux(str(tiny_flux), resolution_shift=True)
+    family.load()
+    noised = family.add_training_noise(torch.zeros(1, 4, 8, 8), torch.Generator().manual_seed(0), torch.tensor([0.5]))
+    shift = math.exp(0.5 + (16 - 256) * 0.65 / 3840)
+    assert noised.timesteps.item() / 1000 == pytest.approx(shift * 0.5 / (1 + (shift - 1) * 0.5))
+    assert noised.timesteps.item() / 1000 == pytest.approx(0.6128659)
+
+
+def test_prediction_runs_the_packed_transformer_with_the_guidance_and_unpacks_it(family):
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    noised = family.add_training_noise(latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
+    with torch.no_grad():
+        conditioning = family.encode_conditioning({"prompts": [PROMPT] * 2})
+        predicted = family.predict(noised, conditioning)
+        output = family.transformer(
+            hidden_states=pack_latents(noised.noisy),
+            timestep=noised.timesteps / 1000,
+            guidance=torch.tensor([1.0, 1.0]),
+            img_ids=latent_image_ids(4, 4, latents.device, latents.dtype),
+            txt_ids=torch.zeros(512, 3),
+            **conditioning.kwargs,
+        ).sample
+        family.guidance_scale = 3.5
+        guided = family.predict(noised, conditioning)
+    assert predicted.shape == noised.target.shape
+    torch.testing.assert_close(predicted, unpack_latents(output, 8, 8))
+    assert (guided - predicted).abs().max() > 1e-4  # the guidance embedding is used
+
+
+def test_new_tokens_are_refused_by_name(tiny_flux):
+    model = PivotalTuning(Flux(str(tiny_flux)), placeholder_token="<sks>", initializer_token="toy")
+    with pytest.raises(UserError, match=r"family: Flux takes no new tokens.* StableDiffusion\b"):
+        model.configure_model()
+
+
+def test_bad_options_name_their_key():
+    with pytest.raises(UserError, match="model.init_args.family.init_args.weighting_scheme must be one of"):
+        Flux("builtin:tiny-flux", weighting_scheme="none")
+
+
+@pytest.fixture(scope="module")
+def lora_fit(tiny_flux, subject_dir, tmp_path_factory):
+    """A LoRA on the transformer and CLIP-L, 6 steps, checkpointed at 3 and 6."""
+    model = lora_tuner(Flux(str(tiny_flux)), lr=3e-2, train_text_encoder=True)
+    return fit(model, subject_dir, tmp_path_factory.mktemp("flux-lora"), steps=6, every=3)
+
+
+def test_lora_learns_and_its_export_loads_in_the_stock_pipeline_with_the_same_images(lora_fit, tiny_flux, tmp_path):
+    assert lora_fit.loss_after < 0.97 * lora_fit.loss_before, (lora_fit.loss_before, lora_fit.loss_after)
+    path = lora_fit.model.export(tmp_path)
+    with safe_open(path, "pt") as file:
+        keys = list(file.keys())
+    assert {key.split(".")[0] for key in keys} == {"transformer", "text_encoder"}  # never T5
+    assert any(key.startswith("transformer.single_transformer_blocks.") for key in keys)
+    pipeline = stock_pipeline(Flux, tiny_flux)
+    pipeline.load_lora_weights(tmp_path, weight_name=LORA_WEIGHTS)
+    expected = trained_images(lora_fit.model)
+    assert np.abs(stock_images(pipeline) - expected).max() <= 1
+    assert np.abs(stock_images(stock_pipeline(Flux, tiny_flux)) - expected).mean() > 1
+
+
+@pytest.mark.slow
+def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_flux, subject_dir, tmp_path):
+    state = torch.load(lora_fit.checkpoint(6), weights_only=False)["state_dict"]
+    assert set(state) == set(lora_fit.model.trainable_state_dict())
+    assert {key.split(".")[1] for key in state} == {"transformer", "text_encoder"}
+    fresh = lora_tuner(Flux(str(tiny_flux)), lr=3e-2, train_text_encoder=True)
+    resumed = resumed_losses(fresh, subject_dir, tmp_path, 6, lora_fit.checkpoint(3))
+    assert sorted(resumed) == [4, 5, 6]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(lora_fit.losses[step], rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_exports_a_pipeline_that_reproduces_the_images(tiny_flux, subject_dir, tmp_path):
+    trained = fit(full_tuner(Flux(str(tiny_flux))), subject_dir, tmp_path, steps=4, every=2)
+    assert trained.loss_after < trained.loss_before
+    state = torch.load(trained.checkpoint(4), weights_only=False)["state_dict"]
+    transformer = trained.model.family.transformer
+    assert set(state) == {f"family.transformer.{name}" for name, _ in transformer.named_parameters()}
+    folder = trained.model.export(tmp_path / "export")
+    expected = trained_images(trained.model)
+    assert np.abs(stock_images(stock_pipeline(Flux, folder)) - expected).max() <= 1
+    assert np.abs(stock_images(stock_pipeline(Flux, tiny_flux)) - expected).mean() > 1
+    restored = apply_checkpoint(full_tuner(Flux(str(tiny_flux))), trained.checkpoint(4))
+    live = trained.model.trainable_state_dict()
+    assert all(torch.equal(value, live[key]) for key, value in restored.trainable_state_dict().items())
