@@ -18,27 +18,33 @@ from sdft.errors import UserError
 SIZE = 16_000_000
 
 
-def write_checkpoints_forever(folder: Path, temporary: Path, saved) -> None:
-    """Save 64 MB checkpoints ``step=N.ckpt`` in a loop, with the temporary folder on ``temporary``."""
+def write_checkpoints_forever(folder: Path, temporary: Path, weights: torch.Tensor, saved) -> None:
+    """Save checkpoints ``step=N.ckpt`` of ``weights`` in a loop, with the temporary folder on ``temporary``.
+
+    It runs in a forked child, so it does no tensor arithmetic: torch's thread pool does not survive a fork.
+    """
     os.environ["TMPDIR"] = str(temporary)
     tempfile.tempdir = None
-    state = {"global_step": 0, "state_dict": {"w": torch.arange(SIZE, dtype=torch.float32)}}
     for step in range(1000):
-        state["global_step"] = step
-        AtomicCheckpointIO().save_checkpoint(state, folder / f"step={step}.ckpt")
+        AtomicCheckpointIO().save_checkpoint(
+            {"global_step": step, "state_dict": {"w": weights}}, folder / f"step={step}.ckpt"
+        )
         saved.set()
 
 
 def kill_writer_mid_write(folder: Path, temporary: Path, delay: float) -> None:
-    """Fork a process that saves checkpoints in a loop and SIGKILL it ``delay`` s after its first save."""
+    """Fork a process that saves 64 MB checkpoints in a loop and SIGKILL it ``delay`` s after its first save."""
     context = multiprocessing.get_context("fork")
     saved = context.Event()
-    writer = context.Process(target=write_checkpoints_forever, args=(folder, temporary, saved))
+    weights = torch.arange(SIZE, dtype=torch.float32)
+    writer = context.Process(target=write_checkpoints_forever, args=(folder, temporary, weights, saved), daemon=True)
     writer.start()
-    assert saved.wait(timeout=60)
-    time.sleep(delay)
-    os.kill(writer.pid, signal.SIGKILL)
-    writer.join()
+    try:
+        assert saved.wait(timeout=60), "the writer saved nothing in 60 s"
+        time.sleep(delay)
+    finally:  # never leave a writer behind, whatever happened
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join()
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")
