@@ -152,7 +152,8 @@ class StableDiffusionXL(ModelFamily):
         states = torch.cat([clip_l.hidden_states[-2], clip_g.hidden_states[-2]], dim=-1)
         pixels = batch["pixel_values"]
         time_ids = micro_conditioning(batch["original_size"], batch["crop_top_left"], pixels.shape[-2:])
-        added = {"text_embeds": clip_g.text_embeds, "time_ids": time_ids.to(states.device, states.dtype)}
+        # float32 whatever the precision: bf16 would round sizes above 256 (1365 -> 1368); the UNet embeds them in fp32
+        added = {"text_embeds": clip_g.text_embeds, "time_ids": time_ids.to(states.device)}
         return Conditioning({"encoder_hidden_states": states, "added_cond_kwargs": added})
 
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
