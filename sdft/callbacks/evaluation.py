@@ -187,7 +187,7 @@ class SubjectEvaluator(Callback):
         write_json(self.run_dir / "evaluation" / "probes.json", {"columns": self.images_per_prompt, "probes": probes})
 
     def carry_history(self) -> None:
-        """On resume into another folder: copy the earlier grids here and write the whole table (rank 0)."""
+        """On resume: copy in the earlier grids this folder lacks and write the table up to the resume (rank 0)."""
         if not self.rows:
             return
         earlier = [folder for folder in self.earlier_run_dirs if folder != self.run_dir.resolve()]
