@@ -13,7 +13,7 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
 from sdft.assets import resolve
-from sdft.families import ModelFamily, StableDiffusion
+from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL
 
 
 @dataclass(frozen=True)
@@ -64,4 +64,8 @@ class FamilyCase:
 
 FAMILY_CASES = [
     FamilyCase("sd1", StableDiffusion, "builtin:tiny-sd1"),
+    FamilyCase("sd2-v", StableDiffusion, "builtin:tiny-sd2-v"),
+    FamilyCase("sdxl", StableDiffusionXL, "builtin:tiny-sdxl"),
+    FamilyCase("sd3", StableDiffusion3, "builtin:tiny-sd3"),
+    FamilyCase("flux", Flux, "builtin:tiny-flux"),
 ]
