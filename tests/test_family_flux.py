@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformer_families import (
     PROMPT,
     fit,
+    fit_shipped_config,
     full_tuner,
     lora_tuner,
     resumed_losses,
@@ -195,3 +196,12 @@ def test_full_fine_tuning_exports_a_pipeline_that_reproduces_the_images(tiny_flu
     restored = apply_checkpoint(full_tuner(Flux(str(tiny_flux))), trained.checkpoint(4))
     live = trained.model.trainable_state_dict()
     assert all(torch.equal(value, live[key]) for key, value in restored.trainable_state_dict().items())
+
+
+@pytest.mark.slow
+def test_the_shipped_dreambooth_config_fits_the_tiny_model_with_generated_class_images(tmp_path):
+    run = fit_shipped_config("configs/flux/dreambooth.yaml", tmp_path, "builtin:tiny-flux")
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2  # made by the family's base_pipeline
+    for export in ("final", "best"):
+        assert stock_pipeline(Flux, run / export).transformer.config.guidance_embeds
+    assert (run / "evaluation" / "selection.json").is_file()

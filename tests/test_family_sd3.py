@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from transformer_families import (
     PROMPT,
     fit,
+    fit_shipped_config,
     full_tuner,
     lora_tuner,
     resumed_losses,
@@ -213,3 +214,11 @@ def test_training_without_t5_samples_like_the_pipeline_without_it(tiny_sd3):
     pipeline.set_progress_bar_config(disable=True)
     assert np.array_equal(trained_images(model), stock_images(pipeline))  # the adapter starts as a no-op
     assert model.family.source()["use_t5"] == "false"  # class images of the model without T5 are its own
+
+
+@pytest.mark.slow
+def test_the_shipped_dreambooth_lora_config_fits_the_tiny_model_with_generated_class_images(tmp_path):
+    run = fit_shipped_config("configs/sd3/dreambooth_lora.yaml", tmp_path, "builtin:tiny-sd3")
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2  # made by the family's base_pipeline
+    assert (run / "final" / LORA_WEIGHTS).is_file() and (run / "best" / LORA_WEIGHTS).is_file()
+    assert (run / "evaluation" / "selection.json").is_file()
