@@ -23,6 +23,7 @@ from transformer_families import (
     stock_pipeline,
     trained_images,
 )
+from transformers import T5TokenizerFast
 
 from sdft.assets import resolve
 from sdft.errors import UserError
@@ -31,6 +32,7 @@ from sdft.methods import TextualInversion
 from sdft.methods.lora import LORA_WEIGHTS
 from sdft.runs import apply_checkpoint
 from sdft.tiny_transformer_models import build_tiny_sd3
+from sdft.tokenizers import write_t5_tokenizer
 
 #: Phi(1), the standard normal's CDF at 1: the logit-normal(0, 1) density's Phi(1) quantile is sigmoid(1)
 PHI_1 = 0.8413447460685429
@@ -64,6 +66,16 @@ def test_the_tiny_model_samples_through_the_stock_pipeline_and_is_a_function_of_
         "text_encoder_3",
     }
     assert all(equal_tensors(load_file(tiny_sd3 / path), load_file(again / path)) for path in weights)
+
+
+def test_the_t5_tokenizer_is_a_unigram_tokenizer_in_t5s_layout(tmp_path):
+    tokenizer = T5TokenizerFast.from_pretrained(write_t5_tokenizer(tmp_path / "t5"))
+    ids = tokenizer("a photo of sks dog!", padding="max_length", max_length=10).input_ids
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert pieces == ["\u2581a", "\u2581photo", "\u2581of", "\u2581sk", "s", "\u2581dog", "!", "</s>", "<pad>", "<pad>"]
+    assert ids[-3:] == [1, 0, 0] and tokenizer.convert_tokens_to_ids("<unk>") == 2
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a photo of sks dog!"
+    assert tokenizer("caf\u00e9").input_ids[-2:] == [2, 1]  # outside ASCII: unknown, as T5 without byte fallback
 
 
 def equal_tensors(a: dict, b: dict) -> bool:
