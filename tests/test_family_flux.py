@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxPipeline
+from diffusers import FluxPipeline, FluxTransformer2DModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformer_families import (
@@ -117,7 +117,7 @@ def test_the_resolution_shift_by_hand(tiny_flux):
     assert noised.timesteps.item() / 1000 == pytest.approx(0.6128659)
 
 
-def test_prediction_runs_the_packed_transformer_with_the_guidance_and_unpacks_it(family):
+def test_prediction_runs_the_packed_transformer_with_the_guidance_and_unpacks_it(family, monkeypatch):
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     noised = family.add_training_noise(latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
     with torch.no_grad():
@@ -131,11 +131,18 @@ def test_prediction_runs_the_packed_transformer_with_the_guidance_and_unpacks_it
             txt_ids=torch.zeros(512, 3),
             **conditioning.kwargs,
         ).sample
-        family.guidance_scale = 3.5
+        monkeypatch.setattr(family, "guidance_scale", 3.5)
         guided = family.predict(noised, conditioning)
     assert predicted.shape == noised.target.shape
     torch.testing.assert_close(predicted, unpack_latents(output, 8, 8))
     assert (guided - predicted).abs().max() > 1e-4  # the guidance embedding is used
+
+
+def test_guidance_goes_only_to_a_transformer_with_the_guidance_embedding(family, monkeypatch):
+    assert family.guidance(2, torch.device("cpu")).tolist() == [1.0, 1.0]  # training default, as diffusers' README
+    schnell = FluxTransformer2DModel.from_config({**family.transformer.config, "guidance_embeds": False})
+    monkeypatch.setattr(family, "transformer", schnell)
+    assert family.guidance(2, torch.device("cpu")) is None
 
 
 def test_new_tokens_are_refused_by_name(tiny_flux):

@@ -31,7 +31,7 @@ from sdft.flow_matching import (
 )
 
 KEY = "model.init_args.family.init_args"
-#: the CLIP text encoders' attention projections, LoRA's default targets there (as diffusers' scripts)
+#: the CLIP text encoders' attention projections, LoRA's default targets there (as in diffusers' scripts)
 CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
@@ -60,7 +60,7 @@ def check_max_sequence_length(max_sequence_length: int) -> None:
 
 def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Images -> the transformer's latents: a posterior sample, shifted and scaled by the VAE config,
-    ``(z - shift_factor) * scaling_factor`` (the inverse of what the SD3 and Flux pipelines undo before decoding).
+    ``(z - shift_factor) * scaling_factor``, which the SD3 and Flux pipelines undo before decoding.
 
     Args:
         vae: the family's autoencoder.
