@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import diffusers
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdft.assets import resolve
 from sdft.families.base import Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents
-from sdft.objectives import add_noise, diffusion_target, levels_to_timesteps
+from sdft.families.ddpm import DDPMSchedule, check_prediction_type
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -46,6 +45,7 @@ class StableDiffusion(ModelFamily):
             prediction_type: ``epsilon``, ``v_prediction`` or ``sample``; None reads the scheduler config.
         """
         super().__init__(pretrained_model_name_or_path)
+        check_prediction_type(prediction_type)
         self.revision = revision
         self.variant = variant
         self.prediction_type = prediction_type
@@ -65,11 +65,8 @@ class StableDiffusion(ModelFamily):
         self.text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
         self.vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
         self.unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
-        scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler", revision=self.revision)
-        self.prediction_type = self.prediction_type or scheduler_config.get("prediction_type", "epsilon")
-        self.sampler_config = {**scheduler_config, "prediction_type": self.prediction_type}
-        alphas_cumprod = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
-        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
+        self.noise_schedule = DDPMSchedule.from_pretrained(source, self.revision, self.prediction_type)
+        self.prediction_type = self.noise_schedule.prediction_type
         self.requires_grad_(False)
         self.is_loaded = True
 
@@ -93,25 +90,18 @@ class StableDiffusion(ModelFamily):
     def add_training_noise(
         self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
     ) -> NoisedLatents:
-        if levels is None:
-            levels = torch.rand(latents.shape[0], generator=generator, device=generator.device)
-        timesteps = levels_to_timesteps(levels.to(latents.device), len(self.alphas_cumprod))
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
-        alpha_bar = self.alphas_cumprod[timesteps]
-        target = diffusion_target(latents, noise, alpha_bar, self.prediction_type)
-        return NoisedLatents(add_noise(latents, noise, alpha_bar), timesteps, target)
+        return self.noise_schedule.add_training_noise(latents, generator, levels)
 
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
         return self.unet(noised.noisy, noised.timesteps, **conditioning.kwargs).sample
 
     def pipeline(self) -> StableDiffusionPipeline:
-        scheduler = getattr(diffusers, self.sampler_config["_class_name"]).from_config(self.sampler_config)
         return StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             unet=self.unet,
-            scheduler=scheduler,
+            scheduler=self.noise_schedule.sampler(),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
