@@ -177,7 +177,6 @@ def test_lora_learns_and_its_export_loads_in_the_stock_pipeline_with_the_same_im
     assert np.abs(stock_images(stock_pipeline(Flux, tiny_flux)) - expected).mean() > 1
 
 
-@pytest.mark.slow
 def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_flux, subject_dir, tmp_path):
     state = torch.load(lora_fit.checkpoint(6), weights_only=False)["state_dict"]
     assert set(state) == set(lora_fit.model.trainable_state_dict())

@@ -189,7 +189,6 @@ def test_lora_learns_and_its_export_loads_in_the_stock_pipeline_with_the_same_im
     assert np.abs(untrained - expected).mean() > 1  # the adapter changes the images: the equality means something
 
 
-@pytest.mark.slow
 def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_sd3, subject_dir, tmp_path):
     state = torch.load(lora_fit.checkpoint(6), weights_only=False)["state_dict"]
     assert set(state) == set(lora_fit.model.trainable_state_dict())
@@ -217,7 +216,6 @@ def test_full_fine_tuning_exports_a_pipeline_that_reproduces_the_images(tiny_sd3
     assert all(torch.equal(value, live[key]) for key, value in restored.trainable_state_dict().items())
 
 
-@pytest.mark.slow
 def test_training_without_t5_samples_like_the_pipeline_without_it(tiny_sd3):
     model = lora_tuner(StableDiffusion3(str(tiny_sd3), use_t5=False))
     model.configure_model()
