@@ -6,12 +6,15 @@ the tests exercise every real code path offline and in seconds. The weights are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DiffusionPipeline,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -22,6 +25,36 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from sdft.tokenizers import write_clip_tokenizer
 
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+#: SDXL's micro-conditioning: original size, crop corner and target size, two numbers each (Podell et al. 2023)
+TIME_IDS = 6
+#: SD 2.x and SDXL's OpenCLIP tokenizers pad with "!" (id 0) where OpenAI CLIP's pads with its end token
+OPENCLIP_PAD = "!"
+
+Built = TypeVar("Built")
+
+
+def seeded(seed: int, build: Callable[[], Built]) -> Built:
+    """What ``build`` returns when torch's global generator starts at ``seed``; the generator is restored after.
+
+    Args:
+        seed: the seed the weights are a function of.
+        build: constructs the randomly initialised modules, always in the same order.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def save_pipeline(pipeline: DiffusionPipeline, directory: Path) -> Path:
+    """Save ``pipeline`` as a diffusers folder with safetensors weights; return the folder."""
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def clip_tokenizer(directory: Path, pad_token: str | None = None) -> CLIPTokenizer:
+    """The offline CLIP tokenizer (written to ``directory``), padding with ``pad_token`` if given."""
+    options = {} if pad_token is None else {"pad_token": pad_token}
+    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory), **options)
 
 
 def tiny_sd1_unet() -> UNet2DConditionModel:
@@ -55,52 +88,41 @@ def tiny_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
     )
 
 
-def tiny_clip_text_encoder(hidden_size: int = 32) -> CLIPTextModel:
-    """A two-layer CLIP text encoder over the full 49,408-token CLIP vocabulary."""
-    config = CLIPTextConfig(
+def tiny_clip_config(hidden_size: int = 32, openclip: bool = False) -> CLIPTextConfig:
+    """A two-layer CLIP text encoder's config over the full 49,408-token CLIP vocabulary.
+
+    Args:
+        hidden_size: the width of its hidden states (and of the projected pooled embedding).
+        openclip: OpenCLIP's style (GELU, padded with ``!``, id 0) instead of OpenAI CLIP's (quick GELU, padded with
+            its end token).
+    """
+    return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
+        hidden_act="gelu" if openclip else "quick_gelu",
         bos_token_id=49406,
         eos_token_id=49407,
-        pad_token_id=49407,
+        pad_token_id=0 if openclip else 49407,
         projection_dim=hidden_size,
     )
-    return CLIPTextModel(config)
 
 
-def build_tiny_sd1(directory: str | Path, seed: int = 0) -> Path:
-    """Build a tiny SD-1.x-shaped pipeline and save it as a diffusers folder (safetensors); return the folder.
+def tiny_clip_text_encoder(
+    hidden_size: int = 32, with_projection: bool = False, openclip: bool = False
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A two-layer CLIP text encoder over the full 49,408-token CLIP vocabulary.
 
     Args:
-        directory: where to write the model folder.
-        seed: the weights are a function of this seed alone.
+        hidden_size: the width of its hidden states (and of the projected pooled embedding).
+        with_projection: also project the pooled embedding, as SDXL's second and SD3's CLIP encoders do.
+        openclip: OpenCLIP's style (see :func:`tiny_clip_config`), as SD 2.x's and SDXL's second encoder.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet, vae, text_encoder = tiny_sd1_unet(), tiny_vae(), tiny_clip_text_encoder()
-    tokenizer_dir = write_clip_tokenizer(Path(directory) / "tokenizer")
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
-        unet=unet,
-        scheduler=DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(directory, safe_serialization=True)
-    return Path(directory)
-
-
-#: SDXL's micro-conditioning: original size, crop corner and target size, two numbers each (Podell et al. 2023)
-TIME_IDS = 6
-#: SD 2.x and SDXL's OpenCLIP tokenizers pad with "!" (id 0) where OpenAI CLIP's pads with its end token
-OPENCLIP_PAD = "!"
+    config = tiny_clip_config(hidden_size, openclip)
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
 def tiny_openclip_text_encoder(
@@ -112,20 +134,7 @@ def tiny_openclip_text_encoder(
         hidden_size: the width of its hidden states (and of the projected pooled embedding).
         with_projection: also project the pooled embedding, as SDXL's second text encoder does.
     """
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=0,
-        projection_dim=hidden_size,
-    )
-    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
+    return tiny_clip_text_encoder(hidden_size, with_projection, openclip=True)
 
 
 def tiny_sd2_unet(cross_attention_dim: int = 32) -> UNet2DConditionModel:
@@ -168,10 +177,42 @@ def tiny_sdxl_unet(cross_attention_dim: int, pooled_dim: int, time_embed_dim: in
     )
 
 
-def clip_tokenizer(directory: Path, pad_token: str | None = None) -> CLIPTokenizer:
-    """The offline CLIP tokenizer (written to ``directory``), padding with ``pad_token`` if given."""
-    options = {} if pad_token is None else {"pad_token": pad_token}
-    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory), **options)
+def sd_pipeline(
+    modules: tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel], tokenizer: CLIPTokenizer, prediction_type: str
+) -> StableDiffusionPipeline:
+    """An SD 1.x/2.x pipeline of a UNet, a VAE and a text encoder, with SD's DDIM scheduler and no safety checker.
+
+    Args:
+        modules: the UNet, the VAE and the text encoder, in that order.
+        tokenizer: the text encoder's tokenizer.
+        prediction_type: what the UNet predicts, ``epsilon`` or ``v_prediction``.
+    """
+    unet, vae, text_encoder = modules
+    scheduler = DDIMScheduler(
+        **SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_sd1(directory: str | Path, seed: int = 0) -> Path:
+    """Build a tiny SD-1.x-shaped pipeline and save it as a diffusers folder (safetensors); return the folder.
+
+    Args:
+        directory: where to write the model folder.
+        seed: the weights are a function of this seed alone.
+    """
+    directory = Path(directory)
+    modules = seeded(seed, lambda: (tiny_sd1_unet(), tiny_vae(), tiny_clip_text_encoder()))
+    return save_pipeline(sd_pipeline(modules, clip_tokenizer(directory / "tokenizer"), "epsilon"), directory)
 
 
 def build_tiny_sd2_v(directory: str | Path, seed: int = 0) -> Path:
@@ -181,41 +222,29 @@ def build_tiny_sd2_v(directory: str | Path, seed: int = 0) -> Path:
         directory: where to write the model folder.
         seed: the weights are a function of this seed alone.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet, vae, text_encoder = tiny_sd2_unet(), tiny_vae(), tiny_openclip_text_encoder()
-    scheduler = DDIMScheduler(
-        **SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction"
-    )
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(Path(directory) / "tokenizer", OPENCLIP_PAD),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(directory, safe_serialization=True)
-    return Path(directory)
+    directory = Path(directory)
+    modules = seeded(seed, lambda: (tiny_sd2_unet(), tiny_vae(), tiny_openclip_text_encoder()))
+    tokenizer = clip_tokenizer(directory / "tokenizer", OPENCLIP_PAD)
+    return save_pipeline(sd_pipeline(modules, tokenizer, "v_prediction"), directory)
+
+
+def tiny_sdxl_modules() -> tuple[CLIPTextModel, CLIPTextModelWithProjection, UNet2DConditionModel, AutoencoderKL]:
+    """SDXL's modules in construction order: a CLIP-L-like text encoder of width 32, an OpenCLIP-bigG-like one of 48
+    with a projected pooled output, a UNet with SDXL's added conditioning and a VAE with SDXL's scaling factor."""
+    text_encoder, text_encoder_2 = tiny_clip_text_encoder(32), tiny_openclip_text_encoder(48, with_projection=True)
+    return text_encoder, text_encoder_2, tiny_sdxl_unet(32 + 48, pooled_dim=48), tiny_vae(scaling_factor=0.13025)
 
 
 def build_tiny_sdxl(directory: str | Path, seed: int = 0) -> Path:
-    """Build a tiny SDXL-shaped pipeline and save it as a diffusers folder (safetensors); return the folder.
-
-    Two text encoders of different widths (a CLIP-L-like one of 32 and an OpenCLIP-bigG-like one of 48 with a
-    projected pooled output), a UNet with SDXL's added conditioning and a VAE with SDXL's scaling factor.
+    """Build a tiny SDXL-shaped pipeline (see :func:`tiny_sdxl_modules`) and save it as a diffusers folder
+    (safetensors); return the folder.
 
     Args:
         directory: where to write the model folder.
         seed: the weights are a function of this seed alone.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_encoder, text_encoder_2 = tiny_clip_text_encoder(32), tiny_openclip_text_encoder(48, with_projection=True)
-        unet, vae = tiny_sdxl_unet(cross_attention_dim=32 + 48, pooled_dim=48), tiny_vae(scaling_factor=0.13025)
     directory = Path(directory)
+    text_encoder, text_encoder_2, unet, vae = seeded(seed, tiny_sdxl_modules)
     pipeline = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -226,5 +255,4 @@ def build_tiny_sdxl(directory: str | Path, seed: int = 0) -> Path:
         scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, timestep_spacing="leading"),
         add_watermarker=False,
     )
-    pipeline.save_pretrained(directory, safe_serialization=True)
-    return directory
+    return save_pipeline(pipeline, directory)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
@@ -20,17 +19,11 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    T5Config,
-    T5EncoderModel,
-    T5TokenizerFast,
-)
+from torch import nn
+from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
-from sdft.tiny_models import tiny_clip_text_encoder
-from sdft.tokenizers import write_clip_tokenizer, write_t5_tokenizer
+from sdft.tiny_models import clip_tokenizer, save_pipeline, seeded, tiny_clip_text_encoder
+from sdft.tokenizers import write_t5_tokenizer
 
 #: the widths of the tiny models' text encoders (CLIP-L, CLIP-G, T5): distinct, so a mixed-up encoder fails loudly
 CLIP_L_WIDTH, CLIP_G_WIDTH, T5_WIDTH = 32, 48, 96
@@ -48,23 +41,6 @@ FLUX_SCHEDULER = {
     "base_image_seq_len": 256,
     "max_image_seq_len": 4096,
 }
-
-
-def tiny_clip_with_projection(hidden_size: int) -> CLIPTextModelWithProjection:
-    """A two-layer CLIP text encoder with a projected pooled output, over the 49,408-token CLIP vocabulary."""
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-        projection_dim=hidden_size,
-    )
-    return CLIPTextModelWithProjection(config)
 
 
 def tiny_t5_encoder(vocab_size: int, d_model: int = T5_WIDTH) -> T5EncoderModel:
@@ -146,6 +122,33 @@ def tiny_flux_transformer() -> FluxTransformer2DModel:
     )
 
 
+def t5_tokenizer(directory: Path) -> T5TokenizerFast:
+    """The offline T5 Unigram tokenizer, written to ``directory``."""
+    return T5TokenizerFast.from_pretrained(write_t5_tokenizer(directory))
+
+
+def tiny_sd3_modules(t5_vocab_size: int) -> tuple[nn.Module, ...]:
+    """SD3.5's modules in construction order: the MMDiT, the VAE, CLIP-L and CLIP-G (projected) and T5.
+
+    Args:
+        t5_vocab_size: the T5 tokenizer's size.
+    """
+    transformer, vae = tiny_sd3_transformer(), tiny_flow_vae(**SD3_LATENTS)
+    clip_l = tiny_clip_text_encoder(CLIP_L_WIDTH, with_projection=True)
+    clip_g = tiny_clip_text_encoder(CLIP_G_WIDTH, with_projection=True)
+    return transformer, vae, clip_l, clip_g, tiny_t5_encoder(t5_vocab_size)
+
+
+def tiny_flux_modules(t5_vocab_size: int) -> tuple[nn.Module, ...]:
+    """FLUX.1-dev's modules in construction order: the transformer, the VAE, CLIP-L and T5.
+
+    Args:
+        t5_vocab_size: the T5 tokenizer's size.
+    """
+    transformer, vae = tiny_flux_transformer(), tiny_flow_vae(**FLUX_LATENTS)
+    return transformer, vae, tiny_clip_text_encoder(CLIP_L_WIDTH), tiny_t5_encoder(t5_vocab_size)
+
+
 def build_tiny_sd3(directory: str | Path, seed: int = 0) -> Path:
     """Build a tiny SD3.5-shaped pipeline (CLIP-L, CLIP-G, T5, MMDiT) and save it as a diffusers folder
     (safetensors) that ``StableDiffusion3Pipeline.from_pretrained`` loads; return the folder.
@@ -155,25 +158,20 @@ def build_tiny_sd3(directory: str | Path, seed: int = 0) -> Path:
         seed: the weights are a function of this seed alone.
     """
     directory = Path(directory)
-    tokenizer_3 = T5TokenizerFast.from_pretrained(write_t5_tokenizer(directory / "tokenizer_3"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer, vae = tiny_sd3_transformer(), tiny_flow_vae(**SD3_LATENTS)
-        clip_l, clip_g = tiny_clip_with_projection(CLIP_L_WIDTH), tiny_clip_with_projection(CLIP_G_WIDTH)
-        t5 = tiny_t5_encoder(len(tokenizer_3))
+    tokenizer_3 = t5_tokenizer(directory / "tokenizer_3")
+    transformer, vae, clip_l, clip_g, t5 = seeded(seed, lambda: tiny_sd3_modules(len(tokenizer_3)))
     pipeline = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
         vae=vae,
         text_encoder=clip_l,
-        tokenizer=CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory / "tokenizer")),
+        tokenizer=clip_tokenizer(directory / "tokenizer"),
         text_encoder_2=clip_g,
-        tokenizer_2=CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory / "tokenizer_2")),
+        tokenizer_2=clip_tokenizer(directory / "tokenizer_2"),
         text_encoder_3=t5,
         tokenizer_3=tokenizer_3,
     )
-    pipeline.save_pretrained(directory, safe_serialization=True)
-    return directory
+    return save_pipeline(pipeline, directory)
 
 
 def build_tiny_flux(directory: str | Path, seed: int = 0) -> Path:
@@ -185,19 +183,15 @@ def build_tiny_flux(directory: str | Path, seed: int = 0) -> Path:
         seed: the weights are a function of this seed alone.
     """
     directory = Path(directory)
-    tokenizer_2 = T5TokenizerFast.from_pretrained(write_t5_tokenizer(directory / "tokenizer_2"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer, vae = tiny_flux_transformer(), tiny_flow_vae(**FLUX_LATENTS)
-        clip_l, t5 = tiny_clip_text_encoder(CLIP_L_WIDTH), tiny_t5_encoder(len(tokenizer_2))
+    tokenizer_2 = t5_tokenizer(directory / "tokenizer_2")
+    transformer, vae, clip_l, t5 = seeded(seed, lambda: tiny_flux_modules(len(tokenizer_2)))
     pipeline = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
         vae=vae,
         text_encoder=clip_l,
-        tokenizer=CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory / "tokenizer")),
+        tokenizer=clip_tokenizer(directory / "tokenizer"),
         text_encoder_2=t5,
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
-    pipeline.save_pretrained(directory, safe_serialization=True)
-    return directory
+    return save_pipeline(pipeline, directory)
