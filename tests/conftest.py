@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny SD-1.x model folder and a toy subject, built once per session, fully offline."""
+"""Shared fixtures: a tiny model folder per family and a toy subject, built once per session, fully offline."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sdft.assets import resolve
 from sdft.data.toy import write_toy_subject
 from sdft.tiny_models import build_tiny_sd1
 
@@ -33,6 +34,26 @@ def asset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd1(tmp_path_factory.mktemp("models") / "tiny-sd1", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_v(asset_cache: Path) -> Path:
+    return Path(resolve("builtin:tiny-sd2-v"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(asset_cache: Path) -> Path:
+    return Path(resolve("builtin:tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(asset_cache: Path) -> Path:
+    return Path(resolve("builtin:tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(asset_cache: Path) -> Path:
+    return Path(resolve("builtin:tiny-flux"))
 
 
 @pytest.fixture(scope="session")

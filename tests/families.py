@@ -11,6 +11,7 @@ from pathlib import Path
 
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
+from training import stock_pipeline
 
 from sdft.assets import resolve
 from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL
@@ -41,9 +42,7 @@ class FamilyCase:
 
     def stock_pipeline(self, folder: str | Path | None = None) -> DiffusionPipeline:
         """The family's diffusers pipeline from a model folder (default: the tiny base model), as a user loads it."""
-        pipeline = self.family_class.pipeline_class.from_pretrained(str(folder or resolve(self.builtin)))
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
+        return stock_pipeline(folder or resolve(self.builtin), self.family_class)
 
     def load_embeddings(self, pipeline: DiffusionPipeline, file: Path, tokens: list[str]) -> None:
         """Load an exported embedding file with diffusers' own loader, one text encoder at a time when keyed."""

@@ -8,38 +8,31 @@ differ from the untrained model's. LoRA is the fast representative of each famil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from families import FAMILY_CASES, FamilyCase
-from training import LossRecorder, checkpointer, cpu_trainer, validation_loss
+from training import Fit, adamw, fit, full_tuner, lora_tuner, resumed_losses, stock_images, subject_data, trained_images
 
-from sdft.data import SubjectDataModule
-from sdft.methods import DiffusionFineTuner, FullFineTuner, LoRAFineTuner, PivotalTuning, TextualInversion
+from sdft.methods import DiffusionFineTuner, PivotalTuning, TextualInversion
 from sdft.methods.lora import LORA_WEIGHTS
 from sdft.methods.tokens import EMBEDDINGS_FILE
 
 STEPS = 4
 #: textual inversion moves the tiny random model's loss slowly: a few more steps make the fall deterministic
 STEPS_OF = {"textual_inversion": 10}
-SEEDS = (3, 4)
 PROMPT = "a photo of <sks> toy"
-
-
-def adamw(lr: float):
-    return lambda params: torch.optim.AdamW(params, lr=lr)
 
 
 def build_method(method: str, case: FamilyCase) -> DiffusionFineTuner:
     """A method on a fresh family, with a learning rate that moves the tiny model in a few steps."""
     tokens = {"placeholder_token": "<sks>", "initializer_token": "toy"}
     if method == "lora":
-        return LoRAFineTuner(case.family(), optimizer=adamw(5e-3), rank=4, alpha=8.0, train_text_encoder=True)
+        return lora_tuner(case.family(), lr=5e-3, train_text_encoder=True)
     if method == "full":
-        return FullFineTuner(case.family(), optimizer=adamw(1e-3))
+        return full_tuner(case.family())
     if method == "textual_inversion":
         return TextualInversion(case.family(), optimizer=adamw(1e-2), num_vectors=2, **tokens)
     return PivotalTuning(case.family(), optimizer=adamw(5e-3), rank=4, alpha=8.0, embedding_lr=5e-2, **tokens)
@@ -59,41 +52,10 @@ def load_export(method: str, case: FamilyCase, export: Path, model: DiffusionFin
     return pipeline
 
 
-def stock_images(pipeline, resolution: int) -> np.ndarray:
-    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    images = pipeline(
-        [PROMPT] * len(SEEDS),
-        generator=generators,
-        height=resolution,
-        width=resolution,
-        num_inference_steps=4,
-        guidance_scale=7.5,
-    ).images
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
-
-
-def trained_images(model: DiffusionFineTuner, resolution: int) -> np.ndarray:
-    images = model.generate([PROMPT] * len(SEEDS), list(SEEDS), resolution, num_inference_steps=4, guidance_scale=7.5)
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
-
-
-@dataclass
-class Cell:
-    model: DiffusionFineTuner
-    root: Path
-    losses: dict[int, float]
-    loss_before: float
-    loss_after: float
-
-
-def fit_cell(method: str, case: FamilyCase, subject_dir: Path, root: Path) -> Cell:
-    data = SubjectDataModule(str(subject_dir), PROMPT, resolution=case.resolution, batch_size=2, random_flip=0.5)
-    model, recorder = build_method(method, case), LossRecorder()
+def fit_cell(method: str, case: FamilyCase, subject_dir: Path, root: Path) -> Fit:
     steps = STEPS_OF.get(method, STEPS)
-    trainer = cpu_trainer(root, steps, [recorder, checkpointer(root, steps // 2)])
-    before = validation_loss(trainer, model, data)
-    trainer.fit(model, datamodule=data)
-    return Cell(model, root, recorder.losses, before, validation_loss(trainer, model, data))
+    data = subject_data(subject_dir, PROMPT, resolution=case.resolution)
+    return fit(build_method(method, case), data, root, steps, every=steps // 2)
 
 
 METHODS = ["lora", "full", "textual_inversion", "pivotal_tuning"]
@@ -111,22 +73,19 @@ def test_every_method_trains_checkpoints_resumes_and_exports_on_every_family(cas
     cell, steps = fit_cell(method, case, subject_dir, tmp_path), STEPS_OF.get(method, STEPS)
     assert cell.loss_after < cell.loss_before, (cell.loss_before, cell.loss_after)
 
-    checkpoint = torch.load(tmp_path / "checkpoints" / f"step={steps}.ckpt", weights_only=False)
+    checkpoint = torch.load(cell.checkpoint(steps), weights_only=False)
     assert set(checkpoint["state_dict"]) == set(cell.model.trainable_state_dict())
 
-    data = SubjectDataModule(str(subject_dir), PROMPT, resolution=case.resolution, batch_size=2, random_flip=0.5)
-    resumed = LossRecorder()
-    cpu_trainer(tmp_path / "resumed", steps, [resumed]).fit(
-        build_method(method, case), datamodule=data, ckpt_path=tmp_path / "checkpoints" / f"step={steps // 2}.ckpt"
-    )
-    assert sorted(resumed.losses) == list(range(steps // 2 + 1, steps + 1))
-    for step, loss in resumed.losses.items():
+    fresh, data = build_method(method, case), subject_data(subject_dir, PROMPT, resolution=case.resolution)
+    resumed = resumed_losses(fresh, data, tmp_path / "resumed", steps, cell.checkpoint(steps // 2))
+    assert sorted(resumed) == list(range(steps // 2 + 1, steps + 1))
+    for step, loss in resumed.items():
         assert loss == pytest.approx(cell.losses[step], rel=1e-5, abs=1e-6)
 
     export = cell.model.export(tmp_path / "export")
-    trained = trained_images(cell.model, case.resolution)
-    exported = stock_images(load_export(method, case, export, cell.model), case.resolution)
-    untrained = stock_images(case.stock_pipeline(), case.resolution)
+    trained = trained_images(cell.model, PROMPT, case.resolution)
+    exported = stock_images(load_export(method, case, export, cell.model), PROMPT, case.resolution)
+    untrained = stock_images(case.stock_pipeline(), PROMPT, case.resolution)
     assert np.abs(exported - trained).max() <= 2
     assert np.abs(untrained - trained).max() > 2
 

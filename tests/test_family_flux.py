@@ -6,7 +6,6 @@ reproduces."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,19 +13,21 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformer_families import (
+from training import (
     PROMPT,
+    equal_tensors,
     fit,
     fit_shipped_config,
     full_tuner,
+    loaded,
     lora_tuner,
     resumed_losses,
     stock_images,
     stock_pipeline,
+    subject_data,
     trained_images,
 )
 
-from sdft.assets import resolve
 from sdft.errors import UserError
 from sdft.families import Flux
 from sdft.families.flux import latent_image_ids, pack_latents, unpack_latents
@@ -35,17 +36,13 @@ from sdft.methods.lora import LORA_WEIGHTS
 from sdft.runs import apply_checkpoint
 from sdft.tiny_transformer_models import build_tiny_flux
 
-
-@pytest.fixture(scope="module")
-def tiny_flux() -> Path:
-    return Path(resolve("builtin:tiny-flux"))
+#: the distilled guidance (the guidance embedding's input) of every image comparison
+GUIDANCE = 3.5
 
 
 @pytest.fixture(scope="module")
 def family(tiny_flux) -> Flux:
-    family = Flux(str(tiny_flux))
-    family.load()
-    return family
+    return loaded(Flux(str(tiny_flux)))
 
 
 def test_packing_round_trips_and_matches_the_pipelines_layout():
@@ -69,18 +66,14 @@ def test_image_ids_are_row_and_column_as_the_pipeline_makes_them():
 
 
 def test_the_tiny_model_samples_through_the_stock_pipeline_and_is_a_function_of_its_seed(tiny_flux, tmp_path):
-    stock = stock_pipeline(Flux, tiny_flux)
-    images = stock_images(stock)
+    stock = stock_pipeline(tiny_flux, Flux)
+    images = stock_images(stock, guidance_scale=GUIDANCE)
     assert images.shape == (2, 32, 32, 3) and np.abs(images[0] - images[1]).mean() > 1  # two seeds, two images
     assert stock.transformer.config.guidance_embeds and stock.scheduler.config.use_dynamic_shifting
     again = build_tiny_flux(tmp_path / "again", seed=0)
     weights = sorted(path.relative_to(again) for path in again.rglob("*.safetensors"))
     assert {path.parts[0] for path in weights} == {"transformer", "vae", "text_encoder", "text_encoder_2"}
     assert all(equal_tensors(load_file(tiny_flux / path), load_file(again / path)) for path in weights)
-
-
-def equal_tensors(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_conditioning_is_the_pipelines_prompt_encoding(family, tiny_flux):
@@ -160,7 +153,7 @@ def test_bad_options_name_their_key():
 def lora_fit(tiny_flux, subject_dir, tmp_path_factory):
     """A LoRA on the transformer and CLIP-L, 6 steps, checkpointed at 3 and 6."""
     model = lora_tuner(Flux(str(tiny_flux)), lr=3e-2, train_text_encoder=True)
-    return fit(model, subject_dir, tmp_path_factory.mktemp("flux-lora"), steps=6, every=3)
+    return fit(model, subject_data(subject_dir), tmp_path_factory.mktemp("flux-lora"), steps=6, every=3)
 
 
 def test_lora_learns_and_its_export_loads_in_the_stock_pipeline_with_the_same_images(lora_fit, tiny_flux, tmp_path):
@@ -170,11 +163,11 @@ def test_lora_learns_and_its_export_loads_in_the_stock_pipeline_with_the_same_im
         keys = list(file.keys())
     assert {key.split(".")[0] for key in keys} == {"transformer", "text_encoder"}  # never T5
     assert any(key.startswith("transformer.single_transformer_blocks.") for key in keys)
-    pipeline = stock_pipeline(Flux, tiny_flux)
+    pipeline = stock_pipeline(tiny_flux, Flux)
     pipeline.load_lora_weights(tmp_path, weight_name=LORA_WEIGHTS)
-    expected = trained_images(lora_fit.model)
-    assert np.abs(stock_images(pipeline) - expected).max() <= 1
-    assert np.abs(stock_images(stock_pipeline(Flux, tiny_flux)) - expected).mean() > 1
+    expected = trained_images(lora_fit.model, guidance_scale=GUIDANCE)
+    assert np.abs(stock_images(pipeline, guidance_scale=GUIDANCE) - expected).max() <= 1
+    assert np.abs(stock_images(stock_pipeline(tiny_flux, Flux), guidance_scale=GUIDANCE) - expected).mean() > 1
 
 
 def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_flux, subject_dir, tmp_path):
@@ -182,7 +175,7 @@ def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_flux, s
     assert set(state) == set(lora_fit.model.trainable_state_dict())
     assert {key.split(".")[1] for key in state} == {"transformer", "text_encoder"}
     fresh = lora_tuner(Flux(str(tiny_flux)), lr=3e-2, train_text_encoder=True)
-    resumed = resumed_losses(fresh, subject_dir, tmp_path, 6, lora_fit.checkpoint(3))
+    resumed = resumed_losses(fresh, subject_data(subject_dir), tmp_path, 6, lora_fit.checkpoint(3))
     assert sorted(resumed) == [4, 5, 6]
     for step, loss in resumed.items():
         assert loss == pytest.approx(lora_fit.losses[step], rel=1e-6, abs=1e-7)
@@ -190,15 +183,15 @@ def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_flux, s
 
 @pytest.mark.slow
 def test_full_fine_tuning_exports_a_pipeline_that_reproduces_the_images(tiny_flux, subject_dir, tmp_path):
-    trained = fit(full_tuner(Flux(str(tiny_flux))), subject_dir, tmp_path, steps=4, every=2)
+    trained = fit(full_tuner(Flux(str(tiny_flux))), subject_data(subject_dir), tmp_path, steps=4, every=2)
     assert trained.loss_after < trained.loss_before
     state = torch.load(trained.checkpoint(4), weights_only=False)["state_dict"]
     transformer = trained.model.family.transformer
     assert set(state) == {f"family.transformer.{name}" for name, _ in transformer.named_parameters()}
     folder = trained.model.export(tmp_path / "export")
-    expected = trained_images(trained.model)
-    assert np.abs(stock_images(stock_pipeline(Flux, folder)) - expected).max() <= 1
-    assert np.abs(stock_images(stock_pipeline(Flux, tiny_flux)) - expected).mean() > 1
+    expected = trained_images(trained.model, guidance_scale=GUIDANCE)
+    assert np.abs(stock_images(stock_pipeline(folder, Flux), guidance_scale=GUIDANCE) - expected).max() <= 1
+    assert np.abs(stock_images(stock_pipeline(tiny_flux, Flux), guidance_scale=GUIDANCE) - expected).mean() > 1
     restored = apply_checkpoint(full_tuner(Flux(str(tiny_flux))), trained.checkpoint(4))
     live = trained.model.trainable_state_dict()
     assert all(torch.equal(value, live[key]) for key, value in restored.trainable_state_dict().items())

@@ -3,38 +3,17 @@ the velocity, and its LoRA export reproduces the trained images in the stock pip
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from training import (
-    PROMPT,
-    cpu_trainer,
-    lora_tuner,
-    stock_images,
-    stock_pipeline,
-    subject_data,
-    trained_images,
-    validation_loss,
-)
+from training import PROMPT, Fit, fit, loaded, lora_tuner, stock_images, stock_pipeline, subject_data, trained_images
 
-from sdft.assets import resolve
 from sdft.families import StableDiffusion
-from sdft.methods import LoRAFineTuner
-
-
-@pytest.fixture(scope="module")
-def tiny_sd2_v() -> Path:
-    return Path(resolve("builtin:tiny-sd2-v"))
 
 
 @pytest.fixture(scope="module")
 def family(tiny_sd2_v) -> StableDiffusion:
-    loaded = StableDiffusion(str(tiny_sd2_v))
-    loaded.load()
-    return loaded
+    return loaded(StableDiffusion(str(tiny_sd2_v)))
 
 
 def test_the_family_reads_v_prediction_and_an_openclip_style_text_encoder(family):
@@ -64,21 +43,11 @@ def test_the_training_target_is_the_velocity(family):
     assert (noised.target - noise).abs().max() > 0.1  # not the epsilon target
 
 
-@dataclass
-class Fit:
-    model: LoRAFineTuner
-    loss_before: float
-    loss_after: float
-
-
 @pytest.fixture(scope="module")
 def lora_fit(tiny_sd2_v, subject_dir, tmp_path_factory) -> Fit:
     """A LoRA on the UNet and the text encoder, trained for a few steps."""
-    root, data = tmp_path_factory.mktemp("sd2-lora"), subject_data(subject_dir)
     model = lora_tuner(tiny_sd2_v, lr=1e-2, train_text_encoder=True)
-    before = validation_loss(cpu_trainer(root, 1), model, data)
-    cpu_trainer(root, max_steps=6).fit(model, datamodule=data)
-    return Fit(model, before, validation_loss(cpu_trainer(root, 1), model, data))
+    return fit(model, subject_data(subject_dir), tmp_path_factory.mktemp("sd2-lora"), steps=6)
 
 
 def test_lora_fit_lowers_the_validation_loss(lora_fit):

@@ -4,28 +4,28 @@ and export what StableDiffusion3Pipeline reproduces, and the methods it refuses 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformer_families import (
+from training import (
     PROMPT,
+    equal_tensors,
     fit,
     fit_shipped_config,
     full_tuner,
+    loaded,
     lora_tuner,
     resumed_losses,
     stock_images,
     stock_pipeline,
+    subject_data,
     trained_images,
 )
 from transformers import T5TokenizerFast
 
-from sdft.assets import resolve
 from sdft.errors import UserError
 from sdft.families import StableDiffusion3
 from sdft.methods import TextualInversion
@@ -34,25 +34,20 @@ from sdft.runs import apply_checkpoint
 from sdft.tiny_transformer_models import build_tiny_sd3
 from sdft.tokenizers import write_t5_tokenizer
 
+#: the classifier-free guidance of every image comparison
+GUIDANCE = 3.5
 #: Phi(1), the standard normal's CDF at 1: the logit-normal(0, 1) density's Phi(1) quantile is sigmoid(1)
 PHI_1 = 0.8413447460685429
 
 
 @pytest.fixture(scope="module")
-def tiny_sd3() -> Path:
-    return Path(resolve("builtin:tiny-sd3"))
-
-
-@pytest.fixture(scope="module")
 def family(tiny_sd3) -> StableDiffusion3:
-    family = StableDiffusion3(str(tiny_sd3))
-    family.load()
-    return family
+    return loaded(StableDiffusion3(str(tiny_sd3)))
 
 
 def test_the_tiny_model_samples_through_the_stock_pipeline_and_is_a_function_of_its_seed(tiny_sd3, tmp_path):
-    stock = stock_pipeline(StableDiffusion3, tiny_sd3)
-    images = stock_images(stock)
+    stock = stock_pipeline(tiny_sd3, StableDiffusion3)
+    images = stock_images(stock, guidance_scale=GUIDANCE)
     assert images.shape == (2, 32, 32, 3) and np.abs(images[0] - images[1]).mean() > 1  # two seeds, two images
     tokenizer = stock.tokenizer_3
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
@@ -76,10 +71,6 @@ def test_the_t5_tokenizer_is_a_unigram_tokenizer_in_t5s_layout(tmp_path):
     assert ids[-3:] == [1, 0, 0] and tokenizer.convert_tokens_to_ids("<unk>") == 2
     assert tokenizer.decode(ids, skip_special_tokens=True) == "a photo of sks dog!"
     assert tokenizer("caf\u00e9").input_ids[-2:] == [2, 1]  # outside ASCII: unknown, as T5 without byte fallback
-
-
-def equal_tensors(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 @pytest.mark.parametrize("use_t5", [True, False], ids=["t5", "no-t5"])
@@ -172,7 +163,7 @@ def test_textual_inversion_is_refused_by_name(tiny_sd3):
 def lora_fit(tiny_sd3, subject_dir, tmp_path_factory):
     """A LoRA on the transformer and both CLIPs, 6 steps, checkpointed at 3 and 6."""
     model = lora_tuner(StableDiffusion3(str(tiny_sd3)), lr=3e-2, train_text_encoder=True)
-    return fit(model, subject_dir, tmp_path_factory.mktemp("sd3-lora"), steps=6, every=3)
+    return fit(model, subject_data(subject_dir), tmp_path_factory.mktemp("sd3-lora"), steps=6, every=3)
 
 
 def test_lora_learns_and_its_export_loads_in_the_stock_pipeline_with_the_same_images(lora_fit, tiny_sd3, tmp_path):
@@ -181,11 +172,11 @@ def test_lora_learns_and_its_export_loads_in_the_stock_pipeline_with_the_same_im
     with safe_open(path, "pt") as file:
         keys = list(file.keys())
     assert {key.split(".")[0] for key in keys} == {"transformer", "text_encoder", "text_encoder_2"}  # never T5
-    pipeline = stock_pipeline(StableDiffusion3, tiny_sd3)
+    pipeline = stock_pipeline(tiny_sd3, StableDiffusion3)
     pipeline.load_lora_weights(tmp_path, weight_name=LORA_WEIGHTS)
-    expected = trained_images(lora_fit.model)
-    assert np.abs(stock_images(pipeline) - expected).max() <= 1
-    untrained = stock_images(stock_pipeline(StableDiffusion3, tiny_sd3))
+    expected = trained_images(lora_fit.model, guidance_scale=GUIDANCE)
+    assert np.abs(stock_images(pipeline, guidance_scale=GUIDANCE) - expected).max() <= 1
+    untrained = stock_images(stock_pipeline(tiny_sd3, StableDiffusion3), guidance_scale=GUIDANCE)
     assert np.abs(untrained - expected).mean() > 1  # the adapter changes the images: the equality means something
 
 
@@ -194,7 +185,7 @@ def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_sd3, su
     assert set(state) == set(lora_fit.model.trainable_state_dict())
     assert {key.split(".")[1] for key in state} == {"transformer", "text_encoder", "text_encoder_2"}
     fresh = lora_tuner(StableDiffusion3(str(tiny_sd3)), lr=3e-2, train_text_encoder=True)
-    resumed = resumed_losses(fresh, subject_dir, tmp_path, 6, lora_fit.checkpoint(3))
+    resumed = resumed_losses(fresh, subject_data(subject_dir), tmp_path, 6, lora_fit.checkpoint(3))
     assert sorted(resumed) == [4, 5, 6]
     for step, loss in resumed.items():
         assert loss == pytest.approx(lora_fit.losses[step], rel=1e-6, abs=1e-7)
@@ -202,15 +193,17 @@ def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_sd3, su
 
 @pytest.mark.slow
 def test_full_fine_tuning_exports_a_pipeline_that_reproduces_the_images(tiny_sd3, subject_dir, tmp_path):
-    trained = fit(full_tuner(StableDiffusion3(str(tiny_sd3))), subject_dir, tmp_path, steps=4, every=2)
+    trained = fit(full_tuner(StableDiffusion3(str(tiny_sd3))), subject_data(subject_dir), tmp_path, steps=4, every=2)
     assert trained.loss_after < trained.loss_before
     state = torch.load(trained.checkpoint(4), weights_only=False)["state_dict"]
     transformer = trained.model.family.transformer
     assert set(state) == {f"family.transformer.{name}" for name, _ in transformer.named_parameters()}
     folder = trained.model.export(tmp_path / "export")
-    expected = trained_images(trained.model)
-    assert np.abs(stock_images(stock_pipeline(StableDiffusion3, folder)) - expected).max() <= 1
-    assert np.abs(stock_images(stock_pipeline(StableDiffusion3, tiny_sd3)) - expected).mean() > 1
+    expected = trained_images(trained.model, guidance_scale=GUIDANCE)
+    assert np.abs(stock_images(stock_pipeline(folder, StableDiffusion3), guidance_scale=GUIDANCE) - expected).max() <= 1
+    assert (
+        np.abs(stock_images(stock_pipeline(tiny_sd3, StableDiffusion3), guidance_scale=GUIDANCE) - expected).mean() > 1
+    )
     restored = apply_checkpoint(full_tuner(StableDiffusion3(str(tiny_sd3))), trained.checkpoint(4))
     live = trained.model.trainable_state_dict()
     assert all(torch.equal(value, live[key]) for key, value in restored.trainable_state_dict().items())
@@ -222,7 +215,9 @@ def test_training_without_t5_samples_like_the_pipeline_without_it(tiny_sd3):
     assert set(model.family.text_encoders()) == {"text_encoder", "text_encoder_2"}
     pipeline = StableDiffusion3Pipeline.from_pretrained(tiny_sd3, text_encoder_3=None, tokenizer_3=None)
     pipeline.set_progress_bar_config(disable=True)
-    assert np.array_equal(trained_images(model), stock_images(pipeline))  # the adapter starts as a no-op
+    assert np.array_equal(
+        trained_images(model, guidance_scale=GUIDANCE), stock_images(pipeline, guidance_scale=GUIDANCE)
+    )  # the adapter starts as a no-op
     assert model.family.source()["use_t5"] == "false"  # class images of the model without T5 are its own
 
 

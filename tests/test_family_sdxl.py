@@ -3,71 +3,51 @@ pipeline reads them, the fp32 VAE, and every method's export loaded by diffusers
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.utils.data import default_collate
-from training import LossRecorder, brief_fit, checkpointer, cpu_trainer, subject_data, validation_loss
+from training import (
+    PROMPT,
+    Fit,
+    adamw,
+    brief_fit,
+    fit,
+    full_tuner,
+    loaded,
+    lora_tuner,
+    resumed_losses,
+    stock_images,
+    stock_pipeline,
+    subject_data,
+    trained_images,
+)
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from sdft.assets import resolve
-from sdft.data import SubjectDataModule
 from sdft.data.images import read_resized
 from sdft.data.sampling import AugmentedImages
 from sdft.errors import UserError
 from sdft.families import StableDiffusionXL
 from sdft.families.stable_diffusion_xl import micro_conditioning
-from sdft.methods import DiffusionFineTuner, FullFineTuner, LoRAFineTuner, TextualInversion
+from sdft.methods import LoRAFineTuner, TextualInversion
 from sdft.methods.lora import LORA_WEIGHTS
 from sdft.methods.tokens import EMBEDDINGS_FILE
 from sdft.tiny_models import tiny_vae
 
-PROMPT = "a photo of sks toy"
-SEEDS = (3, 4)
 STEPS = 6
-
-
-def adamw(lr: float):
-    return lambda params: torch.optim.AdamW(params, lr=lr)
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl() -> Path:
-    return Path(resolve("builtin:tiny-sdxl"))
+#: the guidance of every image comparison: ``generate``'s default (SDXL's own is 5)
+GUIDANCE = 7.5
 
 
 @pytest.fixture(scope="module")
 def family(tiny_sdxl) -> StableDiffusionXL:
-    loaded = StableDiffusionXL(str(tiny_sdxl))
-    loaded.load()
-    return loaded.eval()
-
-
-def stock_pipeline(folder: Path) -> StableDiffusionXLPipeline:
-    pipeline = StableDiffusionXLPipeline.from_pretrained(folder)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def stock_images(pipeline: StableDiffusionXLPipeline, prompt: str = PROMPT) -> np.ndarray:
-    """Images at :data:`SEEDS`, 32 px, 4 steps, at ``generate``'s guidance scale (SDXL's own default is 5)."""
-    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    images = pipeline(
-        [prompt] * len(SEEDS), generator=generators, height=32, width=32, num_inference_steps=4, guidance_scale=7.5
-    ).images
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
-
-
-def trained_images(model: DiffusionFineTuner, prompt: str = PROMPT) -> np.ndarray:
-    images = model.generate([prompt] * len(SEEDS), list(SEEDS), resolution=32, num_inference_steps=4)
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+    return loaded(StableDiffusionXL(str(tiny_sdxl))).eval()
 
 
 # -- conditioning ---------------------------------------------------------------------------------------------------
@@ -115,7 +95,7 @@ def test_prompts_are_encoded_as_the_stock_pipeline_encodes_them(family, tiny_sdx
     }
     with torch.no_grad():
         conditioning = family.encode_conditioning(batch).kwargs
-        states, _, pooled, _ = stock_pipeline(tiny_sdxl).encode_prompt(
+        states, _, pooled, _ = stock_pipeline(tiny_sdxl, StableDiffusionXL).encode_prompt(
             prompts, device=torch.device("cpu"), do_classifier_free_guidance=False
         )
     assert conditioning["encoder_hidden_states"].shape == (2, 77, 32 + 48)
@@ -168,32 +148,13 @@ def test_a_separate_vae_replaces_the_models_own(tiny_sdxl, family, tmp_path):
 
 
 def lora(tiny_sdxl: Path) -> LoRAFineTuner:
-    return LoRAFineTuner(
-        StableDiffusionXL(str(tiny_sdxl)), optimizer=adamw(1e-2), rank=4, alpha=8.0, train_text_encoder=True
-    )
-
-
-@dataclass
-class Fit:
-    model: DiffusionFineTuner
-    root: Path
-    losses: dict[int, float]
-    loss_before: float
-    loss_after: float
-
-
-def fit(model: DiffusionFineTuner, root: Path, data) -> Fit:
-    """Train ``model`` for :data:`STEPS` steps with a checkpoint every two, recording losses and validation loss."""
-    recorder = LossRecorder()
-    before = validation_loss(cpu_trainer(root, 1), model, data)
-    cpu_trainer(root, STEPS, [checkpointer(root, 2), recorder]).fit(model, datamodule=data)
-    return Fit(model, root, recorder.losses, before, validation_loss(cpu_trainer(root, 1), model, data))
+    return lora_tuner(StableDiffusionXL(str(tiny_sdxl)), lr=1e-2, train_text_encoder=True)
 
 
 @pytest.fixture(scope="module")
 def lora_fit(tiny_sdxl, subject_dir, tmp_path_factory) -> Fit:
     """A LoRA on the UNet and both text encoders."""
-    return fit(lora(tiny_sdxl), tmp_path_factory.mktemp("lora"), subject_data(subject_dir))
+    return fit(lora(tiny_sdxl), subject_data(subject_dir), tmp_path_factory.mktemp("lora"), STEPS, every=2)
 
 
 def test_lora_fit_lowers_the_validation_loss(lora_fit):
@@ -201,7 +162,7 @@ def test_lora_fit_lowers_the_validation_loss(lora_fit):
 
 
 def test_lora_checkpoint_holds_exactly_the_adapters_of_the_three_components(lora_fit):
-    state = torch.load(lora_fit.root / "checkpoints" / f"step={STEPS}.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(lora_fit.checkpoint(STEPS), weights_only=False)["state_dict"]
     assert set(state) == set(lora_fit.model.trainable_state_dict())
     assert {key.split(".")[1] for key in state} == {"unet", "text_encoder", "text_encoder_2"}
     assert all(".lora_A." in key or ".lora_B." in key for key in state)
@@ -212,20 +173,18 @@ def test_lora_export_loads_in_the_stock_sdxl_pipeline_and_reproduces_the_images(
     with safe_open(path, "pt") as file:
         keys = list(file.keys())
     assert {key.split(".")[0] for key in keys} == {"unet", "text_encoder", "text_encoder_2"}
-    pipeline = stock_pipeline(tiny_sdxl)
-    untrained = stock_images(pipeline)
+    pipeline = stock_pipeline(tiny_sdxl, StableDiffusionXL)
+    untrained = stock_images(pipeline, guidance_scale=GUIDANCE)
     pipeline.load_lora_weights(tmp_path)
-    expected = trained_images(lora_fit.model)
-    assert np.abs(stock_images(pipeline) - expected).max() <= 1
+    expected = trained_images(lora_fit.model, guidance_scale=GUIDANCE)
+    assert np.abs(stock_images(pipeline, guidance_scale=GUIDANCE) - expected).max() <= 1
     assert np.abs(untrained - expected).mean() > 1.0  # the adapters change the images: the equality means something
 
 
 def test_lora_resume_continues_with_the_uninterrupted_losses(lora_fit, tiny_sdxl, subject_dir, tmp_path):
-    recorder, resumed = LossRecorder(), lora(tiny_sdxl)
-    checkpoint = lora_fit.root / "checkpoints" / f"step={STEPS - 2}.ckpt"
-    trainer = cpu_trainer(tmp_path, STEPS, [recorder])
-    trainer.fit(resumed, datamodule=subject_data(subject_dir), ckpt_path=checkpoint)
-    assert recorder.losses == pytest.approx({step: lora_fit.losses[step] for step in (STEPS - 1, STEPS)}, rel=1e-6)
+    resumed = lora(tiny_sdxl)
+    losses = resumed_losses(resumed, subject_data(subject_dir), tmp_path, STEPS, lora_fit.checkpoint(STEPS - 2))
+    assert losses == pytest.approx({step: lora_fit.losses[step] for step in (STEPS - 1, STEPS)}, rel=1e-6)
     final = lora_fit.model.trainable_state_dict()
     assert all(torch.equal(value, final[key]) for key, value in resumed.trainable_state_dict().items())
 
@@ -235,10 +194,10 @@ def test_lora_resume_continues_with_the_uninterrupted_losses(lora_fit, tiny_sdxl
 
 @pytest.mark.slow
 def test_full_fine_tuning_exports_a_pipeline_the_stock_loader_reproduces(tiny_sdxl, subject_dir, tmp_path):
-    model = FullFineTuner(StableDiffusionXL(str(tiny_sdxl)), optimizer=adamw(1e-3), train_text_encoder=True)
-    result = fit(model, tmp_path / "fit", subject_data(subject_dir))
+    model = full_tuner(StableDiffusionXL(str(tiny_sdxl)), train_text_encoder=True)
+    result = fit(model, subject_data(subject_dir), tmp_path / "fit", STEPS, every=2)
     assert result.loss_after < 0.95 * result.loss_before, (result.loss_before, result.loss_after)
-    state = torch.load(result.root / "checkpoints" / f"step={STEPS}.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(result.checkpoint(STEPS), weights_only=False)["state_dict"]
     trained = {
         f"family.{name}.{key}"
         for name in ("unet", "text_encoder", "text_encoder_2")
@@ -246,9 +205,14 @@ def test_full_fine_tuning_exports_a_pipeline_the_stock_loader_reproduces(tiny_sd
     }
     assert set(state) == trained
     folder = model.export(tmp_path / "pipeline")
-    expected = trained_images(model)
-    assert np.abs(stock_images(stock_pipeline(folder)) - expected).max() <= 1
-    assert np.abs(stock_images(stock_pipeline(tiny_sdxl)) - expected).mean() > 1.0
+    expected = trained_images(model, guidance_scale=GUIDANCE)
+    assert (
+        np.abs(stock_images(stock_pipeline(folder, StableDiffusionXL), guidance_scale=GUIDANCE) - expected).max() <= 1
+    )
+    assert (
+        np.abs(stock_images(stock_pipeline(tiny_sdxl, StableDiffusionXL), guidance_scale=GUIDANCE) - expected).mean()
+        > 1.0
+    )
 
 
 def base_table(folder: Path, name: str) -> torch.Tensor:
@@ -266,10 +230,9 @@ def test_textual_inversion_trains_rows_in_both_encoders_that_diffusers_loads(tin
         num_vectors=2,
     )
     prompt = "a photo of <sks> toy"
-    data = SubjectDataModule(str(subject_dir), prompt, resolution=32, batch_size=2, random_flip=0.5)
-    result = fit(model, tmp_path / "fit", data)
+    result = fit(model, subject_data(subject_dir, prompt), tmp_path / "fit", STEPS, every=2)
     assert result.loss_after < result.loss_before, (result.loss_before, result.loss_after)
-    state = torch.load(result.root / "checkpoints" / f"step={STEPS}.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(result.checkpoint(STEPS), weights_only=False)["state_dict"]
     assert all(key.endswith(".token_embedding.rows") for key in state)  # the new rows and nothing else
     assert {key.split(".")[1]: value.shape for key, value in state.items()} == {
         "text_encoder": (2, 32),
@@ -284,8 +247,8 @@ def test_textual_inversion_trains_rows_in_both_encoders_that_diffusers_loads(tin
     model.export(tmp_path / "export")
     embeddings = load_file(tmp_path / "export" / EMBEDDINGS_FILE)
     assert {key: value.shape for key, value in embeddings.items()} == {"clip_l": (2, 32), "clip_g": (2, 48)}
-    pipeline = stock_pipeline(tiny_sdxl)
-    untrained = stock_images(pipeline, prompt.replace("<sks>", "toy toy"))
+    pipeline = stock_pipeline(tiny_sdxl, StableDiffusionXL)
+    untrained = stock_images(pipeline, prompt.replace("<sks>", "toy toy"), guidance_scale=GUIDANCE)
     for key, encoder, tokenizer in (
         ("clip_l", "text_encoder", "tokenizer"),
         ("clip_g", "text_encoder_2", "tokenizer_2"),
@@ -296,8 +259,8 @@ def test_textual_inversion_trains_rows_in_both_encoders_that_diffusers_loads(tin
             text_encoder=getattr(pipeline, encoder),
             tokenizer=getattr(pipeline, tokenizer),
         )
-    expected = trained_images(model, prompt)
-    assert np.abs(stock_images(pipeline, prompt) - expected).max() <= 1
+    expected = trained_images(model, prompt, guidance_scale=GUIDANCE)
+    assert np.abs(stock_images(pipeline, prompt, guidance_scale=GUIDANCE) - expected).max() <= 1
     assert np.abs(untrained - expected).mean() > 1.0
 
 

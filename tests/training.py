@@ -1,36 +1,52 @@
-"""Helpers for tests that train: a tiny LoRA fine-tuner, its data, a CPU trainer that records losses, and a brief
-CLI fit of a shipped config."""
+"""Helpers for tests that train, for every family: LoRA and full fine-tuners, their data, a CPU trainer that records
+losses, a short recorded fit, the stock pipeline's images and the trained model's at fixed seeds, and a brief CLI fit
+of a shipped config."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sdft.cli import main
 from sdft.data import SubjectDataModule
-from sdft.families import StableDiffusion
-from sdft.methods import LoRAFineTuner
+from sdft.families import ModelFamily, StableDiffusion
+from sdft.methods import DiffusionFineTuner, FullFineTuner, LoRAFineTuner
 
 PROMPT = "a photo of sks toy"
 #: the sampling seeds of the image comparisons between a trained model and its export
 SEEDS = (3, 4)
 
 
-def lora_tuner(model_dir: Path, lr: float = 3e-3, **kwargs) -> LoRAFineTuner:
-    options = {"rank": 4, "alpha": 8.0, **kwargs}
-    optimizer = lambda params: torch.optim.AdamW(params, lr=lr)  # noqa: E731
-    return LoRAFineTuner(StableDiffusion(str(model_dir)), optimizer=optimizer, **options)
+def adamw(lr: float):
+    return lambda params: torch.optim.AdamW(params, lr=lr)
 
 
-def subject_data(subject_dir: Path, **kwargs) -> SubjectDataModule:
+def lora_tuner(model: ModelFamily | Path, lr: float = 3e-3, **kwargs) -> LoRAFineTuner:
+    """A rank-4 LoRA on ``model``: a family, or the folder of an SD-1.x model."""
+    family = model if isinstance(model, ModelFamily) else StableDiffusion(str(model))
+    return LoRAFineTuner(family, optimizer=adamw(lr), **{"rank": 4, "alpha": 8.0, **kwargs})
+
+
+def full_tuner(family: ModelFamily, lr: float = 1e-3, **kwargs) -> FullFineTuner:
+    return FullFineTuner(family, optimizer=adamw(lr), **kwargs)
+
+
+def loaded(family: ModelFamily) -> ModelFamily:
+    """``family`` with its components loaded, as a fine-tuner's ``configure_model`` loads them."""
+    family.load()
+    return family
+
+
+def subject_data(subject_dir: Path, prompt: str = PROMPT, **kwargs) -> SubjectDataModule:
     options = {"resolution": 32, "batch_size": 2, "random_flip": 0.5, **kwargs}
-    return SubjectDataModule(str(subject_dir), PROMPT, **options)
+    return SubjectDataModule(str(subject_dir), prompt, **options)
 
 
 class LossRecorder(Callback):
@@ -64,30 +80,78 @@ def validation_loss(trainer: Trainer, model, data) -> float:
     return trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"]
 
 
-def stock_pipeline(folder: Path) -> StableDiffusionPipeline:
-    """diffusers' own pipeline loaded from a model folder, as a user loads a base model or an exported one."""
-    pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def stock_images(pipeline: StableDiffusionPipeline, prompt: str) -> np.ndarray:
-    """Images of ``prompt`` at :data:`SEEDS` (32 px, 4 steps) from a stock pipeline, as int16 arrays."""
-    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    images = pipeline([prompt] * len(SEEDS), generator=generators, height=32, width=32, num_inference_steps=4)
-    return np.stack([np.asarray(image) for image in images.images]).astype(np.int16)
-
-
-def trained_images(model, prompt: str) -> np.ndarray:
-    """The same images from the model in training (its ``generate``), to compare with :func:`stock_images`."""
-    images = model.generate([prompt] * len(SEEDS), list(SEEDS), resolution=32, num_inference_steps=4)
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
-
-
 def checkpointer(root: Path, every_n_steps: int) -> ModelCheckpoint:
     return ModelCheckpoint(
         dirpath=root / "checkpoints", every_n_train_steps=every_n_steps, save_top_k=-1, filename="{step}"
     )
+
+
+@dataclass
+class Fit:
+    """A short fit: the model, its per-step training losses, and its validation loss before and after."""
+
+    model: DiffusionFineTuner
+    root: Path
+    losses: dict[int, float]
+    loss_before: float
+    loss_after: float
+
+    def checkpoint(self, step: int) -> Path:
+        return self.root / "checkpoints" / f"step={step}.ckpt"
+
+
+def fit(model: DiffusionFineTuner, data, root: Path, steps: int, every: int | None = None) -> Fit:
+    """Train ``steps`` steps on ``data``, checkpointing every ``every`` steps (``None``: never)."""
+    recorder = LossRecorder()
+    trainer = cpu_trainer(root, steps, [recorder] if every is None else [recorder, checkpointer(root, every)])
+    before = validation_loss(trainer, model, data)
+    trainer.fit(model, datamodule=data)
+    return Fit(model, root, recorder.losses, before, validation_loss(trainer, model, data))
+
+
+def resumed_losses(model: DiffusionFineTuner, data, root: Path, steps: int, checkpoint: Path) -> dict[int, float]:
+    """The training losses of a fresh ``model`` resumed from ``checkpoint`` and run to ``steps``."""
+    recorder = LossRecorder()
+    cpu_trainer(root, steps, [recorder]).fit(model, datamodule=data, ckpt_path=checkpoint)
+    return recorder.losses
+
+
+def equal_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def stock_pipeline(folder: str | Path, family_class: type[ModelFamily] = StableDiffusion) -> DiffusionPipeline:
+    """The family's diffusers pipeline loaded from a model folder, as a user loads a base model or an exported one."""
+    pipeline = family_class.pipeline_class.from_pretrained(str(folder))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def stock_images(
+    pipeline: DiffusionPipeline, prompt: str = PROMPT, resolution: int = 32, guidance_scale: float = 7.5
+) -> np.ndarray:
+    """Images of ``prompt`` at :data:`SEEDS` (4 steps) from a stock pipeline, as int16 arrays; the guidance scale
+    defaults to ``generate``'s (CFG, or Flux's distilled guidance embedding)."""
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    images = pipeline(
+        [prompt] * len(SEEDS),
+        generator=generators,
+        height=resolution,
+        width=resolution,
+        num_inference_steps=4,
+        guidance_scale=guidance_scale,
+    ).images
+    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+
+
+def trained_images(
+    model: DiffusionFineTuner, prompt: str = PROMPT, resolution: int = 32, guidance_scale: float = 7.5
+) -> np.ndarray:
+    """The same images from the model in training (its ``generate``), to compare with :func:`stock_images`."""
+    images = model.generate(
+        [prompt] * len(SEEDS), list(SEEDS), resolution, num_inference_steps=4, guidance_scale=guidance_scale
+    )
+    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
 
 
 def brief_fit(
@@ -152,3 +216,19 @@ def brief_fit(
     arguments = ["fit", "--config", config, "--config", str(tmp_path / "overrides.yaml")]
     main([*arguments, "--trainer.enable_progress_bar=false", *options])
     return tmp_path / "run" / "version_0"
+
+
+def fit_shipped_config(config: str, tmp_path: Path, builtin: str, evaluate: bool = True) -> Path:
+    """Two steps of ``sdft fit`` with a shipped config on a tiny built-in model, with two class images generated by
+    the base model (see :func:`brief_fit`); returns the run folder."""
+    data = {
+        "instance_dir": "builtin:toy-subject",
+        "class_dir": str(tmp_path / "class"),
+        "num_class_images": 2,
+        "class_generation_steps": 2,
+    }
+    options = [
+        f"--model.init_args.family.init_args.pretrained_model_name_or_path={builtin}",
+        "--trainer.accumulate_grad_batches=1",
+    ]
+    return brief_fit(config, tmp_path, data, *options, evaluate=evaluate)
