@@ -15,10 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from training import (
     PROMPT,
+    check_full_transformer_fine_tuning,
     equal_tensors,
     fit,
     fit_shipped_config,
-    full_tuner,
     loaded,
     lora_tuner,
     resumed_losses,
@@ -33,7 +33,6 @@ from sdft.families import Flux
 from sdft.families.flux import latent_image_ids, pack_latents, unpack_latents
 from sdft.methods import PivotalTuning
 from sdft.methods.lora import LORA_WEIGHTS
-from sdft.runs import apply_checkpoint
 from sdft.tiny_transformer_models import build_tiny_flux
 
 #: the distilled guidance (the guidance embedding's input) of every image comparison
@@ -183,18 +182,7 @@ def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_flux, s
 
 @pytest.mark.slow
 def test_full_fine_tuning_exports_a_pipeline_that_reproduces_the_images(tiny_flux, subject_dir, tmp_path):
-    trained = fit(full_tuner(Flux(str(tiny_flux))), subject_data(subject_dir), tmp_path, steps=4, every=2)
-    assert trained.loss_after < trained.loss_before
-    state = torch.load(trained.checkpoint(4), weights_only=False)["state_dict"]
-    transformer = trained.model.family.transformer
-    assert set(state) == {f"family.transformer.{name}" for name, _ in transformer.named_parameters()}
-    folder = trained.model.export(tmp_path / "export")
-    expected = trained_images(trained.model, guidance_scale=GUIDANCE)
-    assert np.abs(stock_images(stock_pipeline(folder, Flux), guidance_scale=GUIDANCE) - expected).max() <= 1
-    assert np.abs(stock_images(stock_pipeline(tiny_flux, Flux), guidance_scale=GUIDANCE) - expected).mean() > 1
-    restored = apply_checkpoint(full_tuner(Flux(str(tiny_flux))), trained.checkpoint(4))
-    live = trained.model.trainable_state_dict()
-    assert all(torch.equal(value, live[key]) for key, value in restored.trainable_state_dict().items())
+    check_full_transformer_fine_tuning(Flux, tiny_flux, subject_dir, tmp_path, GUIDANCE)
 
 
 @pytest.mark.slow

@@ -12,10 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from training import (
     PROMPT,
+    check_full_transformer_fine_tuning,
     equal_tensors,
     fit,
     fit_shipped_config,
-    full_tuner,
     loaded,
     lora_tuner,
     resumed_losses,
@@ -30,7 +30,6 @@ from sdft.errors import UserError
 from sdft.families import StableDiffusion3
 from sdft.methods import TextualInversion
 from sdft.methods.lora import LORA_WEIGHTS
-from sdft.runs import apply_checkpoint
 from sdft.tiny_transformer_models import build_tiny_sd3
 from sdft.tokenizers import write_t5_tokenizer
 
@@ -193,20 +192,7 @@ def test_lora_checkpoints_what_trains_and_resumes_exactly(lora_fit, tiny_sd3, su
 
 @pytest.mark.slow
 def test_full_fine_tuning_exports_a_pipeline_that_reproduces_the_images(tiny_sd3, subject_dir, tmp_path):
-    trained = fit(full_tuner(StableDiffusion3(str(tiny_sd3))), subject_data(subject_dir), tmp_path, steps=4, every=2)
-    assert trained.loss_after < trained.loss_before
-    state = torch.load(trained.checkpoint(4), weights_only=False)["state_dict"]
-    transformer = trained.model.family.transformer
-    assert set(state) == {f"family.transformer.{name}" for name, _ in transformer.named_parameters()}
-    folder = trained.model.export(tmp_path / "export")
-    expected = trained_images(trained.model, guidance_scale=GUIDANCE)
-    assert np.abs(stock_images(stock_pipeline(folder, StableDiffusion3), guidance_scale=GUIDANCE) - expected).max() <= 1
-    assert (
-        np.abs(stock_images(stock_pipeline(tiny_sd3, StableDiffusion3), guidance_scale=GUIDANCE) - expected).mean() > 1
-    )
-    restored = apply_checkpoint(full_tuner(StableDiffusion3(str(tiny_sd3))), trained.checkpoint(4))
-    live = trained.model.trainable_state_dict()
-    assert all(torch.equal(value, live[key]) for key, value in restored.trainable_state_dict().items())
+    check_full_transformer_fine_tuning(StableDiffusion3, tiny_sd3, subject_dir, tmp_path, GUIDANCE)
 
 
 def test_training_without_t5_samples_like_the_pipeline_without_it(tiny_sd3):
