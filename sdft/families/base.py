@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from diffusers import DiffusionPipeline
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
+from sdft.assets import resolve
 from sdft.batches import Batch
+
+#: the CLIP text encoders' attention projections, LoRA's default targets there (as in diffusers' scripts)
+CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def map_tensors(function: Callable[..., torch.Tensor], *trees: Any) -> Any:
@@ -27,6 +32,13 @@ def map_tensors(function: Callable[..., torch.Tensor], *trees: Any) -> Any:
     if first is None:
         return None
     return function(*trees)
+
+
+def token_ids(tokenizer: Any, prompts: list[str], max_length: int, device: torch.device) -> torch.Tensor:
+    """Prompts -> token ids (B, max_length), padded and truncated as the diffusers pipelines do, on ``device``."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
 
 
 @dataclass
@@ -111,9 +123,22 @@ class ModelFamily(nn.Module, ABC):
     #: what the family offers the methods (LoRA components, new tokens, VAE dtype, block types)
     capabilities: ClassVar[Capabilities]
 
-    def __init__(self, pretrained_model_name_or_path: str) -> None:
+    #: the family's forward process and sampler (a child module set by :meth:`load`)
+    noise_schedule: nn.Module
+
+    def __init__(
+        self, pretrained_model_name_or_path: str, revision: str | None = None, variant: str | None = None
+    ) -> None:
+        """
+        Args:
+            pretrained_model_name_or_path: hub id, local diffusers folder, or ``builtin:<name>``.
+            revision: hub revision (branch, tag or commit) of the model.
+            variant: weight variant to load, e.g. ``fp16``.
+        """
         super().__init__()
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
+        self.revision = revision
+        self.variant = variant
         self.is_loaded = False
 
     @property
@@ -142,13 +167,40 @@ class ModelFamily(nn.Module, ABC):
             for encoder, name in zip(self.text_encoder_names, self.tokenizer_names, strict=True)
         }
 
-    @abstractmethod
     def source(self) -> dict[str, str | None]:
-        """What identifies the base weights (path or hub id, revision, variant): equal sources, equal models."""
+        """What identifies the base weights (path or hub id, revision, variant): equal sources, equal models.
+
+        A family whose other options change the base model's samples adds them.
+        """
+        return {
+            "pretrained_model_name_or_path": self.pretrained_model_name_or_path,
+            "revision": self.revision,
+            "variant": self.variant,
+        }
 
     @abstractmethod
     def load(self) -> None:
         """Load every component from ``pretrained_model_name_or_path`` (all frozen); set ``is_loaded``."""
+
+    def load_components(self, source: str, classes: Mapping[str, type]) -> None:
+        """Load each named component from its subfolder of ``source`` and set it as an attribute, in order.
+
+        Every component is read at the family's revision; weights (not tokenizers) also at its variant.
+
+        Args:
+            source: the resolved diffusers folder or hub id.
+            classes: the class of each component, by pipeline component name.
+        """
+        for name, component_class in classes.items():
+            options = {"revision": self.revision}
+            if not issubclass(component_class, PreTrainedTokenizerBase):
+                options["variant"] = self.variant
+            setattr(self, name, component_class.from_pretrained(source, subfolder=name, **options))
+
+    def finish_loading(self) -> None:
+        """Freeze every component and mark the family loaded: the last step of :meth:`load`."""
+        self.requires_grad_(False)
+        self.is_loaded = True
 
     @abstractmethod
     def default_lora_targets(self, component: str) -> list[str]:
@@ -167,11 +219,14 @@ class ModelFamily(nn.Module, ABC):
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> scaled latents, sampled from the posterior with ``generator``."""
 
-    @abstractmethod
     def add_training_noise(
         self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
     ) -> NoisedLatents:
-        """Noise latents for training; ``levels`` in [0, 1) pins the noise level (None: the training density)."""
+        """Noise latents for training; ``levels`` in [0, 1) pins the noise level (None: the training density).
+
+        The family's :attr:`noise_schedule` does it.
+        """
+        return self.noise_schedule.add_training_noise(latents, generator, levels)
 
     @abstractmethod
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
@@ -188,3 +243,22 @@ class ModelFamily(nn.Module, ABC):
         Used where the untouched base model must sample whatever the method has done to the live one, e.g. to
         generate class images for prior preservation.
         """
+
+    def pretrained_pipeline(self, device: torch.device, dtype: torch.dtype | None, **options: Any) -> DiffusionPipeline:
+        """The family's :attr:`pipeline_class` read from the source at its revision and variant, in ``dtype`` on
+        ``device``, its progress bar off: the common part of :meth:`base_pipeline`.
+
+        Args:
+            device: where the pipeline goes.
+            dtype: the dtype of its weights (None: diffusers' default).
+            options: further ``from_pretrained`` arguments (components to replace or drop, pipeline options).
+        """
+        pipeline = self.pipeline_class.from_pretrained(
+            resolve(self.pretrained_model_name_or_path),
+            revision=self.revision,
+            variant=self.variant,
+            torch_dtype=dtype,
+            **options,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline.to(device)

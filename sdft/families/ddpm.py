@@ -13,6 +13,9 @@ from sdft.errors import UserError
 from sdft.families.base import NoisedLatents
 from sdft.objectives import PREDICTION_TYPES, add_noise, diffusion_target, levels_to_timesteps
 
+#: the UNet's attention projections, LoRA's default targets there (as in diffusers' scripts)
+UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+
 
 def check_prediction_type(prediction_type: str | None) -> None:
     """Raise a :class:`UserError` naming the family's ``prediction_type`` key unless it is None or known."""
@@ -21,6 +24,14 @@ def check_prediction_type(prediction_type: str | None) -> None:
             f"model.init_args.family.init_args.prediction_type must be one of {', '.join(PREDICTION_TYPES)} or null "
             f"(read the model's scheduler config), got {prediction_type!r}"
         )
+
+
+def with_prediction_type(scheduler: SchedulerMixin, prediction_type: str | None) -> SchedulerMixin:
+    """``scheduler`` itself when ``prediction_type`` is None, else a copy of its class and config that predicts
+    ``prediction_type`` (the user's override of a base pipeline's own)."""
+    if prediction_type is None:
+        return scheduler
+    return type(scheduler).from_config({**scheduler.config, "prediction_type": prediction_type})
 
 
 class DDPMSchedule(nn.Module):

@@ -9,14 +9,12 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from sdft.assets import resolve
-from sdft.families.base import Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents
+from sdft.families.base import CLIP_ATTENTION, Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents, token_ids
 from sdft.families.rectified_flow import (
-    CLIP_ATTENTION,
     RectifiedFlowSchedule,
-    check_flow_options,
     check_max_sequence_length,
     encode_latents,
-    token_ids,
+    flow_objective,
 )
 
 #: latent pixels per side packed into one image token
@@ -127,42 +125,27 @@ class Flux(ModelFamily):
             resolution_shift: shift the training noise levels by the image's token count, as the sampler shifts its
                 own (false trains on the unshifted levels, as diffusers' script does).
         """
-        super().__init__(pretrained_model_name_or_path)
-        check_flow_options(weighting_scheme, loss_weighting, logit_std)
+        super().__init__(pretrained_model_name_or_path, revision, variant)
+        self.objective = flow_objective(
+            weighting_scheme, logit_mean, logit_std, mode_scale, loss_weighting, precondition_outputs, resolution_shift
+        )
         check_max_sequence_length(max_sequence_length)
-        self.revision = revision
-        self.variant = variant
         self.max_sequence_length = max_sequence_length
         self.guidance_scale = guidance_scale
-        self.objective = {
-            "weighting_scheme": weighting_scheme,
-            "logit_mean": logit_mean,
-            "logit_std": logit_std,
-            "mode_scale": mode_scale,
-            "loss_weighting": loss_weighting,
-            "precondition_outputs": precondition_outputs,
-            "resolution_shift": resolution_shift,
-        }
-
-    def source(self) -> dict[str, str | None]:
-        return {
-            "pretrained_model_name_or_path": self.pretrained_model_name_or_path,
-            "revision": self.revision,
-            "variant": self.variant,
-        }
 
     def load(self) -> None:
         source = resolve(self.pretrained_model_name_or_path)
-        weights = {"revision": self.revision, "variant": self.variant}
-        self.tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=self.revision)
-        self.tokenizer_2 = T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_2", revision=self.revision)
-        self.text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
-        self.text_encoder_2 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", **weights)
-        self.vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
-        self.transformer = FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", **weights)
+        classes = {
+            "tokenizer": CLIPTokenizer,
+            "tokenizer_2": T5TokenizerFast,
+            "text_encoder": CLIPTextModel,
+            "text_encoder_2": T5EncoderModel,
+            "vae": AutoencoderKL,
+            "transformer": FluxTransformer2DModel,
+        }
+        self.load_components(source, classes)
         self.noise_schedule = RectifiedFlowSchedule.from_pretrained(source, self.revision, PACKING, **self.objective)
-        self.requires_grad_(False)
-        self.is_loaded = True
+        self.finish_loading()
 
     def default_lora_targets(self, component: str) -> list[str]:
         return list(TRANSFORMER_TARGETS if component == self.denoiser_name else CLIP_ATTENTION)
@@ -179,11 +162,6 @@ class Flux(ModelFamily):
 
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return encode_latents(self.vae, pixels, generator)
-
-    def add_training_noise(
-        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
-    ) -> NoisedLatents:
-        return self.noise_schedule.add_training_noise(latents, generator, levels)
 
     def guidance(self, batch_size: int, device: torch.device) -> torch.Tensor | None:
         """The guidance each example is told (B,), or None for a transformer without the guidance embedding."""
@@ -220,8 +198,4 @@ class Flux(ModelFamily):
         )
 
     def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> FluxPipeline:
-        pipeline = FluxPipeline.from_pretrained(
-            resolve(self.pretrained_model_name_or_path), revision=self.revision, variant=self.variant, torch_dtype=dtype
-        )
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline.to(device)
+        return self.pretrained_pipeline(device, dtype)

@@ -31,15 +31,6 @@ from sdft.flow_matching import (
 )
 
 KEY = "model.init_args.family.init_args"
-#: the CLIP text encoders' attention projections, LoRA's default targets there (as in diffusers' scripts)
-CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
-
-
-def token_ids(tokenizer: Any, prompts: list[str], max_length: int, device: torch.device) -> torch.Tensor:
-    """Prompts -> token ids (B, max_length), padded and truncated as the SD3 and Flux pipelines do, on ``device``."""
-    return tokenizer(
-        prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
 
 
 def check_flow_options(weighting_scheme: str, loss_weighting: str, logit_std: float) -> None:
@@ -50,6 +41,29 @@ def check_flow_options(weighting_scheme: str, loss_weighting: str, logit_std: fl
         raise UserError(f"{KEY}.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {loss_weighting!r}")
     if logit_std <= 0:
         raise UserError(f"{KEY}.logit_std must be positive, got {logit_std}")
+
+
+def flow_objective(
+    weighting_scheme: str,
+    logit_mean: float,
+    logit_std: float,
+    mode_scale: float,
+    loss_weighting: str,
+    precondition_outputs: bool,
+    resolution_shift: bool,
+) -> dict[str, Any]:
+    """A family's objective options, checked (see :func:`check_flow_options`), as the keyword arguments of
+    :meth:`RectifiedFlowSchedule.from_pretrained`; the arguments are :class:`RectifiedFlowSchedule`'s."""
+    check_flow_options(weighting_scheme, loss_weighting, logit_std)
+    return {
+        "weighting_scheme": weighting_scheme,
+        "logit_mean": logit_mean,
+        "logit_std": logit_std,
+        "mode_scale": mode_scale,
+        "loss_weighting": loss_weighting,
+        "precondition_outputs": precondition_outputs,
+        "resolution_shift": resolution_shift,
+    }
 
 
 def check_max_sequence_length(max_sequence_length: int) -> None:

@@ -7,11 +7,8 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdft.assets import resolve
-from sdft.families.base import Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents
-from sdft.families.ddpm import DDPMSchedule, check_prediction_type
-
-UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
-CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
+from sdft.families.base import CLIP_ATTENTION, Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents, token_ids
+from sdft.families.ddpm import UNET_ATTENTION, DDPMSchedule, check_prediction_type, with_prediction_type
 
 
 class StableDiffusion(ModelFamily):
@@ -44,53 +41,34 @@ class StableDiffusion(ModelFamily):
             variant: weight variant to load, e.g. ``fp16``.
             prediction_type: ``epsilon``, ``v_prediction`` or ``sample``; None reads the scheduler config.
         """
-        super().__init__(pretrained_model_name_or_path)
+        super().__init__(pretrained_model_name_or_path, revision, variant)
         check_prediction_type(prediction_type)
-        self.revision = revision
-        self.variant = variant
         self.prediction_type = prediction_type
-
-    def source(self) -> dict[str, str | None]:
-        return {
-            "pretrained_model_name_or_path": self.pretrained_model_name_or_path,
-            "revision": self.revision,
-            "variant": self.variant,
-        }
 
     def load(self) -> None:
         source = resolve(self.pretrained_model_name_or_path)
-        kwargs = {"revision": self.revision}
-        self.tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
-        kwargs["variant"] = self.variant
-        self.text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
-        self.vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
-        self.unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        classes = {
+            "tokenizer": CLIPTokenizer,
+            "text_encoder": CLIPTextModel,
+            "vae": AutoencoderKL,
+            "unet": UNet2DConditionModel,
+        }
+        self.load_components(source, classes)
         self.noise_schedule = DDPMSchedule.from_pretrained(source, self.revision, self.prediction_type)
         self.prediction_type = self.noise_schedule.prediction_type
-        self.requires_grad_(False)
-        self.is_loaded = True
+        self.finish_loading()
 
     def default_lora_targets(self, component: str) -> list[str]:
         return list(UNET_ATTENTION if component == self.denoiser_name else CLIP_ATTENTION)
 
     def encode_conditioning(self, batch: Batch) -> Conditioning:
-        input_ids = self.tokenizer(
-            batch["prompts"],
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
+        prompts = list(batch["prompts"])
+        input_ids = token_ids(self.tokenizer, prompts, self.tokenizer.model_max_length, self.text_encoder.device)
         return Conditioning({"encoder_hidden_states": self.text_encoder(input_ids)[0]})
 
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
         return posterior.sample(generator) * self.vae.config.scaling_factor
-
-    def add_training_noise(
-        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
-    ) -> NoisedLatents:
-        return self.noise_schedule.add_training_noise(latents, generator, levels)
 
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
         return self.unet(noised.noisy, noised.timesteps, **conditioning.kwargs).sample
@@ -108,16 +86,6 @@ class StableDiffusion(ModelFamily):
         )
 
     def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            resolve(self.pretrained_model_name_or_path),
-            revision=self.revision,
-            variant=self.variant,
-            torch_dtype=dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
-        if self.prediction_type is not None:
-            config = {**pipeline.scheduler.config, "prediction_type": self.prediction_type}
-            pipeline.scheduler = type(pipeline.scheduler).from_config(config)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline.to(device)
+        pipeline = self.pretrained_pipeline(device, dtype, safety_checker=None, requires_safety_checker=False)
+        pipeline.scheduler = with_prediction_type(pipeline.scheduler, self.prediction_type)
+        return pipeline

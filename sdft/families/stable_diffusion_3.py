@@ -9,14 +9,12 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipe
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from sdft.assets import resolve
-from sdft.families.base import Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents
+from sdft.families.base import CLIP_ATTENTION, Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents, token_ids
 from sdft.families.rectified_flow import (
-    CLIP_ATTENTION,
     RectifiedFlowSchedule,
-    check_flow_options,
     check_max_sequence_length,
     encode_latents,
-    token_ids,
+    flow_objective,
 )
 
 #: the transformer projections diffusers' ``train_dreambooth_lora_sd3.py`` adapts by default
@@ -94,50 +92,35 @@ class StableDiffusion3(ModelFamily):
             resolution_shift: shift the training noise levels by the image's token count (schedulers with
                 ``use_dynamic_shifting`` only).
         """
-        super().__init__(pretrained_model_name_or_path)
-        check_flow_options(weighting_scheme, loss_weighting, logit_std)
+        super().__init__(pretrained_model_name_or_path, revision, variant)
+        self.objective = flow_objective(
+            weighting_scheme, logit_mean, logit_std, mode_scale, loss_weighting, precondition_outputs, resolution_shift
+        )
         check_max_sequence_length(max_sequence_length)
-        self.revision = revision
-        self.variant = variant
         self.use_t5 = use_t5
         self.max_sequence_length = max_sequence_length
-        self.objective = {
-            "weighting_scheme": weighting_scheme,
-            "logit_mean": logit_mean,
-            "logit_std": logit_std,
-            "mode_scale": mode_scale,
-            "loss_weighting": loss_weighting,
-            "precondition_outputs": precondition_outputs,
-            "resolution_shift": resolution_shift,
-        }
         if not use_t5:  # the dropped encoder is no text encoder of this instance
             self.text_encoder_names, self.tokenizer_names = self.text_encoder_names[:2], self.tokenizer_names[:2]
 
     def source(self) -> dict[str, str | None]:
-        return {
-            "pretrained_model_name_or_path": self.pretrained_model_name_or_path,
-            "revision": self.revision,
-            "variant": self.variant,
-            "use_t5": str(self.use_t5).lower(),
-        }
+        return {**super().source(), "use_t5": str(self.use_t5).lower()}
 
     def load(self) -> None:
         source = resolve(self.pretrained_model_name_or_path)
-        weights = {"revision": self.revision, "variant": self.variant}
-        self.tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=self.revision)
-        self.tokenizer_2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", revision=self.revision)
-        self.text_encoder = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", **weights)
-        self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **weights)
+        classes = {
+            "tokenizer": CLIPTokenizer,
+            "tokenizer_2": CLIPTokenizer,
+            "text_encoder": CLIPTextModelWithProjection,
+            "text_encoder_2": CLIPTextModelWithProjection,
+        }
+        self.load_components(source, classes)
         self.tokenizer_3, self.text_encoder_3 = None, None
         if self.use_t5:
-            self.tokenizer_3 = T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_3", revision=self.revision)
-            self.text_encoder_3 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", **weights)
-        self.vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
-        self.transformer = SD3Transformer2DModel.from_pretrained(source, subfolder="transformer", **weights)
+            self.load_components(source, {"tokenizer_3": T5TokenizerFast, "text_encoder_3": T5EncoderModel})
+        self.load_components(source, {"vae": AutoencoderKL, "transformer": SD3Transformer2DModel})
         patch_size = self.transformer.config.patch_size
         self.noise_schedule = RectifiedFlowSchedule.from_pretrained(source, self.revision, patch_size, **self.objective)
-        self.requires_grad_(False)
-        self.is_loaded = True
+        self.finish_loading()
 
     def default_lora_targets(self, component: str) -> list[str]:
         return list(TRANSFORMER_ATTENTION if component == self.denoiser_name else CLIP_ATTENTION)
@@ -172,11 +155,6 @@ class StableDiffusion3(ModelFamily):
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return encode_latents(self.vae, pixels, generator)
 
-    def add_training_noise(
-        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
-    ) -> NoisedLatents:
-        return self.noise_schedule.add_training_noise(latents, generator, levels)
-
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
         output = self.transformer(
             hidden_states=noised.noisy, timestep=noised.timesteps, **conditioning.kwargs, return_dict=False
@@ -198,12 +176,4 @@ class StableDiffusion3(ModelFamily):
 
     def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> StableDiffusion3Pipeline:
         dropped = {} if self.use_t5 else {"text_encoder_3": None, "tokenizer_3": None}
-        pipeline = StableDiffusion3Pipeline.from_pretrained(
-            resolve(self.pretrained_model_name_or_path),
-            revision=self.revision,
-            variant=self.variant,
-            torch_dtype=dtype,
-            **dropped,
-        )
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline.to(device)
+        return self.pretrained_pipeline(device, dtype, **dropped)

@@ -12,11 +12,8 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionM
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdft.assets import resolve
-from sdft.families.base import Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents
-from sdft.families.ddpm import DDPMSchedule, check_prediction_type
-
-UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
-CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
+from sdft.families.base import CLIP_ATTENTION, Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents, token_ids
+from sdft.families.ddpm import UNET_ATTENTION, DDPMSchedule, check_prediction_type, with_prediction_type
 
 
 def micro_conditioning(
@@ -92,36 +89,30 @@ class StableDiffusionXL(ModelFamily):
             vae_name_or_path: another VAE (a folder or hub id with the VAE at its root), e.g.
                 ``madebyollin/sdxl-vae-fp16-fix``; None uses the model's own.
         """
-        super().__init__(pretrained_model_name_or_path)
+        super().__init__(pretrained_model_name_or_path, revision, variant)
         check_prediction_type(prediction_type)
-        self.revision = revision
-        self.variant = variant
         self.prediction_type = prediction_type
         self.vae_name_or_path = vae_name_or_path
 
     def source(self) -> dict[str, str | None]:
-        return {
-            "pretrained_model_name_or_path": self.pretrained_model_name_or_path,
-            "revision": self.revision,
-            "variant": self.variant,
-            "vae_name_or_path": self.vae_name_or_path,
-        }
+        return {**super().source(), "vae_name_or_path": self.vae_name_or_path}
 
     def load(self) -> None:
         source = resolve(self.pretrained_model_name_or_path)
-        weights = {"revision": self.revision, "variant": self.variant}
-        self.tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=self.revision)
-        self.tokenizer_2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", revision=self.revision)
-        self.text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
-        self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **weights)
+        classes = {
+            "tokenizer": CLIPTokenizer,
+            "tokenizer_2": CLIPTokenizer,
+            "text_encoder": CLIPTextModel,
+            "text_encoder_2": CLIPTextModelWithProjection,
+        }
+        self.load_components(source, classes)
         self.vae = self.load_vae(source, self.capabilities.vae_dtype)
-        self.unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights)
+        self.load_components(source, {"unet": UNet2DConditionModel})
         self.noise_schedule = DDPMSchedule.from_pretrained(source, self.revision, self.prediction_type)
         self.prediction_type = self.noise_schedule.prediction_type
         pipeline_config = StableDiffusionXLPipeline.load_config(source, revision=self.revision)
         self.force_zeros_for_empty_prompt = pipeline_config.get("force_zeros_for_empty_prompt", True)
-        self.requires_grad_(False)
-        self.is_loaded = True
+        self.finish_loading()
 
     def load_vae(self, source: str, dtype: torch.dtype | None) -> AutoencoderKL:
         """The model's own VAE, or the one ``vae_name_or_path`` names, in ``dtype`` (None: diffusers' default)."""
@@ -135,13 +126,7 @@ class StableDiffusionXL(ModelFamily):
 
     def token_ids(self, tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
         """Prompts -> token ids (B, 77), padded and truncated as the pipeline does, on the text encoders' device."""
-        return tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
+        return token_ids(tokenizer, prompts, tokenizer.model_max_length, self.text_encoder.device)
 
     def encode_conditioning(self, batch: Batch) -> Conditioning:
         """Both encoders' penultimate hidden states, joined on the feature axis, as ``encoder_hidden_states``; the
@@ -164,11 +149,6 @@ class StableDiffusionXL(ModelFamily):
             latents = scale_latents(posterior.sample(generator), self.vae.config)
         return latents.to(pixels.dtype)
 
-    def add_training_noise(
-        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
-    ) -> NoisedLatents:
-        return self.noise_schedule.add_training_noise(latents, generator, levels)
-
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
         return self.unet(noised.noisy, noised.timesteps, **conditioning.kwargs).sample
 
@@ -188,16 +168,6 @@ class StableDiffusionXL(ModelFamily):
     def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> StableDiffusionXLPipeline:
         source = resolve(self.pretrained_model_name_or_path)
         components = {} if self.vae_name_or_path is None else {"vae": self.load_vae(source, dtype)}
-        pipeline = StableDiffusionXLPipeline.from_pretrained(
-            source,
-            revision=self.revision,
-            variant=self.variant,
-            torch_dtype=dtype,
-            add_watermarker=False,
-            **components,
-        )
-        if self.prediction_type is not None:
-            config = {**pipeline.scheduler.config, "prediction_type": self.prediction_type}
-            pipeline.scheduler = type(pipeline.scheduler).from_config(config)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline.to(device)
+        pipeline = self.pretrained_pipeline(device, dtype, add_watermarker=False, **components)
+        pipeline.scheduler = with_prediction_type(pipeline.scheduler, self.prediction_type)
+        return pipeline
