@@ -190,5 +190,5 @@ def test_the_shipped_dreambooth_config_fits_the_tiny_model_with_generated_class_
     run = fit_shipped_config("configs/flux/dreambooth.yaml", tmp_path, "builtin:tiny-flux")
     assert len(list((tmp_path / "class").glob("*.png"))) == 2  # made by the family's base_pipeline
     for export in ("final", "best"):
-        assert stock_pipeline(Flux, run / export).transformer.config.guidance_embeds
+        assert stock_pipeline(run / export, Flux).transformer.config.guidance_embeds
     assert (run / "evaluation" / "selection.json").is_file()
