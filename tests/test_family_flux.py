@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from training import (
     PROMPT,
+    SEEDS,
     check_full_transformer_fine_tuning,
     equal_tensors,
     fit,
@@ -192,3 +193,24 @@ def test_the_shipped_dreambooth_config_fits_the_tiny_model_with_generated_class_
     for export in ("final", "best"):
         assert stock_pipeline(run / export, Flux).transformer.config.guidance_embeds
     assert (run / "evaluation" / "selection.json").is_file()
+
+
+def test_sampling_reads_prompts_at_the_trained_t5_length(tiny_flux):
+    """A family trained on 16 T5 tokens samples with 16 (the stock pipeline's default is 512), in previews,
+    evaluations and class images alike, as the pipeline does when told the same length."""
+    model = lora_tuner(Flux(str(tiny_flux), max_sequence_length=16))
+    model.configure_model()
+    pipeline = stock_pipeline(tiny_flux, Flux)
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    at_16 = pipeline(
+        [PROMPT] * len(SEEDS),
+        generator=generators,
+        height=32,
+        width=32,
+        num_inference_steps=4,
+        guidance_scale=GUIDANCE,
+        max_sequence_length=16,
+    ).images
+    trained = trained_images(model, guidance_scale=GUIDANCE)
+    assert np.array_equal(trained, np.stack([np.asarray(image) for image in at_16]).astype(np.int16))
+    assert not np.array_equal(trained, stock_images(pipeline, guidance_scale=GUIDANCE))

@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -111,6 +112,7 @@ def generate_class_images(
     indices: list[int],
     batch_size: int,
     device: torch.device,
+    sampling_options: dict[str, Any] | None = None,
 ) -> None:
     """Sample the class images ``indices`` with the base pipeline and write each atomically into ``folder``.
 
@@ -121,6 +123,7 @@ def generate_class_images(
         indices: which images to make; image ``i`` is seeded by ``(spec.seed, i)``.
         batch_size: images per pipeline call.
         device: where the generators live (the pipeline's device).
+        sampling_options: further keyword arguments of each pipeline call (the family's ``sampling_options()``).
     """
     if not indices:
         return
@@ -136,6 +139,7 @@ def generate_class_images(
                 width=spec.resolution,
                 num_inference_steps=spec.num_inference_steps,
                 guidance_scale=spec.guidance_scale,
+                **(sampling_options or {}),
             ).images
             for index, image in zip(chunk, images, strict=True):
                 write_atomic(folder / generated_name(index), lambda file, image=image: image.save(file, format="PNG"))
@@ -158,6 +162,7 @@ def ensure_class_images(
     rank: int = 0,
     world_size: int = 1,
     barrier: Callable[[], None] = lambda: None,
+    sampling_options: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Make ``folder`` hold ``spec.count`` class images, generating the missing ones split across ranks.
 
@@ -174,6 +179,7 @@ def ensure_class_images(
         rank: this process's global rank.
         world_size: the number of processes.
         barrier: waits for every rank (``trainer.strategy.barrier``).
+        sampling_options: further keyword arguments of each pipeline call (the family's ``sampling_options()``).
     """
     missing = missing_class_images(folder, spec, source, key)
     barrier()  # every rank has listed the folder before any rank writes to it
@@ -181,7 +187,8 @@ def ensure_class_images(
         if rank == 0:
             rank_zero_info(f"generating {len(missing)} class images of {spec.prompt!r} into {folder}")
             write_json(folder / MANIFEST, spec.generation_record(source))
-        generate_class_images(pipeline_factory, folder, spec, missing[rank::world_size], batch_size, device)
+        share = missing[rank::world_size]
+        generate_class_images(pipeline_factory, folder, spec, share, batch_size, device, sampling_options)
     barrier()  # every share is on disk before any rank reads the folder
     images = image_files(folder)
     if not images:

@@ -223,6 +223,7 @@ class SubjectDataModule(LightningDataModule):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
             barrier=trainer.strategy.barrier,
+            sampling_options=family.sampling_options(),
         )
 
     def instance_dataset(self, augment: bool) -> AugmentedImages:

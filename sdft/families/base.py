@@ -236,6 +236,11 @@ class ModelFamily(nn.Module, ABC):
     def pipeline(self) -> DiffusionPipeline:
         """A diffusers pipeline over the live components (adapters included), for sampling."""
 
+    def sampling_options(self) -> dict[str, Any]:
+        """Keyword arguments for every call of the family's pipeline, so sampling reads prompts as training does
+        (e.g. the T5 prompt length); none unless the family has such settings."""
+        return {}
+
     @abstractmethod
     def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> DiffusionPipeline:
         """A fresh pipeline of the base weights read from the source, apart from the live components.

@@ -4,6 +4,8 @@ guidance embedding in the guidance-distilled models (FLUX.1-dev)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -185,6 +187,9 @@ class Flux(ModelFamily):
             return_dict=False,
         )[0]
         return self.noise_schedule.prediction(unpack_latents(output, height, width), noised)
+
+    def sampling_options(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
 
     def pipeline(self) -> FluxPipeline:
         return FluxPipeline(

@@ -3,6 +3,8 @@ prompt, an MMDiT (``SD3Transformer2DModel``) denoises with the rectified-flow ob
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
@@ -160,6 +162,9 @@ class StableDiffusion3(ModelFamily):
             hidden_states=noised.noisy, timestep=noised.timesteps, **conditioning.kwargs, return_dict=False
         )[0]
         return self.noise_schedule.prediction(output, noised)
+
+    def sampling_options(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
 
     def pipeline(self) -> StableDiffusion3Pipeline:
         return StableDiffusion3Pipeline(

@@ -229,6 +229,7 @@ class DiffusionFineTuner(LightningModule):
                 width=resolution,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
+                **self.family.sampling_options(),
             ).images
         finally:
             for module in training:  # only what trained before: frozen encoders stay in eval mode (T5 dropout)
