@@ -18,7 +18,7 @@ from transformers.utils import logging as transformers_logging
 
 from sdft.callbacks import FinalExport, InterruptionCheckpoint, StepProgressBar
 from sdft.checkpointing import AtomicCheckpointIO
-from sdft.errors import UserError
+from sdft.data.sampling import check_max_steps
 from sdft.methods import DiffusionFineTuner
 
 #: expected warnings that say nothing to an sdft user
@@ -88,11 +88,7 @@ class SdftCLI(LightningCLI):
 
 def check_before_loading(trainer, datamodule: LightningDataModule) -> None:
     """The user's settings and files that can be checked before any model loads (one-line errors)."""
-    if trainer.max_steps < 1:
-        raise UserError(
-            f"trainer.max_steps must be a positive number of optimizer steps, got {trainer.max_steps}; "
-            "sdft trains for a number of steps, e.g. --trainer.max_steps 1000"
-        )
+    check_max_steps(trainer.max_steps)
     if isinstance(datamodule, CheckedData):
         datamodule.check()
 

@@ -81,15 +81,20 @@ def run_sampler(trainer: Trainer, batch_size: int) -> RunSampler:
         trainer: the trainer the data module is attached to.
         batch_size: examples per batch on each device.
     """
-    if trainer.max_steps < 1:
-        raise UserError(
-            f"trainer.max_steps must be a positive number of optimizer steps, got {trainer.max_steps}; "
-            "sdft trains for a number of steps, e.g. max_steps: 1000"
-        )
+    check_max_steps(trainer.max_steps)
     per_step = examples_per_step(trainer, batch_size)
     return RunSampler(
         trainer.global_step * per_step, trainer.max_steps * per_step, trainer.world_size, trainer.global_rank
     )
+
+
+def check_max_steps(max_steps: int) -> None:
+    """Raise a :class:`UserError` naming ``trainer.max_steps`` unless it is a positive number of steps."""
+    if max_steps < 1:
+        raise UserError(
+            f"trainer.max_steps must be a positive number of optimizer steps, got {max_steps}; "
+            "sdft trains for a number of steps, e.g. --trainer.max_steps 1000"
+        )
 
 
 def examples_per_step(trainer: Trainer, batch_size: int) -> int:
