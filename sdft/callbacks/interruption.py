@@ -44,8 +44,9 @@ class InterruptionCheckpoint(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: object, batch_idx: int
     ) -> None:
-        step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if not trainer.strategy.reduce_boolean_decision(self.requested is not None and step_done, all=False):
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:  # mid-step: every rank is at the same batch
+            return
+        if not trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
             return
         self.signal = self.requested or signal.SIGTERM  # another rank may have received it
         path = checkpoint_path(trainer)
