@@ -81,6 +81,13 @@ class NoisedLatents:
         return cls(**{field.name: torch.cat([getattr(p, field.name) for p in parts]) for field in fields(cls)})
 
 
+def training_levels(levels: torch.Tensor | None, count: int, generator: torch.Generator) -> torch.Tensor:
+    """The given noise levels in [0, 1), or (training) ``count`` uniform draws from ``generator``."""
+    if levels is not None:
+        return levels
+    return torch.rand(count, generator=generator, device=generator.device)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a family offers the methods, declared rather than discovered.

@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler, SchedulerMixin
 from torch import nn
 
 from sdft.errors import UserError
-from sdft.families.base import NoisedLatents
+from sdft.families.base import NoisedLatents, training_levels
 from sdft.objectives import PREDICTION_TYPES, add_noise, diffusion_target, levels_to_timesteps
 
 #: the UNet's attention projections, LoRA's default targets there (as in diffusers' scripts)
@@ -78,8 +78,7 @@ class DDPMSchedule(nn.Module):
             generator: the source of the levels (when None) and the noise.
             levels: noise levels (B,) in [0, 1), mapped to integer timesteps; None draws them uniformly.
         """
-        if levels is None:
-            levels = torch.rand(latents.shape[0], generator=generator, device=generator.device)
+        levels = training_levels(levels, latents.shape[0], generator)
         timesteps = levels_to_timesteps(levels.to(latents.device), len(self.alphas_cumprod))
         noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
         alpha_bar = self.alphas_cumprod[timesteps]

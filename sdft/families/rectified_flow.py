@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from torch import nn
 
 from sdft.errors import UserError
-from sdft.families.base import NoisedLatents
+from sdft.families.base import NoisedLatents, training_levels
 from sdft.flow_matching import (
     DENSITIES,
     LOSS_WEIGHTINGS,
@@ -187,8 +187,7 @@ class RectifiedFlowSchedule(nn.Module):
             generator: the source of the levels (when None) and the noise.
             levels: noise levels (B,) in [0, 1); None draws them uniformly.
         """
-        if levels is None:
-            levels = torch.rand(latents.shape[0], generator=generator, device=generator.device)
+        levels = training_levels(levels, latents.shape[0], generator)
         sigma = self.sigmas_at(levels, self.image_seq_len(latents)).to(latents.device)
         noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
         target = latents if self.precondition_outputs else flow_velocity(latents, noise)
