@@ -7,6 +7,7 @@ Layout (``<run>`` is the logger's version folder, e.g. ``runs/quickstart/version
     <run>/checkpoints/*.ckpt   trainable weights + optimizer, scheduler and loop state
     <run>/samples/step_N/      fixed-seed sample images
     <run>/final/               the export of the last step
+    <run>/ema/                 the export of the moving average (``ExponentialMovingAverage``)
     <run>/exports/<ckpt>/      exports of chosen checkpoints (``sdft export``)
 """
 

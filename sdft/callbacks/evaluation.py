@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 
+from sdft.callbacks.export import live_weights_kept
 from sdft.callbacks.samples import image_grid, log_grid
 from sdft.errors import UserError
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
@@ -385,10 +386,7 @@ def export_step(
     if checkpoint is None:
         rank_zero_warn(f"no checkpoint holds step {step}; {directory} was not written")
         return False
-    live = {key: value.clone() for key, value in pl_module.trainable_state_dict().items()}
-    apply_checkpoint(pl_module, checkpoint)
-    try:
+    with live_weights_kept(pl_module):
+        apply_checkpoint(pl_module, checkpoint)
         pl_module.export(directory)
-    finally:
-        pl_module.load_state_dict(live, strict=False)
     return True

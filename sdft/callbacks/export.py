@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from sdft.methods.base import DiffusionFineTuner
 
 
 class FinalExport(Callback):
@@ -28,3 +32,14 @@ class FinalExport(Callback):
             return
         path = pl_module.export(self.run_dir / self.dirname)
         rank_zero_info(f"exported step {trainer.global_step} to {path}")
+
+
+@contextmanager
+def live_weights_kept(pl_module: DiffusionFineTuner) -> Iterator[None]:
+    """Restore the trained tensors as they are now when the block ends, so that other weights (a checkpoint's, an
+    average) can be loaded into the model inside it, e.g. to export them."""
+    live = {key: value.clone() for key, value in pl_module.trainable_state_dict().items()}
+    try:
+        yield
+    finally:
+        pl_module.load_state_dict(live, strict=False)
