@@ -1,0 +1,139 @@
+"""Memory and speed switches for a loaded model family: frozen weights in a lower precision, channels-last
+convolutions, diffusers' attention backends and ``torch.compile``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_dispatch import AttentionBackendName
+
+from sdft.errors import UserError
+from sdft.families.base import ModelFamily
+
+#: where the options sit in a config
+CONFIG_KEY = "model.init_args.speed"
+FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: the trainer precision whose autocast runs frozen weights of each lower dtype beside float32 trained ones
+MIXED_PRECISION = {"bfloat16": "bf16-mixed", "float16": "16-mixed"}
+#: what to do instead, when the precision does not match the frozen dtype
+PRECISION_FIX = {
+    "bfloat16": "set trainer.precision: bf16-mixed",
+    "float16": "set trainer.precision: 16-mixed on a GPU (on a CPU Lightning runs 16-mixed as bf16-mixed: use "
+    "frozen_dtype: bfloat16 there)",
+}
+
+
+def attention_backends() -> list[str]:
+    """The attention backend names the installed diffusers knows (``native`` is torch's SDPA)."""
+    return [backend.value for backend in AttentionBackendName]
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Memory and speed switches of a fine-tuner (``model.init_args.speed``); each is off by default.
+
+    Attributes:
+        frozen_dtype: dtype of the frozen (not trained) weights of the denoiser, the text encoders and the VAE
+            (which stays in the family's own VAE dtype when it pins one, e.g. SDXL's float32); trained weights
+            (adapters, new embeddings, a fully trained denoiser) keep float32. ``bfloat16`` needs
+            ``trainer.precision: bf16-mixed`` and ``float16`` needs ``16-mixed``, whose autocast runs both kinds
+            together. None keeps the weights as loaded. Halves the memory of the frozen base, as diffusers'
+            training scripts do with ``weight_dtype``.
+        channels_last: store a convolutional denoiser (a UNet) channels-last, which tensor cores run faster;
+            transformer denoisers (SD3, Flux) have no convolutions to speed up and refuse it.
+        compile: ``torch.compile`` the denoiser in place (parameter names, checkpoints and exports unchanged). The
+            first steps, the first validation and the first sampling each take longer while it compiles.
+        attention_backend: diffusers' attention backend for the denoiser, e.g. ``native`` (torch's SDPA),
+            ``_native_math``, ``flash`` (needs flash-attn), ``sage`` (needs sageattention); diffusers also makes it
+            the process's default. Only denoisers whose attention goes through diffusers' dispatcher take one
+            (Flux); None keeps the default, torch's SDPA.
+    """
+
+    frozen_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    channels_last: bool = False
+    compile: bool = False
+    attention_backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.frozen_dtype is not None and self.frozen_dtype not in FROZEN_DTYPES:
+            raise UserError(
+                f"{CONFIG_KEY}.frozen_dtype must be null or one of {', '.join(FROZEN_DTYPES)}, "
+                f"got {self.frozen_dtype!r}"
+            )
+        if self.attention_backend is not None and self.attention_backend not in attention_backends():
+            raise UserError(
+                f"{CONFIG_KEY}.attention_backend must be null or one of {', '.join(attention_backends())}, "
+                f"got {self.attention_backend!r}"
+            )
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse a frozen dtype below float32 unless the trainer's precision (e.g. ``bf16-mixed``) is the mixed
+        precision that runs it."""
+        required = MIXED_PRECISION.get(self.frozen_dtype)
+        if required is not None and precision != required:
+            raise UserError(
+                f"{CONFIG_KEY}.frozen_dtype {self.frozen_dtype} needs trainer.precision {required}, got {precision}: "
+                f"{PRECISION_FIX[self.frozen_dtype]}, or drop frozen_dtype"
+            )
+
+
+def apply_speed_options(family: ModelFamily, options: SpeedOptions, precision: str) -> None:
+    """Apply ``options`` to a loaded family whose trained parameters already require gradients.
+
+    A fine-tuner calls it in ``configure_model`` after ``configure_trainable`` and after enabling gradient
+    checkpointing: ``requires_grad`` tells the frozen weights (which are cast) from the trained ones, and the
+    compiled denoiser must already hold its adapters. Every check runs before anything changes. With a frozen dtype
+    below float32, whatever runs the model outside Lightning's steps (sampling previews, evaluation) needs the
+    trainer's autocast too (``trainer.precision_plugin.forward_context()``).
+
+    Args:
+        family: a loaded model family.
+        options: the switches.
+        precision: the trainer's precision (``trainer.precision``, e.g. ``bf16-mixed``).
+    """
+    options.check_precision(precision)
+    check_denoiser(family, options)
+    denoiser = family.denoiser
+    if options.attention_backend is not None:
+        try:
+            denoiser.set_attention_backend(options.attention_backend)
+        except RuntimeError as error:  # diffusers' word on a backend whose package is missing or too old
+            raise UserError(f"{CONFIG_KEY}.attention_backend {options.attention_backend}: {error}") from error
+    if options.frozen_dtype is not None:
+        cast_frozen(family, FROZEN_DTYPES[options.frozen_dtype])
+    if options.channels_last:
+        denoiser.to(memory_format=torch.channels_last)
+    if options.compile:
+        denoiser.compile()
+
+
+def check_denoiser(family: ModelFamily, options: SpeedOptions) -> None:
+    """Refuse switches the family's denoiser cannot take: channels-last for a transformer, an attention backend for
+    a denoiser that calls torch's SDPA directly instead of diffusers' dispatcher (the UNets, SD3's transformer)."""
+    denoiser = family.denoiser
+    what = f"the {family.denoiser_name} of {type(family).__name__} ({type(denoiser).__name__})"
+    if options.channels_last and family.denoiser_name != "unet":
+        raise UserError(
+            f"{CONFIG_KEY}.channels_last is for convolutional denoisers (UNets); {what} works on token sequences: "
+            "set it to false"
+        )
+    dispatches = any(isinstance(module, AttentionModuleMixin) for module in denoiser.modules())
+    if options.attention_backend is not None and not dispatches:
+        raise UserError(
+            f"{CONFIG_KEY}.attention_backend: {what} calls torch's scaled_dot_product_attention directly, not "
+            "diffusers' attention dispatcher, so it takes no backend: set it to null"
+        )
+
+
+def cast_frozen(family: ModelFamily, dtype: torch.dtype) -> None:
+    """Cast the frozen floating-point parameters of the denoiser and text encoders to ``dtype``, and the VAE's to
+    the family's ``capabilities.vae_dtype`` (``dtype`` when it pins none); parameters that train keep theirs."""
+    vae_dtype = family.capabilities.vae_dtype or dtype
+    components = [(family.denoiser, dtype), *((encoder, dtype) for encoder in family.text_encoders().values())]
+    for component, target in [*components, (family.vae, vae_dtype)]:
+        for parameter in component.parameters():
+            if not parameter.requires_grad and parameter.is_floating_point():
+                parameter.data = parameter.data.to(target)
