@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from diffusers.utils import logging as diffusers_logging
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -83,12 +83,14 @@ class SdftCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        check_before_loading(self.trainer, self.datamodule)
+        check_before_loading(self.trainer, self.model, self.datamodule)
 
 
-def check_before_loading(trainer, datamodule: LightningDataModule) -> None:
+def check_before_loading(trainer, model: LightningModule, datamodule: LightningDataModule) -> None:
     """The user's settings and files that can be checked before any model loads (one-line errors)."""
     check_max_steps(trainer.max_steps)
+    if isinstance(model, DiffusionFineTuner):
+        model.speed.check_precision(trainer.precision)
     if isinstance(datamodule, CheckedData):
         datamodule.check()
 

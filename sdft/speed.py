@@ -80,6 +80,10 @@ class SpeedOptions:
             )
 
 
+#: every switch off: the fine-tuners' default
+NO_SWITCHES = SpeedOptions()
+
+
 def apply_speed_options(family: ModelFamily, options: SpeedOptions, precision: str) -> None:
     """Apply ``options`` to a loaded family whose trained parameters already require gradients.
 

@@ -67,16 +67,22 @@ def test_class_images_cycle_evenly_over_the_run(tiny_sd1, subject_dir, class_dir
     assert counts == [2] * 6
 
 
+def sgd(params):
+    """Plain SGD: its steps are linear in the gradients, so equal losses give equal weights up to rounding (AdamW
+    divides by the gradients' size and magnifies rounding where a gradient is near zero)."""
+    return torch.optim.SGD(params, lr=0.5)
+
+
 @pytest.fixture(scope="module")
 def plain(tiny_sd1, subject_dir, tmp_path_factory):
-    """A LoRA trained for three steps without class images."""
-    model = lora_tuner(tiny_sd1)
+    """A LoRA trained with SGD for three steps without class images."""
+    model = lora_tuner(tiny_sd1, optimizer=sgd)
     cpu_trainer(tmp_path_factory.mktemp("plain"), 3).fit(model, datamodule=subject_data(subject_dir))
     return model
 
 
 def test_zero_prior_weight_trains_exactly_like_plain_training(plain, tiny_sd1, subject_dir, class_dir, tmp_path):
-    weighted = lora_tuner(tiny_sd1, prior_loss_weight=0.0)
+    weighted = lora_tuner(tiny_sd1, optimizer=sgd, prior_loss_weight=0.0)
     cpu_trainer(tmp_path, 3).fit(weighted, datamodule=prior_data(subject_dir, class_dir))
     trained = weighted.trainable_state_dict()
     for key, value in plain.trainable_state_dict().items():
@@ -87,10 +93,10 @@ def test_zero_prior_weight_trains_exactly_like_plain_training(plain, tiny_sd1, s
 
 
 def test_a_positive_prior_weight_changes_training(plain, tiny_sd1, subject_dir, class_dir, tmp_path):
-    weighted = lora_tuner(tiny_sd1, prior_loss_weight=1.0)
+    weighted = lora_tuner(tiny_sd1, optimizer=sgd, prior_loss_weight=1.0)
     cpu_trainer(tmp_path, 3).fit(weighted, datamodule=prior_data(subject_dir, class_dir))
     trained = weighted.trainable_state_dict()
-    assert any(not torch.allclose(trained[k], v, atol=1e-6) for k, v in plain.trainable_state_dict().items())
+    assert any(not torch.allclose(trained[k], v, atol=1e-4) for k, v in plain.trainable_state_dict().items())
 
 
 def test_instance_and_prior_losses_are_logged_and_weighted(tiny_sd1, subject_dir, class_dir, tmp_path):

@@ -30,9 +30,9 @@ def adamw(lr: float):
 
 
 def lora_tuner(model: ModelFamily | Path, lr: float = 3e-3, **kwargs) -> LoRAFineTuner:
-    """A rank-4 LoRA on ``model``: a family, or the folder of an SD-1.x model."""
+    """A rank-4 LoRA on ``model``: a family, or the folder of an SD-1.x model; AdamW unless ``optimizer`` is given."""
     family = model if isinstance(model, ModelFamily) else StableDiffusion(str(model))
-    return LoRAFineTuner(family, optimizer=adamw(lr), **{"rank": 4, "alpha": 8.0, **kwargs})
+    return LoRAFineTuner(family, **{"optimizer": adamw(lr), "rank": 4, "alpha": 8.0, **kwargs})
 
 
 def full_tuner(family: ModelFamily, lr: float = 1e-3, **kwargs) -> FullFineTuner:

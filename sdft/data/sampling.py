@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from sdft.caching import content_key
 from sdft.data.images import original_size, prepare_crop
 from sdft.errors import UserError
 from sdft.objectives import step_seed
@@ -23,8 +24,10 @@ from sdft.objectives import step_seed
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
-#: one training example: pixels (3, R, R) in [-1, 1] under ``pixel_values``, its prompt under ``prompts``, and the
-#: image's size in its file and the crop's top-left corner, (2,) each, under ``original_size`` and ``crop_top_left``
+#: one training example: pixels (3, R, R) in [-1, 1] under ``pixel_values``, its prompt under ``prompts``, the
+#: image's size in its file and the crop's top-left corner, (2,) each, under ``original_size`` and ``crop_top_left``,
+#: its run position under ``position`` (the key of its training noise), and under ``image_key`` the key of its exact
+#: pixels for a latent cache (``""``: not worth caching)
 Example = dict[str, torch.Tensor | str]
 
 
@@ -246,4 +249,7 @@ class AugmentedImages(Dataset):
             "prompts": prompt,
             "original_size": torch.tensor(original_size(self.images[shown.index])),
             "crop_top_left": torch.tensor(shown.crop_top_left),
+            "position": torch.tensor(position),
+            # random crops rarely repeat: not worth a cache entry
+            "image_key": content_key(shown.pixels) if self.center_crop else "",
         }

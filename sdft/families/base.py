@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -81,11 +82,37 @@ class NoisedLatents:
         return cls(**{field.name: torch.cat([getattr(p, field.name) for p in parts]) for field in fields(cls)})
 
 
-def training_levels(levels: torch.Tensor | None, count: int, generator: torch.Generator) -> torch.Tensor:
-    """The given noise levels in [0, 1), or (training) ``count`` uniform draws from ``generator``."""
-    if levels is not None:
-        return levels
-    return torch.rand(count, generator=generator, device=generator.device)
+@dataclass
+class LatentPosterior:
+    """The VAE's diagonal Gaussian posterior of each image, already in the denoiser's latent space (the family's
+    shift and scale applied to mean and standard deviation alike), so a latent is ``mean + std * eps`` for standard
+    normal ``eps``: what a latent cache keeps so that every step still samples.
+
+    Attributes:
+        mean: (B, C, h, w) posterior means.
+        std: (B, C, h, w) posterior standard deviations.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def sample(self, eps: torch.Tensor) -> torch.Tensor:
+        """Latents ``mean + std * eps`` for standard normal draws ``eps`` of the same shape."""
+        return self.mean + self.std * eps.to(self.mean)
+
+    @classmethod
+    def of(
+        cls, distribution: Any, shift: float | torch.Tensor, factor: float | torch.Tensor, dtype: torch.dtype
+    ) -> LatentPosterior:
+        """A diffusers ``DiagonalGaussianDistribution`` mapped into the latent space ``(z - shift) * factor``.
+
+        Args:
+            distribution: the VAE encoder's posterior (``mean``, ``std``).
+            shift: subtracted from the VAE's latents (a number, or per channel (1, C, 1, 1)).
+            factor: then multiplied (a number, or per channel).
+            dtype: the dtype of the result.
+        """
+        return cls(((distribution.mean - shift) * factor).to(dtype), (distribution.std * factor).to(dtype))
 
 
 @dataclass(frozen=True)
@@ -214,26 +241,71 @@ class ModelFamily(nn.Module, ABC):
         """Module names that LoRA adapts in ``component`` when the user names none."""
 
     @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Prompts (already rewritten by the method) -> what the text encoders make of them: named tensors with the
+        batch first, a function of the prompts and the text encoders alone (so they can be cached while the
+        encoders are frozen). Gradients flow if an encoder trains."""
+
+    def condition(self, prompt_embeddings: dict[str, torch.Tensor], batch: Batch) -> Conditioning:
+        """Prompt embeddings and the rest of a batch -> the denoiser's conditioning; the embeddings as they are
+        unless the family also conditions on the images' geometry (SDXL's size and crop).
+
+        Args:
+            prompt_embeddings: :meth:`encode_prompts` of the batch's prompts.
+            batch: ``pixel_values`` (B, 3, H, W) and each example's ``original_size`` and ``crop_top_left`` (B, 2).
+        """
+        return Conditioning(dict(prompt_embeddings))
+
     def encode_conditioning(self, batch: Batch) -> Conditioning:
-        """A batch -> the denoiser's conditioning (gradients flow if an encoder trains).
+        """A batch -> the denoiser's conditioning: :meth:`condition` of :meth:`encode_prompts`.
 
         Args:
             batch: ``prompts`` (B strings, already rewritten by the method), ``pixel_values`` (B, 3, H, W), and
                 each example's ``original_size`` and ``crop_top_left`` (B, 2) as (height, width) / (top, left).
         """
+        return self.condition(self.encode_prompts(list(batch["prompts"])), batch)
 
     @abstractmethod
+    def encode_posterior(self, pixels: torch.Tensor) -> LatentPosterior:
+        """Images (B, 3, H, W) in [-1, 1] -> the VAE's posterior in the denoiser's latent space, in the dtype of
+        ``pixels`` (the VAE itself runs in its own dtype): :meth:`vae_posterior` with the family's scaling."""
+
+    def vae_posterior(
+        self, pixels: torch.Tensor, shift: float | torch.Tensor, factor: float | torch.Tensor
+    ) -> LatentPosterior:
+        """Run the VAE encoder on images in its own dtype (outside any autocast when ``capabilities.vae_dtype`` pins
+        it) and map its posterior into the latent space ``(z - shift) * factor``, in the dtype of ``pixels``."""
+        pinned = self.capabilities.vae_dtype is not None
+        with torch.autocast(pixels.device.type, enabled=False) if pinned else contextlib.nullcontext():
+            distribution = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            return LatentPosterior.of(distribution, shift, factor, pixels.dtype)
+
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> scaled latents, sampled from the posterior with ``generator``."""
+        """Images (B, 3, H, W) in [-1, 1] -> latents sampled from the posterior with ``generator``."""
+        posterior = self.encode_posterior(pixels)
+        device = generator.device if generator is not None else posterior.mean.device
+        eps = torch.randn(posterior.mean.shape, generator=generator, device=device)
+        return posterior.sample(eps)
+
+    def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedLatents:
+        """The forward process of the family's :attr:`noise_schedule`: clean latents, standard normal noise of
+        their shape and noise levels (B,) in [0, 1) -> the denoiser's input, its target and the loss weight."""
+        return self.noise_schedule.noise_latents(latents, noise, levels)
 
     def add_training_noise(
         self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
     ) -> NoisedLatents:
-        """Noise latents for training; ``levels`` in [0, 1) pins the noise level (None: the training density).
+        """Noise latents with levels (unless given) and noise drawn from ``generator``, in that order.
 
-        The family's :attr:`noise_schedule` does it.
+        Args:
+            latents: clean latents (B, C, H, W).
+            generator: the source of the levels and the noise.
+            levels: noise levels (B,) in [0, 1); None draws them uniformly.
         """
-        return self.noise_schedule.add_training_noise(latents, generator, levels)
+        if levels is None:
+            levels = torch.rand(latents.shape[0], generator=generator, device=generator.device)
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
+        return self.noise_latents(latents, noise, levels)
 
     @abstractmethod
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:

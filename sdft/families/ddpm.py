@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler, SchedulerMixin
 from torch import nn
 
 from sdft.errors import UserError
-from sdft.families.base import NoisedLatents, training_levels
+from sdft.families.base import NoisedLatents
 from sdft.objectives import PREDICTION_TYPES, add_noise, diffusion_target, levels_to_timesteps
 
 #: the UNet's attention projections, LoRA's default targets there (as in diffusers' scripts)
@@ -68,19 +68,16 @@ class DDPMSchedule(nn.Module):
         config = DDPMScheduler.load_config(source, subfolder="scheduler", revision=revision)
         return cls(dict(config), prediction_type)
 
-    def add_training_noise(
-        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
-    ) -> NoisedLatents:
-        """Noise latents at uniformly drawn (or the given) levels; the target follows the prediction type.
+    def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedLatents:
+        """Noise latents at the given levels; the target follows the prediction type.
 
         Args:
             latents: clean latents (B, C, H, W).
-            generator: the source of the levels (when None) and the noise.
-            levels: noise levels (B,) in [0, 1), mapped to integer timesteps; None draws them uniformly.
+            noise: standard normal noise of the same shape.
+            levels: noise levels (B,) in [0, 1), mapped to integer timesteps.
         """
-        levels = training_levels(levels, latents.shape[0], generator)
         timesteps = levels_to_timesteps(levels.to(latents.device), len(self.alphas_cumprod))
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
+        noise = noise.to(latents)
         alpha_bar = self.alphas_cumprod[timesteps]
         target = diffusion_target(latents, noise, alpha_bar, self.prediction_type)
         return NoisedLatents(add_noise(latents, noise, alpha_bar), timesteps, target)

@@ -11,12 +11,20 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from sdft.assets import resolve
-from sdft.families.base import CLIP_ATTENTION, Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents, token_ids
+from sdft.families.base import (
+    CLIP_ATTENTION,
+    Capabilities,
+    Conditioning,
+    LatentPosterior,
+    ModelFamily,
+    NoisedLatents,
+    token_ids,
+)
 from sdft.families.rectified_flow import (
     RectifiedFlowSchedule,
     check_max_sequence_length,
-    encode_latents,
     flow_objective,
+    latent_scaling,
 )
 
 #: latent pixels per side packed into one image token
@@ -152,18 +160,17 @@ class Flux(ModelFamily):
     def default_lora_targets(self, component: str) -> list[str]:
         return list(TRANSFORMER_TARGETS if component == self.denoiser_name else CLIP_ATTENTION)
 
-    def encode_conditioning(self, batch: Batch) -> Conditioning:
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """T5's last hidden states as ``encoder_hidden_states`` and CLIP-L's pooled output as
         ``pooled_projections``, as ``FluxPipeline.encode_prompt`` builds them."""
-        prompts = list(batch["prompts"])
         clip_ids = token_ids(self.tokenizer, prompts, self.tokenizer.model_max_length, self.text_encoder.device)
         pooled = self.text_encoder(clip_ids, output_hidden_states=False).pooler_output
         t5_ids = token_ids(self.tokenizer_2, prompts, self.max_sequence_length, self.text_encoder_2.device)
         states = self.text_encoder_2(t5_ids, output_hidden_states=False)[0]
-        return Conditioning({"encoder_hidden_states": states, "pooled_projections": pooled})
+        return {"encoder_hidden_states": states, "pooled_projections": pooled}
 
-    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return encode_latents(self.vae, pixels, generator)
+    def encode_posterior(self, pixels: torch.Tensor) -> LatentPosterior:
+        return self.vae_posterior(pixels, *latent_scaling(self.vae))
 
     def guidance(self, batch_size: int, device: torch.device) -> torch.Tensor | None:
         """The guidance each example is told (B,), or None for a transformer without the guidance embedding."""

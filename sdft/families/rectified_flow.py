@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from torch import nn
 
 from sdft.errors import UserError
-from sdft.families.base import NoisedLatents, training_levels
+from sdft.families.base import NoisedLatents
 from sdft.flow_matching import (
     DENSITIES,
     LOSS_WEIGHTINGS,
@@ -72,19 +72,10 @@ def check_max_sequence_length(max_sequence_length: int) -> None:
         raise UserError(f"{KEY}.max_sequence_length must be in [1, 512] (T5 tokens), got {max_sequence_length}")
 
 
-def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Images -> the transformer's latents: a posterior sample, shifted and scaled by the VAE config,
-    ``(z - shift_factor) * scaling_factor``, which the SD3 and Flux pipelines undo before decoding.
-
-    Args:
-        vae: the family's autoencoder.
-        pixels: images (B, 3, H, W) in [-1, 1].
-        generator: the source of the posterior sample.
-    Returns:
-        (B, C, H / f, W / f) latents, f the VAE's downsampling factor.
-    """
-    latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator)
-    return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+def latent_scaling(vae: AutoencoderKL) -> tuple[float, float]:
+    """The (shift, factor) of the transformer's latent space ``(z - shift_factor) * scaling_factor``, read from the VAE
+    config: what the SD3 and Flux pipelines undo before decoding."""
+    return vae.config.shift_factor or 0.0, vae.config.scaling_factor
 
 
 class RectifiedFlowSchedule(nn.Module):
@@ -177,19 +168,16 @@ class RectifiedFlowSchedule(nn.Module):
             sigma = shift_sigmas(sigma, math.exp(self.mu(image_seq_len)))
         return sigma
 
-    def add_training_noise(
-        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
-    ) -> NoisedLatents:
-        """Noise latents at levels drawn from the density (or the given ones); timesteps are ``sigma * N``.
+    def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedLatents:
+        """Noise latents at the sigmas of the given levels; timesteps are ``sigma * N``.
 
         Args:
             latents: clean latents (B, C, H, W).
-            generator: the source of the levels (when None) and the noise.
-            levels: noise levels (B,) in [0, 1); None draws them uniformly.
+            noise: standard normal noise of the same shape.
+            levels: noise levels (B,) in [0, 1), quantiles of the training density.
         """
-        levels = training_levels(levels, latents.shape[0], generator)
         sigma = self.sigmas_at(levels, self.image_seq_len(latents)).to(latents.device)
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
+        noise = noise.to(latents)
         target = latents if self.precondition_outputs else flow_velocity(latents, noise)
         weight = loss_weight(sigma, self.loss_weighting)
         return NoisedLatents(add_flow_noise(latents, noise, sigma), sigma * self.num_train_timesteps, target, weight)

@@ -7,7 +7,15 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdft.assets import resolve
-from sdft.families.base import CLIP_ATTENTION, Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents, token_ids
+from sdft.families.base import (
+    CLIP_ATTENTION,
+    Capabilities,
+    Conditioning,
+    LatentPosterior,
+    ModelFamily,
+    NoisedLatents,
+    token_ids,
+)
 from sdft.families.ddpm import UNET_ATTENTION, DDPMSchedule, check_prediction_type, with_prediction_type
 
 
@@ -61,14 +69,12 @@ class StableDiffusion(ModelFamily):
     def default_lora_targets(self, component: str) -> list[str]:
         return list(UNET_ATTENTION if component == self.denoiser_name else CLIP_ATTENTION)
 
-    def encode_conditioning(self, batch: Batch) -> Conditioning:
-        prompts = list(batch["prompts"])
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         input_ids = token_ids(self.tokenizer, prompts, self.tokenizer.model_max_length, self.text_encoder.device)
-        return Conditioning({"encoder_hidden_states": self.text_encoder(input_ids)[0]})
+        return {"encoder_hidden_states": self.text_encoder(input_ids)[0]}
 
-    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        return posterior.sample(generator) * self.vae.config.scaling_factor
+    def encode_posterior(self, pixels: torch.Tensor) -> LatentPosterior:
+        return self.vae_posterior(pixels, 0.0, self.vae.config.scaling_factor)
 
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
         return self.unet(noised.noisy, noised.timesteps, **conditioning.kwargs).sample

@@ -11,12 +11,20 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipe
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from sdft.assets import resolve
-from sdft.families.base import CLIP_ATTENTION, Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents, token_ids
+from sdft.families.base import (
+    CLIP_ATTENTION,
+    Capabilities,
+    Conditioning,
+    LatentPosterior,
+    ModelFamily,
+    NoisedLatents,
+    token_ids,
+)
 from sdft.families.rectified_flow import (
     RectifiedFlowSchedule,
     check_max_sequence_length,
-    encode_latents,
     flow_objective,
+    latent_scaling,
 )
 
 #: the transformer projections diffusers' ``train_dreambooth_lora_sd3.py`` adapts by default
@@ -144,18 +152,17 @@ class StableDiffusion3(ModelFamily):
         ids = token_ids(self.tokenizer_3, prompts, self.max_sequence_length, self.text_encoder_3.device)
         return self.text_encoder_3(ids)[0]
 
-    def encode_conditioning(self, batch: Batch) -> Conditioning:
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The joint text sequence as ``encoder_hidden_states`` and both CLIPs' pooled embeddings side by side as
         ``pooled_projections``, as ``StableDiffusion3Pipeline.encode_prompt`` builds them."""
-        prompts = list(batch["prompts"])
         states_l, pooled_l = self.clip_states(self.tokenizer, self.text_encoder, prompts)
         states_g, pooled_g = self.clip_states(self.tokenizer_2, self.text_encoder_2, prompts)
         states = joint_text_states([states_l, states_g], self.t5_states(prompts))
         pooled = torch.cat([pooled_l, pooled_g], dim=-1)
-        return Conditioning({"encoder_hidden_states": states, "pooled_projections": pooled})
+        return {"encoder_hidden_states": states, "pooled_projections": pooled}
 
-    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return encode_latents(self.vae, pixels, generator)
+    def encode_posterior(self, pixels: torch.Tensor) -> LatentPosterior:
+        return self.vae_posterior(pixels, *latent_scaling(self.vae))
 
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
         output = self.transformer(

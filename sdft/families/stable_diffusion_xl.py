@@ -12,7 +12,16 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionM
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdft.assets import resolve
-from sdft.families.base import CLIP_ATTENTION, Batch, Capabilities, Conditioning, ModelFamily, NoisedLatents, token_ids
+from sdft.families.base import (
+    CLIP_ATTENTION,
+    Batch,
+    Capabilities,
+    Conditioning,
+    LatentPosterior,
+    ModelFamily,
+    NoisedLatents,
+    token_ids,
+)
 from sdft.families.ddpm import UNET_ATTENTION, DDPMSchedule, check_prediction_type, with_prediction_type
 
 
@@ -34,21 +43,19 @@ def micro_conditioning(
     return torch.cat([original_size, crop_top_left.to(original_size.device), target], dim=1).float()
 
 
-def scale_latents(latents: torch.Tensor, vae_config: Any) -> torch.Tensor:
-    """VAE posterior samples -> the UNet's latent space: ``(x - mean) * scaling_factor / std`` when the VAE config
-    has per-channel ``latents_mean`` and ``latents_std``, else ``x * scaling_factor`` (the inverse of the scaling
-    :class:`StableDiffusionXLPipeline` undoes before decoding).
+def latent_scaling(vae_config: Any) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+    """The (shift, factor) of the UNet's latent space ``(z - shift) * factor``: per channel
+    ``(z - latents_mean) * scaling_factor / latents_std`` when the VAE config has ``latents_mean`` and
+    ``latents_std``, else ``z * scaling_factor`` (what :class:`StableDiffusionXLPipeline` undoes before decoding).
 
     Args:
-        latents: (B, C, h, w) samples of the VAE's posterior.
         vae_config: the VAE's config (``scaling_factor``, optional ``latents_mean`` / ``latents_std``).
     """
     mean, std = getattr(vae_config, "latents_mean", None), getattr(vae_config, "latents_std", None)
     if mean is None or std is None:
-        return latents * vae_config.scaling_factor
+        return 0.0, vae_config.scaling_factor
     shape = (1, len(mean), 1, 1)
-    mean, std = (torch.tensor(v, device=latents.device, dtype=latents.dtype).view(shape) for v in (mean, std))
-    return (latents - mean) * vae_config.scaling_factor / std
+    return torch.tensor(mean).view(shape), vae_config.scaling_factor / torch.tensor(std).view(shape)
 
 
 class StableDiffusionXL(ModelFamily):
@@ -128,26 +135,30 @@ class StableDiffusionXL(ModelFamily):
         """Prompts -> token ids (B, 77), padded and truncated as the pipeline does, on the text encoders' device."""
         return token_ids(tokenizer, prompts, tokenizer.model_max_length, self.text_encoder.device)
 
-    def encode_conditioning(self, batch: Batch) -> Conditioning:
-        """Both encoders' penultimate hidden states, joined on the feature axis, as ``encoder_hidden_states``; the
-        second encoder's projected pooled embedding and the micro-conditioning as ``added_cond_kwargs``."""
-        prompts = list(batch["prompts"])
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Both encoders' penultimate hidden states, joined on the feature axis, as ``encoder_hidden_states``, and
+        the second encoder's projected pooled embedding as ``text_embeds``."""
         clip_l = self.text_encoder(self.token_ids(self.tokenizer, prompts), output_hidden_states=True)
         clip_g = self.text_encoder_2(self.token_ids(self.tokenizer_2, prompts), output_hidden_states=True)
         states = torch.cat([clip_l.hidden_states[-2], clip_g.hidden_states[-2]], dim=-1)
+        return {"encoder_hidden_states": states, "text_embeds": clip_g.text_embeds}
+
+    def condition(self, prompt_embeddings: dict[str, torch.Tensor], batch: Batch) -> Conditioning:
+        """The hidden states, and as ``added_cond_kwargs`` the pooled embedding and the size and crop
+        micro-conditioning of each example."""
+        states = prompt_embeddings["encoder_hidden_states"]
         pixels = batch["pixel_values"]
         time_ids = micro_conditioning(batch["original_size"], batch["crop_top_left"], pixels.shape[-2:])
         # float32 whatever the precision: bf16 would round sizes above 256 (1365 -> 1368); the UNet embeds them in fp32
-        added = {"text_embeds": clip_g.text_embeds, "time_ids": time_ids.to(states.device)}
+        added = {"text_embeds": prompt_embeddings["text_embeds"], "time_ids": time_ids.to(states.device)}
         return Conditioning({"encoder_hidden_states": states, "added_cond_kwargs": added})
 
-    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Images -> scaled latents, the VAE run in its own dtype (float32) outside any autocast; the latents come
-        back in the dtype of ``pixels``."""
-        with torch.autocast(pixels.device.type, enabled=False):
-            posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-            latents = scale_latents(posterior.sample(generator), self.vae.config)
-        return latents.to(pixels.dtype)
+    def encode_posterior(self, pixels: torch.Tensor) -> LatentPosterior:
+        """The posterior of the VAE, run in its own dtype (float32) outside any autocast."""
+        shift, factor = latent_scaling(self.vae.config)
+        if isinstance(shift, torch.Tensor):
+            shift, factor = shift.to(pixels.device), factor.to(pixels.device)
+        return self.vae_posterior(pixels, shift, factor)
 
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
         return self.unet(noised.noisy, noised.timesteps, **conditioning.kwargs).sample

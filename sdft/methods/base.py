@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -11,17 +12,24 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 
+from sdft.assets import cache_dir
 from sdft.batches import Batch, cat_batches, split_prior
-from sdft.families.base import Conditioning, ModelFamily, NoisedLatents
+from sdft.caching import EncodingCache, encoder_identity
+from sdft.errors import UserError
+from sdft.families.base import Conditioning, LatentPosterior, ModelFamily, NoisedLatents
 from sdft.files import write_folder_atomic
 from sdft.objectives import per_example_mse, prior_preservation_loss, step_seed
+from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options
 
 ParameterGroups = list[dict[str, Any]]
 
+#: generator streams of an example's draws: instance and class (prior) examples at one run position draw apart,
+#: and validation examples apart from both
+INSTANCE_STREAM, PRIOR_STREAM, VALIDATION_STREAM = 0, 1, 2
 #: generator key of the initial values of new weights (adapters, token embeddings)
 INIT_STREAM = 3
-#: extra generator key of the class (prior) examples, so instance examples draw what they would without them
-PRIOR_STREAM = 1
+#: what a run may cache while the encoders are frozen: nothing, in memory, or also on disk for later runs
+CACHE_MODES = ("off", "memory", "disk")
 
 
 class DiffusionFineTuner(LightningModule):
@@ -47,6 +55,8 @@ class DiffusionFineTuner(LightningModule):
         seed: int = 0,
         validation_noise_levels: int = 4,
         prior_loss_weight: float | None = None,
+        cache: str = "memory",
+        speed: SpeedOptions = NO_SWITCHES,
     ) -> None:
         """
         Args:
@@ -58,6 +68,12 @@ class DiffusionFineTuner(LightningModule):
             validation_noise_levels: each validation image is scored at this many evenly spaced noise levels.
             prior_loss_weight: weight of the class-image (prior preservation) loss; None means 1 when the data has
                 class images. Setting it for data without class images is an error.
+            cache: ``memory`` encodes each distinct centre-cropped image (its VAE posterior) and each prompt once
+                while the VAE and text encoders are frozen, and reuses them; ``disk`` also keeps them under
+                ``$SDFT_CACHE/encodings`` for later runs of the same model; ``off`` encodes every step. The loss
+                is the same either way.
+            speed: memory and speed switches (frozen weights in bf16, channels-last, compile, attention backend);
+                see :class:`sdft.speed.SpeedOptions`. Applied when the model is set up for a trainer.
         """
         super().__init__()
         self.family = family
@@ -69,6 +85,11 @@ class DiffusionFineTuner(LightningModule):
         if prior_loss_weight is not None and prior_loss_weight < 0:
             raise ValueError(f"model.init_args.prior_loss_weight must be >= 0, got {prior_loss_weight}")
         self.prior_loss_weight = prior_loss_weight
+        if cache not in CACHE_MODES:
+            raise UserError(f"model.init_args.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        self.cache = cache
+        self.caches: dict[str, EncodingCache] = {}
+        self.speed = speed
         self.strict_loading = False  # checkpoints omit the frozen base model
 
     # -- hooks for methods -------------------------------------------------------------------------------------
@@ -91,8 +112,37 @@ class DiffusionFineTuner(LightningModule):
         return prompts
 
     def conditioning(self, batch: Batch) -> Conditioning:
-        """A batch -> the denoiser's conditioning, by the family, from the method's rewritten prompts."""
-        return self.family.encode_conditioning({**batch, "prompts": self.rewrite_prompts(list(batch["prompts"]))})
+        """A batch -> the denoiser's conditioning, by the family, from the method's rewritten prompts (their
+        embeddings from the prompt cache while the text encoders are frozen)."""
+        prompts = self.rewrite_prompts(list(batch["prompts"]))
+        cache = None if self.text_encoders_train() else self.encoding_cache("prompts")
+        if cache is None:
+            embeddings = self.family.encode_prompts(prompts)
+        else:
+            embeddings = cache.encode(
+                prompts, lambda rows: self.family.encode_prompts([prompts[row] for row in rows]), self.device
+            )
+        return self.family.condition(embeddings, batch)
+
+    def text_encoders_train(self) -> bool:
+        """Whether any text-encoder weight (a LoRA, a new token's embedding) is being trained."""
+        return any(p.requires_grad for encoder in self.family.text_encoders().values() for p in encoder.parameters())
+
+    def encoding_cache(self, kind: str) -> EncodingCache | None:
+        """The run's cache of ``latents`` (VAE posteriors) or ``prompts`` (prompt embeddings), made on first use;
+        None when ``cache`` is off."""
+        if self.cache == "off":
+            return None
+        if kind not in self.caches:
+            if self.cache == "memory":
+                self.caches[kind] = EncodingCache()
+            else:
+                encoders = [self.family.vae] if kind == "latents" else list(self.family.text_encoders().values())
+                options = {} if kind == "latents" else self.family.sampling_options()
+                options["precision"] = self.trainer.precision  # autocast changes the encodings
+                identity = encoder_identity(kind, self.family, encoders, options)
+                self.caches[kind] = EncodingCache.on_disk(cache_dir() / "encodings", identity)
+        return self.caches[kind]
 
     def export(self, directory: str | Path) -> Path:
         """Write the trained result where its consumers load it (a diffusers LoRA file, a pipeline, ...).
@@ -116,6 +166,8 @@ class DiffusionFineTuner(LightningModule):
             self.configure_trainable()
         if self.gradient_checkpointing:
             self.family.denoiser.enable_gradient_checkpointing()
+        if self._trainer is not None:  # a checkpoint read for an export keeps the base weights as loaded
+            apply_speed_options(self.family, self.speed, self.trainer.precision)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint holds: every parameter that requires a gradient, by state-dict key."""
@@ -132,71 +184,85 @@ class DiffusionFineTuner(LightningModule):
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
+    def posterior(self, batch: Batch) -> LatentPosterior:
+        """The VAE posterior of each image of a batch, from the latent cache where the image was seen before."""
+        pixels = batch["pixel_values"]
+        cache = self.encoding_cache("latents")
+        if cache is None or "image_key" not in batch:
+            return self.family.encode_posterior(pixels)
+        keys = [key or None for key in batch["image_key"]]
+        encodings = cache.encode(keys, lambda rows: vars(self.family.encode_posterior(pixels[rows])), pixels.device)
+        return LatentPosterior(**encodings)
+
     def noised_latents(
-        self, pixels: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None, repeats: int = 1
+        self, batch: Batch, stream: int, levels: torch.Tensor | None = None, repeats: int = 1
     ) -> NoisedLatents:
-        """Images -> noised latents and targets, all randomness (posterior sample, noise, levels) from ``generator``.
+        """A batch's images -> noised latents and targets. Each example's randomness (posterior sample, noise level,
+        noise) comes from a generator keyed by its run position and ``stream`` alone, so an example draws the same
+        whatever the batch size, accumulation, device count or resume.
 
         Args:
-            pixels: images (B, 3, H, W) in [-1, 1].
-            generator: the source of the posterior sample, noise and (when ``levels`` is None) noise levels.
-            levels: noise levels in [0, 1) for each of the B * repeats examples; None samples them.
+            batch: ``pixel_values`` (B, 3, H, W) in [-1, 1] and each example's ``position``.
+            stream: separates draws of the same position (instance, class and validation examples).
+            levels: noise levels in [0, 1) for each of the B * repeats examples; None draws them.
             repeats: noise each image this many times (consecutive rows), e.g. at several fixed levels.
         """
-        latents = self.family.encode_images(pixels, generator).repeat_interleave(repeats, 0)
-        return self.family.add_training_noise(latents, generator, levels)
+        posterior = self.posterior(batch)
+        shape = posterior.mean.shape[1:]
+        draws = [self.example_draws(int(position), stream, shape, repeats) for position in batch["position"].tolist()]
+        latents = posterior.sample(torch.stack([eps for eps, _, _ in draws])).repeat_interleave(repeats, 0)
+        if levels is None:
+            levels = torch.cat([drawn for _, drawn, _ in draws])
+        return self.family.noise_latents(latents, torch.cat([noise for _, _, noise in draws]), levels)
 
-    def denoising_losses(
-        self, batch: Batch, generator: torch.Generator, levels: torch.Tensor | None = None, repeats: int = 1
-    ) -> torch.Tensor:
-        """Per-example denoising loss (B * repeats,), all randomness drawn from ``generator``.
+    def example_draws(
+        self, position: int, stream: int, shape: torch.Size, repeats: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One example's random draws, in order: the posterior sample's standard normal ``eps`` (shape), then per
+        repeat a uniform noise level and standard normal noise. Returns ``(eps, levels (repeats,), noise
+        (repeats, *shape))``."""
+        generator = self.make_generator(self.seed, position, stream)
+        eps = torch.randn(shape, generator=generator, device=self.device)
+        levels, noise = [], []
+        for _ in range(repeats):
+            levels.append(torch.rand(1, generator=generator, device=self.device))
+            noise.append(torch.randn(shape, generator=generator, device=self.device))
+        return eps, torch.cat(levels), torch.stack(noise)
 
-        Args:
-            batch: ``pixel_values`` (B, 3, H, W) in [-1, 1], ``prompts`` (B strings) and what else the family reads.
-            generator: the source of the posterior sample, noise and (when ``levels`` is None) noise levels.
-            levels: noise levels in [0, 1) for each of the B * repeats examples; None samples them.
-            repeats: score each image this many times (consecutive rows), e.g. at several fixed levels.
-        """
-        noised = self.noised_latents(batch["pixel_values"], generator, levels, repeats)
-        conditioning = self.conditioning(batch).repeat_interleave(repeats)
-        return weighted_losses(self.family.predict(noised, conditioning), noised)
+    def training_inputs(self, batch: Batch) -> tuple[NoisedLatents, Conditioning, list[int]]:
+        """A training batch -> the denoiser's inputs and targets, its conditioning, and the sizes of the batch's
+        parts (instance examples, then class examples when the batch has an ``is_prior`` mask)."""
+        parts = split_prior(batch) if "is_prior" in batch else (batch,)
+        streams = (INSTANCE_STREAM, PRIOR_STREAM)[: len(parts)]
+        noised = [self.noised_latents(part, stream) for part, stream in zip(parts, streams, strict=True)]
+        return NoisedLatents.cat(noised), self.conditioning(cat_batches(parts)), [len(p["prompts"]) for p in parts]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        micro_batch = batch_idx % self.trainer.accumulate_grad_batches
-        keys = (self.seed, self.global_step, micro_batch, self.global_rank)
-        parts = split_prior(batch) if "is_prior" in batch else (batch,)
-        if len(parts) == 1 and self.prior_loss_weight is not None:
+        noised, conditioning, sizes = self.training_inputs(batch)
+        if len(sizes) == 1 and self.prior_loss_weight is not None:
             raise ValueError(
                 "model.init_args.prior_loss_weight is set but the batches hold no class images: set "
                 "data.class_prompt to turn prior preservation on, or drop prior_loss_weight"
             )
-        # Instance examples draw the noise they would draw without class examples (so prior_loss_weight 0 is plain
-        # training); the class examples draw from their own stream. One denoiser pass serves both.
-        streams = (keys, (*keys, PRIOR_STREAM))
-        noised = NoisedLatents.cat(
-            [
-                self.noised_latents(part["pixel_values"], self.make_generator(*stream))
-                for part, stream in zip(parts, streams, strict=False)
-            ]
-        )
-        losses = weighted_losses(self.family.predict(noised, self.conditioning(cat_batches(parts))), noised)
-        if len(parts) == 1:
+        losses = weighted_losses(self.family.predict(noised, conditioning), noised)
+        if len(sizes) == 1:
             loss = losses.mean()
         else:
-            instance, prior = losses.split([len(part["prompts"]) for part in parts])
+            instance, prior = losses.split(sizes)
             weight = 1.0 if self.prior_loss_weight is None else self.prior_loss_weight
             loss = prior_preservation_loss(instance, prior, weight)
-            self.log("train/instance_loss", instance.mean(), batch_size=len(instance))
-            self.log("train/prior_loss", prior.mean(), batch_size=len(prior))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]))
+            self.log("train/instance_loss", instance.mean(), batch_size=len(instance), sync_dist=True)
+            self.log("train/prior_loss", prior.mean(), batch_size=len(prior), sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Loss on fixed images at fixed, evenly spaced noise levels and fixed noise: comparable across steps."""
         num_levels, size = self.validation_noise_levels, len(batch["prompts"])
         levels = ((torch.arange(num_levels, device=self.device) + 0.5) / num_levels).repeat(size)
-        generator = self.make_generator(self.seed, batch_idx, 2**31)
-        loss = self.denoising_losses(batch, generator, levels, repeats=num_levels).mean()
+        noised = self.noised_latents(batch, VALIDATION_STREAM, levels, repeats=num_levels)
+        conditioning = self.conditioning(batch).repeat_interleave(num_levels)
+        loss = weighted_losses(self.family.predict(noised, conditioning), noised).mean()
         self.log("val/loss", loss, batch_size=size, sync_dist=True)
         return loss
 
@@ -220,17 +286,20 @@ class DiffusionFineTuner(LightningModule):
         pipeline.set_progress_bar_config(disable=True)
         training = [module for module in self.modules() if module.training]
         self.eval()
+        # the training precision's autocast: frozen weights in bf16 (speed.frozen_dtype) run beside float32 ones
+        autocast = self.trainer.precision_plugin.forward_context() if self._trainer else contextlib.nullcontext()
         try:
             generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
-            return pipeline(
-                prompts,
-                generator=generators,
-                height=resolution,
-                width=resolution,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                **self.family.sampling_options(),
-            ).images
+            with autocast:
+                return pipeline(
+                    prompts,
+                    generator=generators,
+                    height=resolution,
+                    width=resolution,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    **self.family.sampling_options(),
+                ).images
         finally:
             for module in training:  # only what trained before: frozen encoders stay in eval mode (T5 dropout)
                 module.train()
