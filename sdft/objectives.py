@@ -4,6 +4,9 @@ DDPM (Ho et al. 2020, arXiv 2006.11239) noises ``x0`` at step ``t`` as
 ``x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps``. The denoiser is trained to predict ``eps``
 (epsilon prediction), ``x0`` (sample prediction), or the velocity ``v = sqrt(alpha_bar_t) * eps - sqrt(1 -
 alpha_bar_t) * x0`` of Salimans & Ho 2022 (arXiv 2202.00512, SD 2.x 768 px models).
+
+Three options change the training examples: min-SNR weighting of each example's loss (Hang et al. 2023), offset noise
+(Guttenberg 2023) and input perturbation (Ning et al. 2023).
 """
 
 from __future__ import annotations
@@ -73,6 +76,60 @@ def diffusion_target(
     if prediction_type == "sample":
         return x0
     raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def signal_to_noise(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The signal-to-noise ratio ``alpha_bar / (1 - alpha_bar)`` of the DDPM forward process at each timestep (B,)."""
+    return alpha_bar / (1 - alpha_bar)
+
+
+def min_snr_weight(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, arXiv 2303.09556): the weight ``min(SNR, gamma)`` of
+    the loss on ``x0``, expressed for the loss on the prediction type's target: ``min(SNR, gamma) / SNR`` for
+    epsilon, ``min(SNR, gamma) / (SNR + 1)`` for v, ``min(SNR, gamma)`` for the sample itself.
+
+    The epsilon weight is computed as ``min(gamma / SNR, 1)``, which is 1 rather than 0/0 where the SNR is 0 (a
+    zero-terminal-SNR schedule's last step).
+
+    Args:
+        alpha_bar: cumulative signal rate at each example's timestep (B,).
+        gamma: the SNR above which the weight stops growing (5 in the paper).
+        prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
+    Returns:
+        (B,) weights.
+    """
+    snr = signal_to_noise(alpha_bar)
+    if prediction_type == "epsilon":
+        return (gamma / snr).clamp(max=1)
+    if prediction_type == "v_prediction":
+        return snr.clamp(max=gamma) / (snr + 1)
+    if prediction_type == "sample":
+        return snr.clamp(max=gamma)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def offset_noise(noise: torch.Tensor, offset: float, draws: torch.Tensor) -> torch.Tensor:
+    """Offset noise (Guttenberg 2023, "Diffusion with Offset Noise"): ``noise + offset * draws``, a random shift of
+    each example's channels, so the model learns to change an image's overall brightness and colour.
+
+    Args:
+        noise: standard normal noise (B, C, H, W).
+        offset: the shift's standard deviation, e.g. 0.05.
+        draws: standard normal draws (B, C, 1, 1), one per example and channel.
+    """
+    return noise + offset * draws.to(noise)
+
+
+def perturbed_noise(noise: torch.Tensor, gamma: float, draws: torch.Tensor) -> torch.Tensor:
+    """Input perturbation (Ning et al. 2023, arXiv 2301.11706): ``noise + gamma * draws``, the noise that
+    makes the denoiser's input while its target keeps ``noise``, to reduce exposure bias.
+
+    Args:
+        noise: the noise of the target (B, C, H, W).
+        gamma: the perturbation's standard deviation, e.g. 0.1.
+        draws: standard normal draws of the same shape.
+    """
+    return noise + gamma * draws.to(noise)
 
 
 def levels_to_timesteps(levels: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:

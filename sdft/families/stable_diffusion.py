@@ -16,7 +16,13 @@ from sdft.families.base import (
     NoisedLatents,
     token_ids,
 )
-from sdft.families.ddpm import UNET_ATTENTION, DDPMSchedule, check_prediction_type, with_prediction_type
+from sdft.families.ddpm import (
+    UNET_ATTENTION,
+    DDPMSchedule,
+    check_min_snr_gamma,
+    check_prediction_type,
+    with_prediction_type,
+)
 
 
 class StableDiffusion(ModelFamily):
@@ -41,6 +47,7 @@ class StableDiffusion(ModelFamily):
         revision: str | None = None,
         variant: str | None = None,
         prediction_type: str | None = None,
+        min_snr_gamma: float | None = None,
     ) -> None:
         """
         Args:
@@ -48,10 +55,14 @@ class StableDiffusion(ModelFamily):
             revision: hub revision (branch, tag or commit) of the model.
             variant: weight variant to load, e.g. ``fp16``.
             prediction_type: ``epsilon``, ``v_prediction`` or ``sample``; None reads the scheduler config.
+            min_snr_gamma: weight each example's loss by min-SNR-gamma (Hang et al. 2023), e.g. 5; None weighs
+                every example 1.
         """
         super().__init__(pretrained_model_name_or_path, revision, variant)
         check_prediction_type(prediction_type)
+        check_min_snr_gamma(min_snr_gamma)
         self.prediction_type = prediction_type
+        self.min_snr_gamma = min_snr_gamma
 
     def load(self) -> None:
         source = resolve(self.pretrained_model_name_or_path)
@@ -62,7 +73,9 @@ class StableDiffusion(ModelFamily):
             "unet": UNet2DConditionModel,
         }
         self.load_components(source, classes)
-        self.noise_schedule = DDPMSchedule.from_pretrained(source, self.revision, self.prediction_type)
+        self.noise_schedule = DDPMSchedule.from_pretrained(
+            source, self.revision, self.prediction_type, self.min_snr_gamma
+        )
         self.prediction_type = self.noise_schedule.prediction_type
         self.finish_loading()
 

@@ -22,7 +22,13 @@ from sdft.families.base import (
     NoisedLatents,
     token_ids,
 )
-from sdft.families.ddpm import UNET_ATTENTION, DDPMSchedule, check_prediction_type, with_prediction_type
+from sdft.families.ddpm import (
+    UNET_ATTENTION,
+    DDPMSchedule,
+    check_min_snr_gamma,
+    check_prediction_type,
+    with_prediction_type,
+)
 
 
 def micro_conditioning(
@@ -86,6 +92,7 @@ class StableDiffusionXL(ModelFamily):
         variant: str | None = None,
         prediction_type: str | None = None,
         vae_name_or_path: str | None = None,
+        min_snr_gamma: float | None = None,
     ) -> None:
         """
         Args:
@@ -95,11 +102,15 @@ class StableDiffusionXL(ModelFamily):
             prediction_type: ``epsilon``, ``v_prediction`` or ``sample``; None reads the scheduler config.
             vae_name_or_path: another VAE (a folder or hub id with the VAE at its root), e.g.
                 ``madebyollin/sdxl-vae-fp16-fix``; None uses the model's own.
+            min_snr_gamma: weight each example's loss by min-SNR-gamma (Hang et al. 2023), e.g. 5; None weighs
+                every example 1.
         """
         super().__init__(pretrained_model_name_or_path, revision, variant)
         check_prediction_type(prediction_type)
+        check_min_snr_gamma(min_snr_gamma)
         self.prediction_type = prediction_type
         self.vae_name_or_path = vae_name_or_path
+        self.min_snr_gamma = min_snr_gamma
 
     def source(self) -> dict[str, str | None]:
         return {**super().source(), "vae_name_or_path": self.vae_name_or_path}
@@ -115,7 +126,9 @@ class StableDiffusionXL(ModelFamily):
         self.load_components(source, classes)
         self.vae = self.load_vae(source, self.capabilities.vae_dtype)
         self.load_components(source, {"unet": UNet2DConditionModel})
-        self.noise_schedule = DDPMSchedule.from_pretrained(source, self.revision, self.prediction_type)
+        self.noise_schedule = DDPMSchedule.from_pretrained(
+            source, self.revision, self.prediction_type, self.min_snr_gamma
+        )
         self.prediction_type = self.noise_schedule.prediction_type
         pipeline_config = StableDiffusionXLPipeline.load_config(source, revision=self.revision)
         self.force_zeros_for_empty_prompt = pipeline_config.get("force_zeros_for_empty_prompt", True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from sdft.caching import EncodingCache, encoder_identity
 from sdft.errors import UserError
 from sdft.families.base import Conditioning, LatentPosterior, ModelFamily, NoisedLatents
 from sdft.files import write_folder_atomic
-from sdft.objectives import per_example_mse, prior_preservation_loss, step_seed
+from sdft.objectives import offset_noise, per_example_mse, perturbed_noise, prior_preservation_loss, step_seed
 from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options
 
 ParameterGroups = list[dict[str, Any]]
@@ -30,6 +31,39 @@ INSTANCE_STREAM, PRIOR_STREAM, VALIDATION_STREAM = 0, 1, 2
 INIT_STREAM = 3
 #: what a run may cache while the encoders are frozen: nothing, in memory, or also on disk for later runs
 CACHE_MODES = ("off", "memory", "disk")
+
+
+@dataclass
+class ExampleDraws:
+    """The random draws of one example (or, joined, of a batch's examples), each from the example's own generator.
+
+    Attributes:
+        eps: the posterior sample's standard normal draw (C, h, w), or (B, C, h, w) joined.
+        levels: a uniform noise level per repeat (repeats,), or (B * repeats,).
+        noise: standard normal noise per repeat (repeats, C, h, w), or (B * repeats, C, h, w).
+        offsets: the noise offset's standard normal draws (repeats, C, 1, 1); None when there is no noise offset.
+        perturbations: input perturbation's standard normal draws, the shape of ``noise``; None when there is none.
+    """
+
+    eps: torch.Tensor
+    levels: torch.Tensor
+    noise: torch.Tensor
+    offsets: torch.Tensor | None = None
+    perturbations: torch.Tensor | None = None
+
+    @classmethod
+    def join(cls, draws: list[ExampleDraws]) -> ExampleDraws:
+        """The draws of consecutive examples as one batch's: ``eps`` stacked, the per-repeat draws joined."""
+        first = draws[0]
+        offsets = None if first.offsets is None else torch.cat([d.offsets for d in draws])
+        perturbations = None if first.perturbations is None else torch.cat([d.perturbations for d in draws])
+        return cls(
+            torch.stack([d.eps for d in draws]),
+            torch.cat([d.levels for d in draws]),
+            torch.cat([d.noise for d in draws]),
+            offsets,
+            perturbations,
+        )
 
 
 class DiffusionFineTuner(LightningModule):
@@ -57,6 +91,8 @@ class DiffusionFineTuner(LightningModule):
         prior_loss_weight: float | None = None,
         cache: str = "memory",
         speed: SpeedOptions = NO_SWITCHES,
+        noise_offset: float = 0.0,
+        input_perturbation: float = 0.0,
     ) -> None:
         """
         Args:
@@ -74,6 +110,11 @@ class DiffusionFineTuner(LightningModule):
                 is the same either way.
             speed: memory and speed switches (frozen weights in bf16, channels-last, compile, attention backend);
                 see :class:`sdft.speed.SpeedOptions`. Applied when the model is set up for a trainer.
+            noise_offset: shift each training example's noise by this times a standard normal draw per channel
+                (offset noise, Guttenberg 2023), e.g. 0.05, so the model can learn overall brightness; 0 turns it off.
+            input_perturbation: noise each training example's input with its noise plus this times another standard
+                normal draw, while the target keeps the unperturbed noise (Ning et al. 2023), e.g. 0.1; 0 turns it
+                off. Neither option touches validation, which stays a fixed measurement.
         """
         super().__init__()
         self.family = family
@@ -90,6 +131,11 @@ class DiffusionFineTuner(LightningModule):
         self.cache = cache
         self.caches: dict[str, EncodingCache] = {}
         self.speed = speed
+        for key, value in (("noise_offset", noise_offset), ("input_perturbation", input_perturbation)):
+            if not value >= 0:
+                raise UserError(f"model.init_args.{key} must be >= 0 (0 turns it off), got {value}")
+        self.noise_offset = noise_offset
+        self.input_perturbation = input_perturbation
         self.strict_loading = False  # checkpoints omit the frozen base model
 
     # -- hooks for methods -------------------------------------------------------------------------------------
@@ -199,7 +245,8 @@ class DiffusionFineTuner(LightningModule):
     ) -> NoisedLatents:
         """A batch's images -> noised latents and targets. Each example's randomness (posterior sample, noise level,
         noise) comes from a generator keyed by its run position and ``stream`` alone, so an example draws the same
-        whatever the batch size, accumulation, device count or resume.
+        whatever the batch size, accumulation, device count or resume. Training examples get the noise offset, and
+        an input made from perturbed noise with the target and weight of the unperturbed noise, when so configured.
 
         Args:
             batch: ``pixel_values`` (B, 3, H, W) in [-1, 1] and each example's ``position``.
@@ -209,25 +256,39 @@ class DiffusionFineTuner(LightningModule):
         """
         posterior = self.posterior(batch)
         shape = posterior.mean.shape[1:]
-        draws = [self.example_draws(int(position), stream, shape, repeats) for position in batch["position"].tolist()]
-        latents = posterior.sample(torch.stack([eps for eps, _, _ in draws])).repeat_interleave(repeats, 0)
+        positions = batch["position"].tolist()
+        drawn = ExampleDraws.join([self.example_draws(int(position), stream, shape, repeats) for position in positions])
+        latents = posterior.sample(drawn.eps).repeat_interleave(repeats, 0)
         if levels is None:
-            levels = torch.cat([drawn for _, drawn, _ in draws])
-        return self.family.noise_latents(latents, torch.cat([noise for _, _, noise in draws]), levels)
+            levels = drawn.levels
+        noise = drawn.noise
+        if drawn.offsets is not None:
+            noise = offset_noise(noise, self.noise_offset, drawn.offsets)
+        noised = self.family.noise_latents(latents, noise, levels)
+        if drawn.perturbations is None:
+            return noised
+        perturbed = perturbed_noise(noise, self.input_perturbation, drawn.perturbations)
+        return replace(noised, noisy=self.family.noise_latents(latents, perturbed, levels).noisy)
 
-    def example_draws(
-        self, position: int, stream: int, shape: torch.Size, repeats: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def example_draws(self, position: int, stream: int, shape: torch.Size, repeats: int) -> ExampleDraws:
         """One example's random draws, in order: the posterior sample's standard normal ``eps`` (shape), then per
-        repeat a uniform noise level and standard normal noise. Returns ``(eps, levels (repeats,), noise
-        (repeats, *shape))``."""
+        repeat a uniform noise level and standard normal noise; then, for training examples only (not the validation
+        stream's) and only when the option is on, the noise offset's draws (repeats, C, 1, 1) and input
+        perturbation's (repeats, *shape)."""
         generator = self.make_generator(self.seed, position, stream)
         eps = torch.randn(shape, generator=generator, device=self.device)
         levels, noise = [], []
         for _ in range(repeats):
             levels.append(torch.rand(1, generator=generator, device=self.device))
             noise.append(torch.randn(shape, generator=generator, device=self.device))
-        return eps, torch.cat(levels), torch.stack(noise)
+        drawn = ExampleDraws(eps, torch.cat(levels), torch.stack(noise))
+        if stream == VALIDATION_STREAM:
+            return drawn
+        if self.noise_offset:
+            drawn.offsets = torch.randn((repeats, shape[0], 1, 1), generator=generator, device=self.device)
+        if self.input_perturbation:
+            drawn.perturbations = torch.randn((repeats, *shape), generator=generator, device=self.device)
+        return drawn
 
     def training_inputs(self, batch: Batch) -> tuple[NoisedLatents, Conditioning, list[int]]:
         """A training batch -> the denoiser's inputs and targets, its conditioning, and the sizes of the batch's
