@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
 from training import (
     PROMPT,
     brief_fit,
@@ -26,6 +27,7 @@ from sdft.families import StableDiffusion
 from sdft.methods import FullFineTuner
 from sdft.methods.lora import LORA_WEIGHTS
 from sdft.runs import apply_checkpoint
+from sdft.speed import SpeedOptions
 
 
 def full_tuner(model_dir, lr: float = 1e-3, **kwargs) -> FullFineTuner:
@@ -133,3 +135,17 @@ def test_the_dreambooth_lora_config_fits_with_class_images(tmp_path):
     main(["evaluate-run", str(run)])  # re-scoring reads the subject photos only, never the class images
     rows = (run / "evaluation" / "posthoc.jsonl").read_text().splitlines()
     assert [json.loads(row)["step"] for row in rows] == [0, 2]
+
+
+def test_frozen_weights_trained_in_bf16_are_exported_as_the_base_weights(tiny_sd1, subject_dir, tmp_path):
+    model = full_tuner(tiny_sd1, speed=SpeedOptions(frozen_dtype="bfloat16"))
+    cpu_trainer(tmp_path, 2, precision="bf16-mixed").fit(model, datamodule=subject_data(subject_dir))
+    assert model.family.text_encoder.dtype == torch.bfloat16 and model.family.unet.dtype == torch.float32
+    export = model.export(tmp_path / "export")
+    for name in ("text_encoder", "vae"):
+        exported, base = (load_file(next((folder / name).glob("*.safetensors"))) for folder in (export, tiny_sd1))
+        assert exported.keys() == base.keys()
+        assert all(torch.equal(exported[key], base[key]) for key in base), name
+    unet = load_file(export / "unet" / "diffusion_pytorch_model.safetensors")
+    live = model.family.unet.state_dict()
+    assert all(torch.equal(unet[key], live[key]) for key in unet)

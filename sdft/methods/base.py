@@ -124,7 +124,7 @@ class DiffusionFineTuner(LightningModule):
         self.seed = seed
         self.validation_noise_levels = validation_noise_levels
         if prior_loss_weight is not None and prior_loss_weight < 0:
-            raise ValueError(f"model.init_args.prior_loss_weight must be >= 0, got {prior_loss_weight}")
+            raise UserError(f"model.init_args.prior_loss_weight must be >= 0, got {prior_loss_weight}")
         self.prior_loss_weight = prior_loss_weight
         if cache not in CACHE_MODES:
             raise UserError(f"model.init_args.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
@@ -301,7 +301,7 @@ class DiffusionFineTuner(LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         noised, conditioning, sizes = self.training_inputs(batch)
         if len(sizes) == 1 and self.prior_loss_weight is not None:
-            raise ValueError(
+            raise UserError(
                 "model.init_args.prior_loss_weight is set but the batches hold no class images: set "
                 "data.class_prompt to turn prior preservation on, or drop prior_loss_weight"
             )
@@ -375,7 +375,7 @@ class DiffusionFineTuner(LightningModule):
         self.configure_model()
         missing = sorted(set(self.trainable_state_dict()) - set(checkpoint["state_dict"]))
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint lacks {len(missing)} trained tensors (first: {missing[0]}); it was written by another "
                 "method or configuration: resume with the config of the run that wrote it"
             )

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from sdft.assets import resolve
+from sdft.errors import UserError
 from sdft.methods.base import DiffusionFineTuner, ParameterGroups
 
 
@@ -26,12 +30,12 @@ class FullFineTuner(DiffusionFineTuner):
         """
         super().__init__(*args, **kwargs)
         if text_encoder_lr is not None and not train_text_encoder:
-            raise ValueError(
+            raise UserError(
                 "model.init_args.text_encoder_lr is set but model.init_args.train_text_encoder is false; "
                 "set train_text_encoder: true or drop text_encoder_lr"
             )
         if text_encoder_lr is not None and text_encoder_lr <= 0:
-            raise ValueError(f"model.init_args.text_encoder_lr must be positive, got {text_encoder_lr}")
+            raise UserError(f"model.init_args.text_encoder_lr must be positive, got {text_encoder_lr}")
         self.train_text_encoder = train_text_encoder
         self.text_encoder_lr = text_encoder_lr
 
@@ -52,5 +56,27 @@ class FullFineTuner(DiffusionFineTuner):
         return [denoiser, encoders]
 
     def write_export(self, directory: Path) -> Path:
+        """The live pipeline; a frozen component held in a lower dtype for training (``speed.frozen_dtype``) is
+        written as the source's own weights instead, so the export loses no precision it did not train."""
         self.family.pipeline().save_pretrained(directory, safe_serialization=True)
+        family = self.family
+        for name in self.lowered_frozen_components():
+            component = getattr(family, name)
+            base = type(component).from_pretrained(
+                resolve(family.pretrained_model_name_or_path),
+                subfolder=name,
+                revision=family.revision,
+                variant=family.variant,
+            )
+            base.save_pretrained(directory / name, safe_serialization=True)
         return directory
+
+    def lowered_frozen_components(self) -> list[str]:
+        """The pipeline components that train nothing and hold weights below float32."""
+        names = [*self.family.text_encoder_names, "vae"]
+        return [
+            name
+            for name in names
+            if not any(p.requires_grad for p in getattr(self.family, name).parameters())
+            and any(p.is_floating_point() and p.dtype != torch.float32 for p in getattr(self.family, name).parameters())
+        ]

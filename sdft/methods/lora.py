@@ -45,7 +45,7 @@ class LoRAFineTuner(DiffusionFineTuner):
         """
         super().__init__(*args, **kwargs)
         if rank < 1:
-            raise ValueError(f"model.init_args.rank must be a positive integer, got {rank}")
+            raise UserError(f"model.init_args.rank must be a positive integer, got {rank}")
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)
         self.dropout = dropout

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sdft.errors import UserError
 from sdft.methods.base import ParameterGroups
 from sdft.methods.lora import LoRAFineTuner
 from sdft.methods.tokens import LearnsPlaceholder
@@ -35,11 +36,9 @@ class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
         """
         super().__init__(*args, **kwargs)
         if embedding_lr is not None and embedding_lr <= 0:
-            raise ValueError(f"model.init_args.embedding_lr must be positive, got {embedding_lr}")
+            raise UserError(f"model.init_args.embedding_lr must be positive, got {embedding_lr}")
         if not 0.0 <= embedding_only_fraction < 1.0:
-            raise ValueError(
-                f"model.init_args.embedding_only_fraction must be in [0, 1), got {embedding_only_fraction}"
-            )
+            raise UserError(f"model.init_args.embedding_only_fraction must be in [0, 1), got {embedding_only_fraction}")
         self.embedding_lr = embedding_lr
         self.embedding_only_fraction = embedding_only_fraction
 

@@ -80,12 +80,12 @@ class PlaceholderTokens:
 
     def __post_init__(self) -> None:
         if not self.placeholder.strip("<>") or any(c.isspace() or c in "/\\" for c in self.placeholder):
-            raise ValueError(
+            raise UserError(
                 f"model.init_args.placeholder_token must be one word without slashes, e.g. '<sks>', "
                 f"got {self.placeholder!r}"
             )
         if self.num_vectors < 1:
-            raise ValueError(f"model.init_args.num_vectors must be a positive integer, got {self.num_vectors}")
+            raise UserError(f"model.init_args.num_vectors must be a positive integer, got {self.num_vectors}")
 
     @property
     def tokens(self) -> list[str]:
@@ -111,19 +111,19 @@ class PlaceholderTokens:
         """The initializer's embedding, once per vector (num_vectors, dim); raises if the tokens cannot be added."""
         taken = [token for token in self.tokens if token in tokenizer.get_vocab()]
         if taken:
-            raise ValueError(
+            raise UserError(
                 f"model.init_args.placeholder_token {self.placeholder!r} is taken: the tokenizer already has {taken}; "
                 "choose a word it does not know, e.g. '<my-dog>'"
             )
         ids = tokenizer.encode(self.initializer, add_special_tokens=False)
         if len(ids) != 1:
-            raise ValueError(
+            raise UserError(
                 f"model.init_args.initializer_token {self.initializer!r} encodes to {len(ids)} tokens; "
                 "it must be a single token, e.g. the class noun 'dog'"
             )
         table = encoder.get_input_embeddings()
         if len(tokenizer) != table.num_embeddings:
-            raise ValueError(
+            raise UserError(
                 f"the tokenizer has {len(tokenizer)} tokens but its text encoder {table.num_embeddings} embeddings; "
                 "new tokens need the two to match"
             )
@@ -139,7 +139,7 @@ class PlaceholderTokens:
     def check_prompts(self, prompts: list[str]) -> None:
         """Raise unless some of a batch's prompts name the placeholder (nothing would train otherwise)."""
         if not any(self.placeholder in prompt for prompt in prompts):
-            raise ValueError(
+            raise UserError(
                 f"model.init_args.placeholder_token {self.placeholder!r} does not appear in data.instance_prompt "
                 f"(a training prompt: {prompts[0]!r}); name the subject with it, e.g. '{self.placeholder} dog' "
                 "with data.prompt_templates: object"
