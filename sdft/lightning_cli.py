@@ -13,13 +13,18 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from transformers.utils import logging as transformers_logging
 
 from sdft.callbacks import FinalExport, InterruptionCheckpoint, StepProgressBar
 from sdft.checkpointing import AtomicCheckpointIO
 from sdft.data.sampling import check_max_steps
+from sdft.errors import UserError
 from sdft.methods import DiffusionFineTuner
+
+#: strategies whose ranks each hold a shard of the model
+SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
 
 #: expected warnings that say nothing to an sdft user
 QUIET = (
@@ -89,10 +94,22 @@ class SdftCLI(LightningCLI):
 def check_before_loading(trainer, model: LightningModule, datamodule: LightningDataModule) -> None:
     """The user's settings and files that can be checked before any model loads (one-line errors)."""
     check_max_steps(trainer.max_steps)
+    check_strategy(trainer.strategy)
     if isinstance(model, DiffusionFineTuner):
         model.speed.check_precision(trainer.precision)
     if isinstance(datamodule, CheckedData):
         datamodule.check()
+
+
+def check_strategy(strategy: Strategy) -> None:
+    """Refuse the strategies that shard the model: sdft's sampling, evaluation and exports run the whole model on
+    one rank, which a sharded model cannot do without every rank (it would hang at the first gather)."""
+    if isinstance(strategy, SHARDED_STRATEGIES):
+        raise UserError(
+            f"trainer.strategy: {type(strategy).__name__} shards the model, which sdft does not support yet; use "
+            "ddp (every rank holds the whole model: --trainer.strategy ddp) and, for memory, "
+            "model.init_args.gradient_checkpointing and model.init_args.speed.frozen_dtype"
+        )
 
 
 def continue_run_folder(config, save_config_kwargs: dict[str, Any]) -> None:

@@ -99,6 +99,10 @@ def test_a_resumed_fit_continues_its_run_folder(tmp_path):
             r"sdft: error: \S*no-such-photos does not exist; set data.instance_dir",
         ),
         ("--data.init_args.resolution=65", r"sdft: error: data.resolution must be a positive multiple of 8"),
+        (
+            '--trainer.strategy={{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}}',
+            r"sdft: error: trainer.strategy: ModelParallelStrategy shards the model, which sdft does not support",
+        ),
     ],
 )
 def test_a_data_mistake_is_one_line_before_any_model_loads(option, message, capsys, tmp_path):
