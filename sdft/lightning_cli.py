@@ -9,19 +9,20 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from diffusers.utils import logging as diffusers_logging
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from transformers.utils import logging as transformers_logging
 
-from sdft.callbacks import FinalExport, InterruptionCheckpoint, StepProgressBar
+from sdft.callbacks import ExponentialMovingAverage, FinalExport, InterruptionCheckpoint, StepProgressBar
 from sdft.checkpointing import AtomicCheckpointIO
 from sdft.data.sampling import check_max_steps
 from sdft.errors import UserError
 from sdft.methods import DiffusionFineTuner
+from sdft.sharding import ShardedStrategy
 
 #: strategies whose ranks each hold a shard of the model
 SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
@@ -94,21 +95,31 @@ class SdftCLI(LightningCLI):
 def check_before_loading(trainer, model: LightningModule, datamodule: LightningDataModule) -> None:
     """The user's settings and files that can be checked before any model loads (one-line errors)."""
     check_max_steps(trainer.max_steps)
-    check_strategy(trainer.strategy)
+    check_strategy(trainer)
     if isinstance(model, DiffusionFineTuner):
         model.speed.check_precision(trainer.precision)
+        if isinstance(trainer.strategy, ShardedStrategy) and model.speed.frozen_dtype not in (None, "float32"):
+            raise UserError(
+                "model.init_args.speed.frozen_dtype: ShardedStrategy keeps one dtype per shard; set frozen_dtype: "
+                "null with it (the shards already divide the frozen base's memory by the number of ranks)"
+            )
     if isinstance(datamodule, CheckedData):
         datamodule.check()
 
 
-def check_strategy(strategy: Strategy) -> None:
-    """Refuse the strategies that shard the model: sdft's sampling, evaluation and exports run the whole model on
-    one rank, which a sharded model cannot do without every rank (it would hang at the first gather)."""
-    if isinstance(strategy, SHARDED_STRATEGIES):
+def check_strategy(trainer: Trainer) -> None:
+    """Refuse the sharding strategies other than :class:`sdft.sharding.ShardedStrategy` (sampling, evaluation and
+    exports would hang at their first gather), and what ShardedStrategy cannot carry yet (a weight average)."""
+    strategy = trainer.strategy
+    if isinstance(strategy, ShardedStrategy):
+        if any(isinstance(callback, ExponentialMovingAverage) for callback in trainer.callbacks):
+            raise UserError(
+                "trainer.callbacks: ExponentialMovingAverage does not work with ShardedStrategy yet; drop one of them"
+            )
+    elif isinstance(strategy, SHARDED_STRATEGIES):
         raise UserError(
-            f"trainer.strategy: {type(strategy).__name__} shards the model, which sdft does not support yet; use "
-            "ddp (every rank holds the whole model: --trainer.strategy ddp) and, for memory, "
-            "model.init_args.gradient_checkpointing and model.init_args.speed.frozen_dtype"
+            f"trainer.strategy: {type(strategy).__name__} is not supported; shard with "
+            "{class_path: sdft.sharding.ShardedStrategy}, or use ddp (every rank holds the whole model)"
         )
 
 

@@ -39,6 +39,7 @@ from sdft.evaluation.selection import Selection, select_step
 from sdft.files import write_atomic, write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
 from sdft.runs import apply_checkpoint, checkpoints_by_step
+from sdft.sharding import whole_model
 
 
 class SubjectEvaluator(Callback):
@@ -219,7 +220,8 @@ class SubjectEvaluator(Callback):
     def evaluate(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> dict[str, float]:
         """Generate this rank's share of the probes, score them, reduce across ranks, record the row."""
         started = time.perf_counter()
-        values, images = self.scorer.score(pl_module, trainer.global_rank, trainer.world_size)
+        with whole_model(pl_module):
+            values, images = self.scorer.score(pl_module, trainer.global_rank, trainer.world_size)
         self.record_row(trainer, values, images, time.perf_counter() - started)
         return values
 
@@ -240,8 +242,12 @@ class SubjectEvaluator(Callback):
     # -- selection ------------------------------------------------------------------------------------------------
 
     def record_selection(self, trainer: Trainer, pl_module: DiffusionFineTuner, selection: Selection) -> None:
-        if not trainer.is_global_zero:
-            return
+        with whole_model(pl_module):  # every rank, for a sharded model; rank 0 exports and writes
+            if trainer.is_global_zero:
+                self.write_selection(trainer, pl_module, selection)
+
+    def write_selection(self, trainer: Trainer, pl_module: DiffusionFineTuner, selection: Selection) -> None:
+        """Export the chosen step to ``<run>/best/`` and write ``selection.json``."""
         checkpoint = self.find_checkpoint(trainer, selection.step)
         best = self.run_dir / "best"
         exported = self.export_best and export_step(pl_module, checkpoint, trainer.global_step, selection.step, best)

@@ -7,9 +7,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 
 from sdft.methods.base import DiffusionFineTuner
+from sdft.sharding import whole_model
 
 
 class FinalExport(Callback):
@@ -26,12 +27,13 @@ class FinalExport(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.run_dir = Path(trainer.log_dir)  # a collective call under DDP: every rank makes it here
 
-    @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.interrupted:
             return
-        path = pl_module.export(self.run_dir / self.dirname)
-        rank_zero_info(f"exported step {trainer.global_step} to {path}")
+        with whole_model(pl_module):  # every rank, for a sharded model; rank 0 writes
+            if trainer.is_global_zero:
+                path = pl_module.export(self.run_dir / self.dirname)
+                rank_zero_info(f"exported step {trainer.global_step} to {path}")
 
 
 @contextmanager

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from sdft.files import write_atomic
 from sdft.methods.base import DiffusionFineTuner
+from sdft.sharding import whole_model
 
 
 class SamplePreview(Callback):
@@ -66,13 +66,19 @@ class SamplePreview(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.sample(trainer, pl_module)
 
-    @rank_zero_only
     def sample(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> None:
-        """Sample once per step (hooks can meet on the same step), write PNGs and log a grid."""
+        """Sample once per step (hooks can meet on the same step) on rank 0, every rank holding the whole model
+        meanwhile (see :func:`sdft.sharding.whole_model`)."""
         step = trainer.global_step
         if step == self.last_sampled_step:
             return
         self.last_sampled_step = step
+        with whole_model(pl_module):
+            if trainer.is_global_zero:
+                self.write_samples(trainer, pl_module, step)
+
+    def write_samples(self, trainer: Trainer, pl_module: DiffusionFineTuner, step: int) -> None:
+        """Generate the previews of ``step``, write PNGs and log a grid."""
         prompts = [prompt for prompt in self.prompts for _ in range(self.num_images_per_prompt)]
         seeds = [self.seed + i for _ in self.prompts for i in range(self.num_images_per_prompt)]
         resolution = self.resolution or trainer.datamodule.resolution

@@ -20,6 +20,7 @@ from sdft.errors import UserError
 from sdft.families.base import Conditioning, LatentPosterior, ModelFamily, NoisedLatents
 from sdft.files import write_folder_atomic
 from sdft.objectives import offset_noise, per_example_mse, perturbed_noise, prior_preservation_loss, step_seed
+from sdft.sharding import ShardedStrategy, shard_family
 from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options
 
 ParameterGroups = list[dict[str, Any]]
@@ -214,6 +215,8 @@ class DiffusionFineTuner(LightningModule):
             self.family.denoiser.enable_gradient_checkpointing()
         if self._trainer is not None:  # a checkpoint read for an export keeps the base weights as loaded
             apply_speed_options(self.family, self.speed, self.trainer.precision)
+            if isinstance(self.trainer.strategy, ShardedStrategy):
+                shard_family(self.family, self.device_mesh["data_parallel"])
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint holds: every parameter that requires a gradient, by state-dict key."""

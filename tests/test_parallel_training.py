@@ -1,0 +1,184 @@
+"""Data parallelism equals one process: two CPU processes (gloo) with half the batch each, under DDP or sharded
+(FSDP2, :class:`sdft.sharding.ShardedStrategy`), log the same per-step losses, train the same weights and write one
+export, with prior preservation and class images generated across the ranks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from sdft.cli import main
+from sdft.reporting.records import read_curves
+
+STEPS = 3
+GLOBAL_BATCH = 2
+#: SGD's steps are linear in the gradients, so equal gradients give weights equal up to float rounding (AdamW divides
+#: each gradient by its size and magnifies the all-reduce's rounding where a gradient is near zero)
+OPTIMIZER = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5, "momentum": 0.9}}
+FAMILY = {
+    "class_path": "sdft.families.StableDiffusion",
+    "init_args": {"pretrained_model_name_or_path": "builtin:tiny-sd1"},
+}
+#: each method's model section and instance prompt
+METHODS = {
+    "lora": ({"class_path": "sdft.methods.LoRAFineTuner", "init_args": {"rank": 4, "alpha": 4}}, "a photo of sks toy"),
+    "full": ({"class_path": "sdft.methods.FullFineTuner", "init_args": {}}, "a photo of sks toy"),
+    "textual_inversion": (
+        {
+            "class_path": "sdft.methods.TextualInversion",
+            "init_args": {"placeholder_token": "<sks>", "initializer_token": "toy"},
+        },
+        "a photo of <sks> toy",
+    ),
+}
+
+
+#: previews mid-run: sampling between steps (the whole model on rank 0 alone) must leave training unchanged
+PREVIEW = {
+    "class_path": "sdft.callbacks.SamplePreview",
+    "init_args": {"prompts": ["a toy"], "every_n_steps": 2, "num_images_per_prompt": 1, "num_inference_steps": 2},
+}
+#: the trainer.strategy of each way of running
+STRATEGIES = {"single": "auto", "ddp": "ddp_spawn", "sharded": {"class_path": "sdft.sharding.ShardedStrategy"}}
+
+
+def write_config(folder: Path, method: str, strategy: str, **trainer) -> Path:
+    """A 3-step run of ``method`` with prior preservation, on one CPU process or two, the global batch fixed."""
+    devices = 1 if strategy == "single" else 2
+    model, prompt = METHODS[method]
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": devices,
+            "strategy": STRATEGIES[strategy],
+            "max_steps": STEPS,
+            "log_every_n_steps": 1,
+            "limit_val_batches": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(folder), "name": "run"},
+            },
+            "callbacks": [PREVIEW],
+            **trainer,
+        },
+        "model": {
+            "class_path": model["class_path"],
+            "init_args": {**model["init_args"], "family": FAMILY, "optimizer": OPTIMIZER},
+        },
+        "data": {
+            "class_path": "sdft.data.SubjectDataModule",
+            "init_args": {
+                "instance_dir": "builtin:toy-subject",
+                "instance_prompt": prompt,
+                "resolution": 32,
+                "random_flip": 0.5,
+                "batch_size": GLOBAL_BATCH // devices,
+                "class_prompt": "a photo of a toy",
+                "class_dir": str(folder / "class-images"),
+                "num_class_images": 3,
+                "class_generation_steps": 2,
+                "class_generation_batch_size": 1,
+            },
+        },
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(folder: Path, method: str, strategy: str, *options: str, **trainer) -> Path:
+    """Fit into ``folder``: in this process, or for the sharded strategy (whose launcher starts the other rank by
+    running the command again) as an ``sdft fit`` subprocess."""
+    folder.mkdir(exist_ok=True)
+    command = ["fit", "--config", str(write_config(folder, method, strategy, **trainer)), *options]
+    if strategy == "sharded":
+        subprocess.run([sys.executable, "-m", "sdft.cli", *command], check=True, env=os.environ.copy())
+    else:
+        main(command)
+    return folder / "run" / "version_0"
+
+
+def exported_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every safetensors file of the final export, keyed by file and tensor name."""
+    files = sorted((run_dir / "final").rglob("*.safetensors"))
+    assert files, "no export"
+    return {f"{path.relative_to(run_dir)}:{key}": value for path in files for key, value in load_file(path).items()}
+
+
+def class_images(folder: Path) -> list[np.ndarray]:
+    return [np.asarray(Image.open(path)) for path in sorted((folder / "class-images").glob("*.png"))]
+
+
+def check_equal_runs(tmp_path: Path, method: str, strategy: str) -> None:
+    single, parallel = run(tmp_path / "single", method, "single"), run(tmp_path / strategy, method, strategy)
+    runs = (("single", single), ("parallel", parallel))
+    losses = {name: dict(read_curves(folder)["train/loss"]) for name, folder in runs}
+    assert sorted(losses["parallel"]) == list(range(STEPS))
+    assert losses["parallel"] == pytest.approx(losses["single"], rel=1e-5)
+    prior = {name: dict(read_curves(folder)["train/prior_loss"]) for name, folder in runs}
+    assert prior["parallel"] == pytest.approx(prior["single"], rel=1e-5)
+    check_equal_exports(parallel, single)
+    # one run folder, one export, the previews; the class images the two ranks made are the ones one process makes
+    assert sorted(path.name for path in (tmp_path / strategy / "run").iterdir()) == ["version_0"]
+    previews = sorted(path.name for path in (parallel / "samples").iterdir())
+    assert previews == ["step_000000", "step_000002", "step_000003"]
+    generated = class_images(tmp_path / strategy)
+    assert len(generated) == 3
+    for made, alone in zip(generated, class_images(tmp_path / "single"), strict=True):
+        assert np.array_equal(made, alone)
+
+
+def check_equal_exports(run_dir: Path, expected_run_dir: Path) -> None:
+    trained, expected = exported_tensors(run_dir), exported_tensors(expected_run_dir)
+    assert trained.keys() == expected.keys()
+    for key, value in expected.items():
+        # per tensor, against its largest entry: full fine-tuning sums many more rounding steps than a LoRA
+        assert (trained[key] - value).abs().max() <= 1e-5 * value.abs().max(), key
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "sharded"])
+def test_lora_on_two_processes_equals_one(strategy, tmp_path):
+    check_equal_runs(tmp_path, "lora", strategy)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "sharded"])
+@pytest.mark.parametrize("method", ["full", "textual_inversion"])
+def test_two_processes_equal_one(method, strategy, tmp_path):
+    check_equal_runs(tmp_path, method, strategy)
+
+
+@pytest.mark.slow
+def test_a_sharded_run_resumes_from_its_single_file_checkpoint(tmp_path):
+    """Checkpoints of a sharded run hold the gathered trained tensors in one file; resuming from step 2 on two
+    processes ends with the uninterrupted run's export."""
+    checkpoints = {
+        "callbacks": [
+            PREVIEW,
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "filename": "{step}"},
+            }
+        ]
+    }
+    whole = run(tmp_path / "whole", "full", "sharded", **checkpoints)
+    checkpoint = whole / "checkpoints" / "step=2.ckpt"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert state and all(key.startswith("family.unet.") for key in state)  # the trained UNet, gathered; no VAE
+    resumed = run(tmp_path / "resumed", "full", "sharded", f"--ckpt_path={checkpoint}", **checkpoints)
+    assert dict(read_curves(resumed)["train/loss"])[STEPS - 1] == pytest.approx(
+        dict(read_curves(whole)["train/loss"])[STEPS - 1], rel=1e-5
+    )
+    check_equal_exports(resumed, whole)
