@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -43,6 +45,12 @@ class ShardedStrategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load a single-file checkpoint into the shards, after checking it holds every tensor the model trains."""
+        keys = torch.load(checkpoint_path, mmap=True, map_location="cpu", weights_only=weights_only)["state_dict"]
+        self.lightning_module.check_trained_tensors(keys)
+        return super().load_checkpoint(checkpoint_path, weights_only)
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """The trained tensors, whole on rank 0 (empty elsewhere): the frozen base is never gathered."""

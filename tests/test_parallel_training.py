@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from sdft.assets import resolve
 from sdft.cli import main
 from sdft.reporting.records import read_curves
 
@@ -49,6 +50,13 @@ PREVIEW = {
 }
 #: the trainer.strategy of each way of running
 STRATEGIES = {"single": "auto", "ddp": "ddp_spawn", "sharded": {"class_path": "sdft.sharding.ShardedStrategy"}}
+
+
+@pytest.fixture(autouse=True)
+def built_assets() -> None:
+    """The built-in model and photos, built before two ranks would race to build them."""
+    for name in ("builtin:tiny-sd1", "builtin:toy-subject"):
+        resolve(name)
 
 
 def write_config(folder: Path, method: str, strategy: str, **trainer) -> Path:
@@ -170,7 +178,7 @@ def test_a_sharded_run_resumes_from_its_single_file_checkpoint(tmp_path):
             {
                 "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                 "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "filename": "{step}"},
-            }
+            },
         ]
     }
     whole = run(tmp_path / "whole", "full", "sharded", **checkpoints)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -376,7 +377,13 @@ class DiffusionFineTuner(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.configure_model()
-        missing = sorted(set(self.trainable_state_dict()) - set(checkpoint["state_dict"]))
+        if "state_dict" in checkpoint:  # (a sharding strategy loads the weights itself and checks them there)
+            self.check_trained_tensors(checkpoint["state_dict"])
+
+    def check_trained_tensors(self, keys: Iterable[str]) -> None:
+        """Refuse a checkpoint whose state-dict ``keys`` lack a tensor this model trains: another method or config
+        wrote it."""
+        missing = sorted(set(self.trainable_state_dict()) - set(keys))
         if missing:
             raise UserError(
                 f"the checkpoint lacks {len(missing)} trained tensors (first: {missing[0]}); it was written by another "
