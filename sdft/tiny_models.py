@@ -1,7 +1,9 @@
-"""Tiny, randomly initialised models shaped like the real families, saved as ordinary diffusers folders.
+"""Tiny (and one small) randomly initialised models shaped like the real families, saved as ordinary diffusers folders.
 
 They load through the same ``from_pretrained(name_or_path)`` code as the real checkpoints, so the quickstart and
 the tests exercise every real code path offline and in seconds. The weights are a pure function of the seed.
+The small SD-1.x model (:func:`build_small_sd1`) is large enough that a CPU spends its time in the networks, for
+timing training against other trainers.
 """
 
 from __future__ import annotations
@@ -215,6 +217,43 @@ def build_tiny_sd1(directory: str | Path, seed: int = 0) -> Path:
     return save_pipeline(sd_pipeline(modules, clip_tokenizer(directory / "tokenizer"), "epsilon"), directory)
 
 
+def small_sd1_modules() -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """SD 1.x's UNet at a fifth of its widths (64-256 channels over its four levels), its factor-8 VAE at a quarter
+    (32-128) and a four-layer CLIP text encoder of width 256, in construction order."""
+    unet = UNet2DConditionModel(
+        block_out_channels=(64, 128, 256, 256),
+        layers_per_block=2,
+        sample_size=16,
+        cross_attention_dim=256,
+        attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64, 128, 128),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=128,
+        scaling_factor=0.18215,
+    )
+    text_config = tiny_clip_config(hidden_size=256)
+    text_config.num_hidden_layers, text_config.intermediate_size = 4, 1024
+    return unet, vae, CLIPTextModel(text_config)
+
+
+def build_small_sd1(directory: str | Path, seed: int = 0) -> Path:
+    """Build a small SD-1.x-shaped pipeline (see :func:`small_sd1_modules`; 128 px images make 16x16 latents) and
+    save it as a diffusers folder (safetensors); return the folder.
+
+    Args:
+        directory: where to write the model folder.
+        seed: the weights are a function of this seed alone.
+    """
+    directory = Path(directory)
+    modules = seeded(seed, small_sd1_modules)
+    return save_pipeline(sd_pipeline(modules, clip_tokenizer(directory / "tokenizer"), "epsilon"), directory)
+
+
 def build_tiny_sd2_v(directory: str | Path, seed: int = 0) -> Path:
     """Build a tiny SD-2.x-shaped v-prediction pipeline (as the 768 px SD 2 models) and save it as a diffusers folder.
 
@@ -243,8 +282,15 @@ def build_tiny_sdxl(directory: str | Path, seed: int = 0) -> Path:
         directory: where to write the model folder.
         seed: the weights are a function of this seed alone.
     """
-    directory = Path(directory)
-    text_encoder, text_encoder_2, unet, vae = seeded(seed, tiny_sdxl_modules)
+    return save_sdxl(seeded(seed, tiny_sdxl_modules), Path(directory))
+
+
+def save_sdxl(
+    modules: tuple[CLIPTextModel, CLIPTextModelWithProjection, UNet2DConditionModel, AutoencoderKL], directory: Path
+) -> Path:
+    """Save SDXL's modules (in :func:`tiny_sdxl_modules`' order) with the offline CLIP and OpenCLIP tokenizers and
+    SDXL's Euler scheduler as a diffusers folder (safetensors); return the folder."""
+    text_encoder, text_encoder_2, unet, vae = modules
     pipeline = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -159,7 +159,13 @@ def build_tiny_sd3(directory: str | Path, seed: int = 0) -> Path:
     """
     directory = Path(directory)
     tokenizer_3 = t5_tokenizer(directory / "tokenizer_3")
-    transformer, vae, clip_l, clip_g, t5 = seeded(seed, lambda: tiny_sd3_modules(len(tokenizer_3)))
+    return save_sd3(seeded(seed, lambda: tiny_sd3_modules(len(tokenizer_3))), tokenizer_3, directory)
+
+
+def save_sd3(modules: tuple[nn.Module, ...], tokenizer_3: T5TokenizerFast, directory: Path) -> Path:
+    """Save SD3.5's modules (in :func:`tiny_sd3_modules`' order) with the offline CLIP tokenizers, ``tokenizer_3``
+    (written in ``directory``) and SD3.5's scheduler as a diffusers folder (safetensors); return the folder."""
+    transformer, vae, clip_l, clip_g, t5 = modules
     pipeline = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
@@ -184,7 +190,13 @@ def build_tiny_flux(directory: str | Path, seed: int = 0) -> Path:
     """
     directory = Path(directory)
     tokenizer_2 = t5_tokenizer(directory / "tokenizer_2")
-    transformer, vae, clip_l, t5 = seeded(seed, lambda: tiny_flux_modules(len(tokenizer_2)))
+    return save_flux(seeded(seed, lambda: tiny_flux_modules(len(tokenizer_2))), tokenizer_2, directory)
+
+
+def save_flux(modules: tuple[nn.Module, ...], tokenizer_2: T5TokenizerFast, directory: Path) -> Path:
+    """Save FLUX.1's modules (in :func:`tiny_flux_modules`' order) with the offline CLIP tokenizer, ``tokenizer_2``
+    (written in ``directory``) and FLUX.1-dev's scheduler as a diffusers folder (safetensors); return the folder."""
+    transformer, vae, clip_l, t5 = modules
     pipeline = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
         vae=vae,

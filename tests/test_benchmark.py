@@ -1,0 +1,112 @@
+"""scripts/benchmark.py: the step recorder, the bare loop on sdft's inputs, the report's tables, and the whole command
+on the tiny model (no reference script)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+THREE_STEPS = """
+import torch
+weight = torch.nn.Parameter(torch.ones(3))
+optimizer = torch.optim.AdamW([weight])
+for _ in range(3):
+    weight.sum().backward()
+    optimizer.step()
+"""
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    """The benchmark's modules, imported from scripts/ as the script itself imports them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(ROOT / "scripts"))
+        modules = ("benchmark", "benchmark_runs", "benchmark_report", "real_architectures")
+        yield argparse.Namespace(**{name: importlib.import_module(name) for name in modules})
+
+
+def tiny_setup(scripts, model: Path, photos: Path, folder: Path):
+    tiny = scripts.benchmark.SIZES["tiny"]
+    return scripts.benchmark_runs.Setup("tiny", tiny, model, photos, "cpu", 1, 3, pycache=folder / "pycache")
+
+
+def test_step_recorder_notes_when_each_optimizer_step_ends(scripts, tmp_path):
+    program = tmp_path / "three_steps.py"
+    program.write_text(THREE_STEPS)
+    run = scripts.benchmark_runs.run_recorded([str(program)], tmp_path, tmp_path / "pycache")
+    steps = run["steps"]
+    assert len(steps) == 3 and steps == sorted(steps)
+    assert 0 < run["first_step_s"] == steps[0] < run["wall_s"]
+    assert run["peak_bytes"] > 10**7  # python and torch at least
+    assert scripts.benchmark_runs.steady_step([1.0, 2.0, 4.0, 7.0], warmup=2) == pytest.approx(2.5)
+
+
+def test_bare_loop_times_the_step_on_sdft_inputs(scripts, tiny_sd1, subject_dir, tmp_path):
+    setup = tiny_setup(scripts, tiny_sd1, subject_dir, tmp_path)
+    assert 0 < scripts.benchmark_runs.measure_bare_loop(setup, tmp_path / "bare")["step_s"] < 10
+    overrides = (tmp_path / "bare" / "overrides.yaml").read_text()
+    assert "SubjectEvaluator" not in overrides and "SamplePreview" not in overrides
+    assert "limit_val_batches: 0" in overrides and "every_n_train_steps: 3" in overrides
+
+
+def journal_row(trainer: str, repeat: int, step_s: float, **measured: float) -> dict:
+    load = {"load_before": 1.0, "load_start": 1.0, "waited_s": 0.0, "others_cpu": 0.01, "attempt": 1}
+    return {"size": "tiny", "trainer": trainer, "repeat": repeat, **load, "step_s": step_s, **measured}
+
+
+def test_report_holds_medians_and_ratios(scripts, tmp_path):
+    setup = tiny_setup(scripts, tmp_path, tmp_path, tmp_path)
+    settings = scripts.benchmark_runs.TrainingSettings("a photo of sks toy", 2, 0, 8, 3e-3, False)
+    process = {"first_step_s": 6.0, "peak_bytes": 10**9, "wall_s": 20.0}
+    rows = [
+        *(journal_row("sdft", r, s, **process, checkpoint_bytes=320_000) for r, s in enumerate((0.05, 0.04, 0.09))),
+        *(journal_row("reference", r, s, first_step_s=8.0, peak_bytes=2e9) for r, s in enumerate((0.1, 0.08, 0.12))),
+        *(journal_row("bare loop", r, 0.04) for r in range(3)),
+        journal_row("sdft + evaluator", 0, 0.05, **process, evaluation_s=5.0),
+    ]
+    options = argparse.Namespace(steps=[1, 3], repeats=3, device="cpu", quiet_load=2.5, attempts=3)
+    text = scripts.benchmark_report.report(rows, [(setup, settings)], [], options, [], (300, 0.1))
+    assert "| steady step | 0.0500 s | 0.1000 s | 0.0400 s | 0.50 | 1.25 (+25%) |" in text
+    assert "| time to first step (from launch) | 6.0 s | 8.0 s |" in text
+    assert "| peak memory | 1,000 MB | 2,000 MB |" in text
+    assert "| checkpoint (`.ckpt`: LoRA + optimizer state) | 0.32 MB |" in text
+    assert "| evaluator's share of a fit with it | 25% of 20.0 s |" in text
+    assert "steady step 2.00x as fast as the reference's, peak memory 0.50x, time to first step 0.75x" in text
+    assert text.count("| tiny | ") == len(rows)
+
+
+@pytest.mark.slow
+def test_benchmark_command_on_the_tiny_model(scripts, tmp_path):
+    output = tmp_path / "benchmarks.md"
+    arguments = ["--sizes", "tiny", "--repeats", "1", "--steps", "1", "3", "--quiet-load", "1000", "--attempts", "1"]
+    text = scripts.benchmark.main([*arguments, "--work-dir", str(tmp_path / "work"), "--output", str(output)])
+    assert output.read_text() == text
+    table = text[text.index("## tiny") : text.index("## Every measurement")]
+    step = re.search(r"\| steady step \| ([\d.]+) s \|  \| ([\d.]+) s \|  \| (\d\.\d\d) \(", table)
+    first, peak = (
+        re.search(r"\| time to first step \(from launch\) \| ([\d.]+) s \|", table),
+        re.search(r"\| peak memory \| ([\d,]+) MB \|", table),
+    )
+    share = re.search(r"\| evaluator's share of a fit with it \| (\d+)% of ([\d.]+) s \|", table)
+    assert all(float(number) > 0 for number in (*step.groups(), first[1], peak[1].replace(",", ""), share[2]))
+    assert 0 < int(share[1]) < 100
+    assert re.search(r"\| checkpoint \(`\.ckpt`: LoRA \+ optimizer state\) \| [\d.]+ MB \|", table)
+    assert text.count("| tiny | ") == 3  # sdft, the bare loop, sdft with the evaluator
+
+
+def test_real_architectures_have_the_published_sizes(scripts):
+    real = scripts.real_architectures
+    builders = (real.sd15_modules, real.sdxl_modules, real.sd35_medium_modules, real.flux_dev_modules)
+    with torch.device("meta"):
+        counts = [[sum(p.numel() for p in module.parameters()) for module in build()] for build in builders]
+    sd15, sdxl, sd35, flux = counts
+    assert sd15 == [859_520_964, 83_653_863, 123_060_480]  # UNet, VAE, CLIP ViT-L/14
+    assert sdxl == [123_060_480, 694_659_840, 2_567_463_684, 83_653_863]  # + OpenCLIP bigG, SDXL's UNet
+    assert sd35[0] == 2_243_171_520 and sd35[4] == 4_762_310_656  # MMDiT, T5-XXL encoder
+    assert flux[0] == 11_901_408_320 and flux[1] == 83_819_683  # FLUX.1-dev transformer, its VAE
