@@ -18,6 +18,7 @@ from training import (
     Fit,
     adamw,
     brief_fit,
+    cpu_trainer,
     fit,
     full_tuner,
     loaded,
@@ -303,3 +304,11 @@ def test_shipped_configs_fit_the_tiny_model_through_the_cli(config, exported, cl
     assert (run / "evaluation" / "selection.json").is_file()
     if class_images:
         assert len(list((tmp_path / "class").glob("*.png"))) == 2
+
+
+def test_the_vae_stays_float32_when_the_rest_trains_in_bf16(tiny_sdxl, subject_dir, tmp_path):
+    model = lora(tiny_sdxl)
+    cpu_trainer(tmp_path, 2, precision="bf16-true").fit(model, datamodule=subject_data(subject_dir))
+    family = model.family
+    assert family.unet.dtype == family.text_encoder.dtype == torch.bfloat16
+    assert family.vae.dtype == torch.float32

@@ -219,6 +219,13 @@ class DiffusionFineTuner(LightningModule):
             if isinstance(self.trainer.strategy, ShardedStrategy):
                 shard_family(self.family, self.device_mesh["data_parallel"])
 
+    def on_fit_start(self) -> None:
+        """Put the VAE back in the dtype its family pins (SDXL: float32) after a ``-true`` precision (``bf16-true``)
+        converted the whole module."""
+        vae_dtype = self.family.capabilities.vae_dtype
+        if vae_dtype is not None:
+            self.family.vae.to(vae_dtype)
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint holds: every parameter that requires a gradient, by state-dict key."""
         return {name: param.detach() for name, param in self.named_parameters() if param.requires_grad}
