@@ -11,12 +11,12 @@ GPU). For every repeat, in this order:
   checkpoint after the last step, as a new process;
 - the reference: diffusers' ``train_dreambooth_lora.py`` (for SDXL, SD3 and FLUX.1 its siblings
   ``train_dreambooth_lora_{sdxl,sd3,flux}.py`` beside it) with checkpointing and validation off, as a new process;
-- the bare loop: the denoiser's forward pass, loss, backward pass and optimizer step, over and over on the inputs
-  sdft makes of one batch (``training_inputs``), in this process: the limit for any trainer.
+- the bare loop (scripts/bare_loop.py): the denoiser's forward pass, loss, backward pass and optimizer step, over
+  and over on the inputs sdft makes of one batch (``training_inputs``), as a new process: the limit for any trainer.
 
-Both processes run under scripts/step_recorder.py, which notes when each optimizer step returns. Time to first step
+All three run under scripts/step_recorder.py, which notes when each optimizer step returns. Time to first step
 runs from the launch of the process (imports included) to its first step; the steady step is
-``(t[total] - t[warm-up]) / (total - warm-up)`` over those notes; peak memory is the process's peak RSS (``wait4``)
+``(t[total] - t[warm-up]) / (total - warm-up)`` over those notes; peak memory is the process's peak RSS (``VmHWM``)
 on a CPU and ``torch.cuda.max_memory_allocated`` on a GPU. A last sdft run per size keeps the config's callbacks
 (the evaluator with the tiny built-in CLIP and DINO backbones) and gives the evaluator's share of its wall time.
 Measurements wait for a quiet machine, are journalled in ``--work-dir`` (a rerun with it skips those done) and are
@@ -58,20 +58,27 @@ from sdft.files import write_text_atomic
 from sdft.tiny_models import build_small_sd1, build_tiny_sd1
 
 #: a measurement starts once the 1-minute load average is at most this (a trainer's own threads count one per core,
-#: so 2.5 on two cores) or once PATIENCE_S have passed...
+#: so 2.5 on two cores) and other processes use at most OTHERS_CPU of the CPUs, or after --patience seconds; it is
+#: made again (up to --attempts times) when other processes used more than OTHERS_CPU while it ran
 QUIET_LOAD = (os.cpu_count() or 1) + 0.5
-PATIENCE_S = 300
-#: ...and is made again (up to --attempts times) when other processes used more than this share of the CPUs
 OTHERS_CPU = 0.1
+#: photos per batch of the size's config: the reference's loader ends every epoch with a short batch otherwise
+PHOTOS_PER_BATCH = 4
 
 SD1_SCRIPT = "train_dreambooth_lora.py"
+#: the real models' shapes with random weights (scripts/real_architectures.py)
+RANDOM = "shapes, random weights"
 SIZES = {
     "tiny": Size(build_tiny_sd1, "configs/quickstart.yaml", 64, SD1_SCRIPT, "`builtin:tiny-sd1` (UNet 32-64 channels)"),
     "small": Size(build_small_sd1, "configs/quickstart.yaml", 128, SD1_SCRIPT, "`build_small_sd1` (UNet 64-256)"),
-    "sd15": Size(build_sd15, "configs/sd15/lora.yaml", 512, SD1_SCRIPT, "SD 1.5 shapes, random weights"),
-    "sdxl": Size(build_sdxl, "configs/sdxl/lora.yaml", 1024, "train_dreambooth_lora_sdxl.py", "SDXL base shapes"),
-    "sd3": Size(build_sd35_medium, "configs/sd3/lora.yaml", 512, "train_dreambooth_lora_sd3.py", "SD3.5 medium"),
-    "flux": Size(build_flux_dev, "configs/flux/lora.yaml", 512, "train_dreambooth_lora_flux.py", "FLUX.1-dev"),
+    "sd15": Size(build_sd15, "configs/sd15/lora.yaml", 512, SD1_SCRIPT, f"SD 1.5 {RANDOM}"),
+    "sdxl": Size(build_sdxl, "configs/sdxl/lora.yaml", 1024, "train_dreambooth_lora_sdxl.py", f"SDXL base {RANDOM}"),
+    "sd3": Size(
+        build_sd35_medium, "configs/sd3/lora.yaml", 512, "train_dreambooth_lora_sd3.py", f"SD3.5 medium {RANDOM}"
+    ),
+    "flux": Size(
+        build_flux_dev, "configs/flux/lora.yaml", 512, "train_dreambooth_lora_flux.py", f"FLUX.1-dev {RANDOM}"
+    ),
 }
 DEFAULT_SIZES = {"cpu": ["tiny", "small"], "cuda": ["sd15", "sdxl", "sd3", "flux"]}
 
@@ -79,59 +86,75 @@ DEFAULT_SIZES = {"cpu": ["tiny", "small"], "cuda": ["sd15", "sdxl", "sd3", "flux
 # -- a quiet machine ----------------------------------------------------------------------------------------------
 
 
-def wait_for_quiet(threshold: float, patience: float = PATIENCE_S) -> tuple[float, float]:
-    """Wait until the 1-minute load average is at most ``threshold`` or ``patience`` seconds have passed; return the
-    load then and the seconds waited."""
-    started = time.monotonic()
-    while (load := os.getloadavg()[0]) > threshold and time.monotonic() - started < patience:
-        time.sleep(10)
-    return load, time.monotonic() - started
-
-
-def cpu_seconds() -> tuple[float, float] | None:
-    """CPU seconds every process has spent busy since boot (Linux's /proc/stat) and CPU seconds of this process and
-    its waited-for children; None where there is no /proc/stat."""
+def busy_seconds() -> float | None:
+    """CPU seconds every process has spent busy since boot (Linux's /proc/stat); None where there is none."""
     stat = Path("/proc/stat")
     if not stat.exists():
         return None
-    user, nice, system, idle, iowait, irq, softirq, steal = map(int, stat.read_text().split()[1:9])
-    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    user, nice, system, _, _, irq, softirq, steal = map(int, stat.read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process and its waited-for children."""
     usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return busy, sum(usage.ru_utime + usage.ru_stime for usage in usages)
+    return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
 
-def others_share(run: Callable[[], dict]) -> tuple[dict, float | None]:
-    """``run()`` and the share of the machine's CPU time that other processes used meanwhile (None if unknown)."""
-    started, before = time.monotonic(), cpu_seconds()
-    result = run()
-    after = cpu_seconds()
-    if before is None or after is None:
-        return result, None
-    others = (after[0] - before[0]) - (after[1] - before[1])
-    return result, max(0.0, others) / ((time.monotonic() - started) * (os.cpu_count() or 1))
+def cpu_mark() -> tuple[float, float | None, float]:
+    """Now: the time, the machine's busy CPU seconds and this process's (with its children's)."""
+    return time.monotonic(), busy_seconds(), own_seconds()
+
+
+def others_since(mark: tuple[float, float | None, float]) -> float | None:
+    """The share of the machine's CPU time that other processes used since ``mark``; None where unknown."""
+    started, busy, own = mark
+    if busy is None:
+        return None
+    others = (busy_seconds() - busy) - (own_seconds() - own)
+    return max(0.0, others) / ((time.monotonic() - started) * (os.cpu_count() or 1))
+
+
+def wait_for_quiet(patience: float) -> tuple[float, float]:
+    """Wait until the 1-minute load average is at most :data:`QUIET_LOAD` and other processes use at most
+    :data:`OTHERS_CPU` of the CPUs over 5 s, or until ``patience`` seconds have passed; return the load then and the
+    seconds waited."""
+    started = time.monotonic()
+    while True:
+        mark = cpu_mark()
+        time.sleep(5)
+        load, others = os.getloadavg()[0], others_since(mark)
+        quiet = load <= QUIET_LOAD and (others is None or others <= OTHERS_CPU)
+        if quiet or time.monotonic() - started >= patience:
+            return load, time.monotonic() - started
 
 
 class Journal:
     """Measurements, one JSON line each, kept in a file so that a rerun skips the ones done.
 
-    A measurement starts once the 1-minute load average is at most ``quiet_load`` and is made again, up to
-    ``attempts`` times in all, when other processes took more than :data:`OTHERS_CPU` of the CPUs while it ran.
+    A measurement starts once the machine is quiet (:func:`wait_for_quiet`, at most ``patience`` seconds) and is made
+    again, up to ``attempts`` times in all, when other processes took more than :data:`OTHERS_CPU` of the CPUs while
+    it ran.
     """
 
-    def __init__(self, path: Path, quiet_load: float, attempts: int) -> None:
-        self.path, self.quiet_load, self.attempts = path, quiet_load, attempts
+    def __init__(self, path: Path, patience: float, attempts: int) -> None:
+        self.path, self.patience, self.attempts = path, patience, attempts
         self.rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def has(self, size: str, trainer: str, repeat: int) -> bool:
+        return any((row["size"], row["trainer"], row["repeat"]) == (size, trainer, repeat) for row in self.rows)
 
     def measure(self, size: str, trainer: str, repeat: int, run: Callable[[], dict]) -> None:
         """Measure once the machine is quiet, unless the journal has it; print and keep its row."""
-        if any((row["size"], row["trainer"], row["repeat"]) == (size, trainer, repeat) for row in self.rows):
+        if self.has(size, trainer, repeat):
             return
         for attempt in range(1, self.attempts + 1):
             row = {"size": size, "trainer": trainer, "repeat": repeat, "attempt": attempt}
             row["load_before"] = os.getloadavg()[0]
-            row["load_start"], row["waited_s"] = wait_for_quiet(self.quiet_load)
-            result, row["others_cpu"] = others_share(run)
-            row |= result
+            row["load_start"], row["waited_s"] = wait_for_quiet(self.patience)
+            mark = cpu_mark()
+            row |= run()
+            row["others_cpu"] = others_since(mark)
             print(progress_line(row), flush=True)
             if row["others_cpu"] is None or row["others_cpu"] <= OTHERS_CPU:
                 break
@@ -144,7 +167,7 @@ def progress_line(row: dict) -> str:
     first = f"first step {row['first_step_s']:.1f} s, " if "first_step_s" in row else ""
     peak = f", peak {megabytes(row['peak_bytes'])}" if "peak_bytes" in row else ""
     others = "" if row["others_cpu"] is None else f", others' CPU {row['others_cpu']:.0%}"
-    load = f"load {row['load_start']:.1f}" + (f" after waiting {row['waited_s']:.0f} s" if row["waited_s"] > 1 else "")
+    load = f"load {row['load_start']:.1f}" + (f" after waiting {row['waited_s']:.0f} s" if row["waited_s"] > 6 else "")
     name = f"{row['size']} {row['trainer']} #{row['repeat'] + 1}" + (
         f" (attempt {row['attempt']})" * (row["attempt"] > 1)
     )
@@ -154,30 +177,33 @@ def progress_line(row: dict) -> str:
 # -- the schedule -------------------------------------------------------------------------------------------------
 
 
-def prepare(name: str, options: argparse.Namespace, work: Path) -> Setup:
-    """The size's model folder and photos in ``work``, built unless already there."""
-    size = SIZES[name]
-    model, photos = work / "models" / name, work / "photos" / str(size.resolution)
+def prepare(name: str, options: argparse.Namespace, work: Path) -> tuple[Setup, TrainingSettings]:
+    """The size's model folder and photos in ``work`` (built unless already there) and its training settings."""
+    size, model, photos = SIZES[name], work / "models" / name, work / "photos" / name
     if not (model / "model_index.json").exists():
         print(f"building the {name} model in {model}", flush=True)
         size.build(model, 0)
+    setup = Setup(name, size, model, photos, options.device, *options.steps, pycache=work / "pycache")
+    settings = TrainingSettings.of(build_cli(sdft_configs(setup, work / "runs" / name / "settings")))
     if not photos.is_dir():
-        write_toy_subject(photos, size=max(128, size.resolution))
-    return Setup(name, size, model, photos, options.device, *options.steps, pycache=work / "pycache")
+        count = PHOTOS_PER_BATCH * settings.batch_size
+        write_toy_subject(photos, num_images=count, size=max(128, size.resolution))
+    return setup, settings
 
 
-def measure_size(setup: Setup, journal: Journal, repeats: int, script: Path | None, work: Path) -> TrainingSettings:
-    """Alternate sdft, the reference and the bare loop ``repeats`` times, then one sdft run with the evaluator;
-    return the settings they trained with."""
+def measure_size(
+    setup: Setup, settings: TrainingSettings, journal: Journal, repeats: int, script: Path | None, work: Path
+) -> None:
+    """Alternate sdft, the reference and the bare loop ``repeats`` times, then one sdft run with the evaluator."""
     runs = work / "runs" / setup.name
-    settings = TrainingSettings.of(build_cli(sdft_configs(setup, runs / "settings")))
-    warm_up(setup, script, settings, runs / "warm-up")
+    trainers = (SDFT, BARE) if script is None else (SDFT, REFERENCE, BARE)
+    if not all(journal.has(setup.name, trainer, repeat) for trainer in trainers for repeat in range(repeats)):
+        warm_up(setup, script, settings, runs / "warm-up")
     for repeat in range(repeats):
         measure_round(setup, journal, repeat, script, settings, runs)
     callbacks = yaml.safe_load((ROOT / setup.size.config).read_text())["trainer"].get("callbacks", [])
     if any(callback["class_path"] == EVALUATOR for callback in callbacks):
         journal.measure(setup.name, EVALUATED, 0, lambda: measure_sdft(setup, runs / "evaluated", evaluated=True))
-    return settings
 
 
 def warm_up(setup: Setup, script: Path | None, settings: TrainingSettings, folder: Path) -> None:
@@ -223,7 +249,7 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reference-script", type=Path, help="diffusers' examples/dreambooth/train_dreambooth_lora.py")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--output", type=Path, default=ROOT / "reports" / "benchmarks.md")
-    parser.add_argument("--quiet-load", type=float, default=QUIET_LOAD, help="wait for this 1-minute load average")
+    parser.add_argument("--patience", type=float, default=300, help="seconds a measurement waits for a quiet machine")
     parser.add_argument("--attempts", type=int, default=3, help="tries when other processes take the CPUs")
     parser.add_argument("--work-dir", type=Path, help="models, runs and the journal, kept to resume; default: a temp")
     options = parser.parse_args(argv)
@@ -250,16 +276,17 @@ def main(argv: list[str] | None = None) -> str:
         work = options.work_dir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         check_resumable(work, options)
-        journal, sections, scripts = Journal(work / "measurements.jsonl", options.quiet_load, options.attempts), [], []
+        journal, sections, scripts = Journal(work / "measurements.jsonl", options.patience, options.attempts), [], []
         for name in options.sizes:
-            setup = prepare(name, options, work)
+            setup, settings = prepare(name, options, work)
             script = reference_script(options.reference_script, setup.size)
-            sections.append((setup, measure_size(setup, journal, options.repeats, script, work)))
+            measure_size(setup, settings, journal, options.repeats, script, work)
+            sections.append((setup, settings))
             scripts += [script] if script is not None and script not in scripts else []
             print(ratios(setup, journal.rows), flush=True)
             if options.work_dir is None:  # the GPU sizes' folders take tens of GB
                 shutil.rmtree(setup.model)
-    text = report(journal.rows, sections, scripts, options, argv, (PATIENCE_S, OTHERS_CPU))
+    text = report(journal.rows, sections, scripts, options, argv, (QUIET_LOAD, OTHERS_CPU))
     write_text_atomic(options.output, text)
     return text
 

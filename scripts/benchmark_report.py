@@ -45,6 +45,11 @@ def megabytes(num_bytes: float) -> str:
     return f"{num_bytes / 1e6:,.0f} MB" if num_bytes >= 1e7 else f"{num_bytes / 1e6:.2f} MB"
 
 
+def percent(change: float) -> str:
+    """A relative change as a signed whole percentage (0% without a sign)."""
+    return f"{change:+.0%}" if round(change, 2) else "0%"
+
+
 def shown(value: float | None, text: str | None) -> str:
     if value is None:
         return ""
@@ -58,7 +63,8 @@ def size_table(setup: Setup, settings: TrainingSettings, rows: list[dict]) -> li
     lines = [
         f"## {setup.name}: {setup.size.description}",
         "",
-        f"{setup.size.resolution} px, batch {settings.batch_size}, LoRA rank {settings.rank}, learning rate "
+        f"{setup.size.resolution} px, batch {settings.batch_size}{accumulated(settings.accumulation)}, "
+        f"LoRA rank {settings.rank}, learning rate "
         f"{settings.learning_rate:g}, gradient checkpointing {'on' if settings.gradient_checkpointing else 'off'}; "
         f"sdft config `{setup.size.config}`; steady step over steps {setup.warmup} to {setup.steps}.",
         "",
@@ -68,7 +74,7 @@ def size_table(setup: Setup, settings: TrainingSettings, rows: list[dict]) -> li
     for label, key, text in MEASURES:
         ours, theirs, limit = sdft.get(key), reference.get(key), bare.get(key)
         to_reference = f"{ours / theirs:.2f}" if ours and theirs else ""
-        to_bare = f"{ours / limit:.2f} ({ours / limit - 1:+.0%})" if ours and limit else ""
+        to_bare = f"{ours / limit:.2f} ({percent(ours / limit - 1)})" if ours and limit else ""
         cells = " | ".join(shown(value, text) for value in (ours, theirs, limit))
         lines.append(f"| {label} | {cells} | {to_reference} | {to_bare} |")
     if sdft.get("checkpoint_bytes"):
@@ -78,7 +84,21 @@ def size_table(setup: Setup, settings: TrainingSettings, rows: list[dict]) -> li
     if evaluated:
         share = evaluated["evaluation_s"] / evaluated["wall_s"]
         lines.append(f"| evaluator's share of a fit with it | {share:.0%} of {evaluated['wall_s']:.1f} s | | | | |")
-    return lines + [""]
+    return lines + ["", spread(rows, setup.name), ""]
+
+
+def spread(rows: list[dict], size: str) -> str:
+    """The lowest and highest steady step of each trainer's rounds, in a sentence."""
+    parts = []
+    for trainer in (SDFT, REFERENCE, BARE):
+        steps = [row["step_s"] for row in rows if (row["size"], row["trainer"]) == (size, trainer)]
+        if steps:
+            parts.append(f"{trainer} {min(steps):.4f} to {max(steps):.4f} s")
+    return f"Steady step over the rounds: {', '.join(parts)}."
+
+
+def accumulated(batches: int) -> str:
+    return f", {batches} batches a step" if batches > 1 else ""
 
 
 def ratios(setup: Setup, rows: list[dict]) -> str:
@@ -93,7 +113,7 @@ def ratios(setup: Setup, rows: list[dict]) -> str:
             f"time to first step {sdft['first_step_s'] / reference['first_step_s']:.2f}x the reference's"
         )
     if bare:
-        parts.append(f"{sdft['step_s'] / bare['step_s'] - 1:+.0%} over the bare loop's step")
+        parts.append(f"{percent(sdft['step_s'] / bare['step_s'] - 1)} over the bare loop's step")
     return f"{setup.name}: sdft's " + "; ".join(parts)
 
 
@@ -135,33 +155,37 @@ def method(options: argparse.Namespace) -> list[str]:
     precision = "bf16 (sdft: `bf16-mixed` with frozen weights in bf16)" if options.device == "cuda" else "float32"
     return [
         f"Method: for each size, {options.repeats} rounds of sdft, the reference, the bare loop, in that order, on one",
-        "model folder, one folder of photos and the same settings, in " + precision + "; each figure is the median",
-        "of the rounds. sdft and the reference run as new processes after one unmeasured two-step run of each",
-        "(bytecode caches written, the model's files in the page cache): `sdft fit` without previews, evaluator",
-        "or validation loop and with one checkpoint after the last step, the reference with checkpointing and",
-        "validation off. A hook on every optimizer step (`scripts/step_recorder.py`) notes when each step ends;",
-        "time to first step is from the launch of the process to the end of its first step (imports included);",
-        f"the steady step is (end of step {steps} - end of step {warmup}) / {steps - warmup}. The bare loop repeats",
-        "the denoiser's forward pass, loss, backward pass and optimizer step on the inputs sdft makes of one batch,",
-        "in the benchmark's process, after the same warm-up. Peak memory is the process's peak RSS on a CPU and",
-        "`torch.cuda.max_memory_allocated` on a GPU. sdft caches VAE latents and prompt embeddings",
-        "(`model.init_args.cache: memory`, its default); the reference encodes every step's images and prompts.",
-        "The evaluator's share comes from one more sdft run with the config's callbacks and validation (the",
-        "evaluator with the tiny built-in CLIP and DINO): `evaluation/metrics.jsonl` seconds over the process's",
-        "wall time.",
+        "model folder, one folder of photos (4 per batch, so that the reference's loader never ends an epoch with a",
+        "short batch) and the same prompt, resolution, batch size, LoRA rank, learning rate and workers, in",
+        f"{precision}; each figure is the median of the rounds. Each run is a new process, after one unmeasured",
+        "two-step run of sdft and of the reference (bytecode caches written, the model's files in the page cache):",
+        "`sdft fit` without previews, evaluator or validation loop and with one checkpoint after the last step;",
+        "the reference with checkpointing and validation off (it also clips the gradient norm every step, as by",
+        "default). A hook on every optimizer step (`scripts/step_recorder.py`) notes when each step ends: time to",
+        "first step runs from the launch of the process to the end of its first step (imports included); the",
+        f"steady step is (end of step {steps} - end of step {warmup}) / {steps - warmup}. The bare loop",
+        "(`scripts/bare_loop.py`) builds the model with sdft's config parser and repeats the denoiser's forward",
+        "pass, loss, backward pass and optimizer step on the inputs sdft makes of one batch; its start includes",
+        "sdft's imports and model loading. Peak memory is the training process's peak RSS",
+        "(`VmHWM`) on a CPU and `torch.cuda.max_memory_allocated` on a GPU. sdft caches VAE latents and prompt",
+        "embeddings (`model.init_args.cache: memory`, its default); the reference encodes every step's images and",
+        "prompts. The evaluator's share comes from one more sdft run with the config's callbacks and validation",
+        "(the evaluator with the tiny built-in CLIP and DINO): `evaluation/metrics.jsonl` seconds over the",
+        "process's wall time.",
     ]
 
 
-def load_line(rows: list[dict], quiet_load: float, attempts: int, patience: float, others_cpu: float) -> str:
-    waited = [row for row in rows if row["waited_s"] > 1]
+def load_line(rows: list[dict], options: argparse.Namespace, quiet_load: float, others_cpu: float) -> str:
+    waited = [row for row in rows if row["waited_s"] > 6]
     loud = [row for row in rows if row["load_start"] > quiet_load]
     again = [row for row in rows if row["attempt"] > 1]
     starts = [row["load_start"] for row in rows]
     return (
         f"- load: 1-minute load average {min(starts):.1f} to {max(starts):.1f} at the starts of the measurements. "
-        f"A measurement waits for it to fall to {quiet_load:g} (at most {patience:g} s) and is made again (up to "
-        f"{attempts} times in all) when other processes took more than {others_cpu:.0%} of the CPU time while it ran: "
-        f"{len(waited)} of {len(rows)} waited, {len(loud)} started above it, {len(again)} were made again"
+        f"A measurement starts once the load is at most {quiet_load:g} and other processes use at most "
+        f"{others_cpu:.0%} of the CPUs (or after {options.patience:g} s), and is made again (up to {options.attempts} "
+        f"times in all) when they took more while it ran: {len(waited)} of {len(rows)} waited, {len(loud)} started "
+        f"above the load, {len(again)} were made again"
     )
 
 
@@ -171,10 +195,10 @@ def report(
     scripts: list[Path],
     options: argparse.Namespace,
     argv: list[str],
-    limits: tuple[float, float],
+    quiet: tuple[float, float],
 ) -> str:
-    """The markdown report of the rows measured for ``sections``' sizes; ``limits``: how long a measurement waits
-    for a quiet machine, and the other processes' share of the CPU time above which it is made again."""
+    """The markdown report of the rows measured for ``sections``' sizes; ``quiet``: the load average and the other
+    processes' share of the CPUs that count as a quiet machine."""
     rows = [row for row in rows if row["size"] in {setup.name for setup, _ in sections}]
     lines = [
         "# Benchmarks: sdft, diffusers' DreamBooth-LoRA script and a bare PyTorch loop",
@@ -184,7 +208,7 @@ def report(
         f"- versions: {versions()}, transformers {transformers.__version__}, accelerate {accelerate.__version__}",
         f"- reference: {', '.join(map(script_identity, scripts)) or 'not run'}, run with plain `python`",
         f"- command: `uv run python scripts/benchmark.py {shlex.join(argv)}`",
-        load_line(rows, options.quiet_load, options.attempts, *limits),
+        load_line(rows, options, *quiet),
         "",
         *(f"- {ratios(setup, rows)}" for setup, _ in sections),
         "",

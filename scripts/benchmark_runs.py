@@ -1,5 +1,5 @@
-"""One measured run of scripts/benchmark.py: sdft or diffusers' script as a new process under the step recorder, or
-the bare loop in this process."""
+"""One measured run of scripts/benchmark.py: sdft, diffusers' script or the bare loop as a new process under the step
+recorder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,10 +20,10 @@ from lightning.pytorch import LightningDataModule
 
 from sdft.lightning_cli import QUIET, SdftCLI
 from sdft.methods import DiffusionFineTuner
-from sdft.methods.base import weighted_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDER = ROOT / "scripts" / "step_recorder.py"
+BARE_LOOP = ROOT / "scripts" / "bare_loop.py"
 #: callbacks that sample images: left out of the runs that time steps
 SAMPLING_CALLBACKS = ("sdft.callbacks.SamplePreview", "sdft.callbacks.SubjectEvaluator")
 EVALUATOR = "sdft.callbacks.SubjectEvaluator"
@@ -154,7 +154,12 @@ def build_cli(configs: list[Path]) -> SdftCLI:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What the reference is told, read from sdft's resolved config."""
+    """What the reference is told, read from sdft's resolved config.
+
+    Attributes:
+        prompt_options: how the family reads prompts (e.g. SD3's and Flux's ``max_sequence_length``), under the
+            names diffusers' scripts give these flags.
+    """
 
     prompt: str
     batch_size: int
@@ -162,6 +167,8 @@ class TrainingSettings:
     rank: int
     learning_rate: float
     gradient_checkpointing: bool
+    accumulation: int = 1
+    prompt_options: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, cli: SdftCLI) -> TrainingSettings:
@@ -174,6 +181,8 @@ class TrainingSettings:
             model.rank,
             learning_rate,
             model.gradient_checkpointing,
+            cli.trainer.accumulate_grad_batches,
+            model.family.sampling_options(),
         )
 
 
@@ -195,14 +204,14 @@ def run_recorded(program: list[str], folder: Path, pycache: Path) -> dict:
         redirect = [(os.POSIX_SPAWN_DUP2, log.fileno(), 1), (os.POSIX_SPAWN_DUP2, log.fileno(), 2)]
         started = time.time()
         pid = os.posix_spawn(sys.executable, argv, env, file_actions=redirect)
-        _, status, usage = os.wait4(pid, 0)
+        _, status = os.waitpid(pid, 0)
     wall = time.time() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{shlex.join(program)} failed ({os.waitstatus_to_exitcode(status)}); see {log.name}")
     recorded = json.loads(record.read_text())
     steps = [moment - started for moment in recorded["steps"]]
-    rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return {"first_step_s": steps[0], "steps": steps, "wall_s": wall, "peak_bytes": recorded["cuda_peak_bytes"] or rss}
+    peak = recorded["cuda_peak_bytes"] or recorded["rss_peak_bytes"]
+    return {"first_step_s": steps[0], "steps": steps, "wall_s": wall, "peak_bytes": peak}
 
 
 def steady_step(steps: list[float], warmup: int) -> float:
@@ -234,6 +243,7 @@ def reference_arguments(setup: Setup, settings: TrainingSettings, output: Path) 
         "output_dir": output,
         "resolution": setup.size.resolution,
         "train_batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.accumulation,
         "dataloader_num_workers": settings.num_workers,
         "rank": settings.rank,
         "learning_rate": settings.learning_rate,
@@ -241,6 +251,7 @@ def reference_arguments(setup: Setup, settings: TrainingSettings, output: Path) 
         "checkpointing_steps": setup.steps + 1,
         "mixed_precision": "bf16" if setup.device == "cuda" else "no",
         "seed": 0,
+        **settings.prompt_options,
     }
     flags = [item for key, value in arguments.items() for item in (f"--{key}", str(value))]
     return flags + (["--gradient_checkpointing"] if settings.gradient_checkpointing else [])
@@ -255,40 +266,9 @@ def measure_reference(setup: Setup, script: Path, settings: TrainingSettings, fo
 
 
 def measure_bare_loop(setup: Setup, folder: Path) -> dict:
-    """Seconds per step of the denoiser's forward pass, loss, backward pass and the configured optimizer's step on
-    the inputs sdft makes of its first batch, in this process, after the same warm-up as the runs."""
-    cli = build_cli(sdft_configs(setup, folder))
-    model, data, trainer = cli.model, cli.datamodule, cli.trainer
-    model.trainer = data.trainer = trainer  # configure_model applies the speed options for its precision
-    model.configure_model()
-    model.to(setup.device)
-    data.setup("fit")
-    batch = {key: move(value, setup.device) for key, value in next(iter(data.train_dataloader())).items()}
-    with torch.no_grad():
-        noised, conditioning, _ = model.training_inputs(batch)
-    optimizer = model.configure_optimizers()["optimizer"]
-
-    def step() -> None:
-        with trainer.precision_plugin.forward_context():
-            loss = weighted_losses(model.family.predict(noised, conditioning), noised).mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    for _ in range(setup.warmup):
-        step()
-    synchronize(setup.device)
-    started = time.perf_counter()
-    for _ in range(setup.steps - setup.warmup):
-        step()
-    synchronize(setup.device)
-    return {"step_s": (time.perf_counter() - started) / (setup.steps - setup.warmup)}
-
-
-def move(value: object, device: str) -> object:
-    return value.to(device) if isinstance(value, torch.Tensor) else value
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+    """scripts/bare_loop.py on the inputs sdft makes of its first batch, in a new process: times and peak memory."""
+    configs = [str(config) for config in sdft_configs(setup, folder)]
+    program = [str(BARE_LOOP), "--device", setup.device, "--steps", str(setup.steps), *configs]
+    result = run_recorded(program, folder, setup.pycache)
+    result["step_s"] = steady_step(result.pop("steps"), setup.warmup)
+    return result

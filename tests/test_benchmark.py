@@ -31,15 +31,21 @@ def scripts():
         yield argparse.Namespace(**{name: importlib.import_module(name) for name in modules})
 
 
-def tiny_setup(scripts, model: Path, photos: Path, folder: Path):
+@pytest.fixture(scope="module")
+def pycache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bytecode cache for the module's new processes: the first compiles what the later ones import."""
+    return tmp_path_factory.mktemp("pycache")
+
+
+def tiny_setup(scripts, model: Path, photos: Path, pycache: Path):
     tiny = scripts.benchmark.SIZES["tiny"]
-    return scripts.benchmark_runs.Setup("tiny", tiny, model, photos, "cpu", 1, 3, pycache=folder / "pycache")
+    return scripts.benchmark_runs.Setup("tiny", tiny, model, photos, "cpu", 1, 3, pycache=pycache)
 
 
-def test_step_recorder_notes_when_each_optimizer_step_ends(scripts, tmp_path):
+def test_step_recorder_notes_when_each_optimizer_step_ends(scripts, pycache, tmp_path):
     program = tmp_path / "three_steps.py"
     program.write_text(THREE_STEPS)
-    run = scripts.benchmark_runs.run_recorded([str(program)], tmp_path, tmp_path / "pycache")
+    run = scripts.benchmark_runs.run_recorded([str(program)], tmp_path, pycache)
     steps = run["steps"]
     assert len(steps) == 3 and steps == sorted(steps)
     assert 0 < run["first_step_s"] == steps[0] < run["wall_s"]
@@ -47,9 +53,10 @@ def test_step_recorder_notes_when_each_optimizer_step_ends(scripts, tmp_path):
     assert scripts.benchmark_runs.steady_step([1.0, 2.0, 4.0, 7.0], warmup=2) == pytest.approx(2.5)
 
 
-def test_bare_loop_times_the_step_on_sdft_inputs(scripts, tiny_sd1, subject_dir, tmp_path):
-    setup = tiny_setup(scripts, tiny_sd1, subject_dir, tmp_path)
-    assert 0 < scripts.benchmark_runs.measure_bare_loop(setup, tmp_path / "bare")["step_s"] < 10
+def test_bare_loop_times_the_step_on_sdft_inputs(scripts, pycache, tiny_sd1, subject_dir, tmp_path):
+    setup = tiny_setup(scripts, tiny_sd1, subject_dir, pycache)
+    run = scripts.benchmark_runs.measure_bare_loop(setup, tmp_path / "bare")
+    assert 0 < run["step_s"] < 10 and 0 < run["first_step_s"] < run["wall_s"] and run["peak_bytes"] > 10**8
     overrides = (tmp_path / "bare" / "overrides.yaml").read_text()
     assert "SubjectEvaluator" not in overrides and "SamplePreview" not in overrides
     assert "limit_val_batches: 0" in overrides and "every_n_train_steps: 3" in overrides
@@ -70,21 +77,22 @@ def test_report_holds_medians_and_ratios(scripts, tmp_path):
         *(journal_row("bare loop", r, 0.04) for r in range(3)),
         journal_row("sdft + evaluator", 0, 0.05, **process, evaluation_s=5.0),
     ]
-    options = argparse.Namespace(steps=[1, 3], repeats=3, device="cpu", quiet_load=2.5, attempts=3)
-    text = scripts.benchmark_report.report(rows, [(setup, settings)], [], options, [], (300, 0.1))
+    options = argparse.Namespace(steps=[1, 3], repeats=3, device="cpu", patience=300, attempts=3)
+    text = scripts.benchmark_report.report(rows, [(setup, settings)], [], options, [], (2.5, 0.1))
     assert "| steady step | 0.0500 s | 0.1000 s | 0.0400 s | 0.50 | 1.25 (+25%) |" in text
     assert "| time to first step (from launch) | 6.0 s | 8.0 s |" in text
     assert "| peak memory | 1,000 MB | 2,000 MB |" in text
     assert "| checkpoint (`.ckpt`: LoRA + optimizer state) | 0.32 MB |" in text
     assert "| evaluator's share of a fit with it | 25% of 20.0 s |" in text
     assert "steady step 2.00x as fast as the reference's, peak memory 0.50x, time to first step 0.75x" in text
+    assert "Steady step over the rounds: sdft 0.0400 to 0.0900 s, reference 0.0800 to 0.1200 s, bare loop" in text
     assert text.count("| tiny | ") == len(rows)
 
 
 @pytest.mark.slow
 def test_benchmark_command_on_the_tiny_model(scripts, tmp_path):
     output = tmp_path / "benchmarks.md"
-    arguments = ["--sizes", "tiny", "--repeats", "1", "--steps", "1", "3", "--quiet-load", "1000", "--attempts", "1"]
+    arguments = ["--sizes", "tiny", "--repeats", "1", "--steps", "1", "3", "--patience", "0", "--attempts", "1"]
     text = scripts.benchmark.main([*arguments, "--work-dir", str(tmp_path / "work"), "--output", str(output)])
     assert output.read_text() == text
     table = text[text.index("## tiny") : text.index("## Every measurement")]
