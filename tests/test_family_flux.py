@@ -27,6 +27,7 @@ from training import (
     stock_pipeline,
     subject_data,
     trained_images,
+    training_noise,
 )
 
 from sdft.errors import UserError
@@ -91,7 +92,7 @@ def test_noisy_input_and_velocity_target_at_fixed_levels_by_hand(family):
     """Flux trains on the unshifted table by default (its shift is dynamic): level q -> uniform quantile u = 1 - q
     -> index floor(1000 u) -> sigma (1000 - index) / 1000, i.e. 0.5 and 0.9; the target is noise - x0."""
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    noised = family.add_training_noise(latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
+    noised = training_noise(family, latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
     sigma = torch.tensor([0.5, 0.9])[:, None, None, None]
     assert noised.timesteps.tolist() == pytest.approx([500.0, 900.0])
@@ -104,7 +105,7 @@ def test_the_resolution_shift_by_hand(tiny_flux):
     e^mu * 0.5 / (1 + (e^mu - 1) * 0.5) = 0.61287 (the sampler's own shift at this size)."""
     family = Flux(str(tiny_flux), resolution_shift=True)
     family.load()
-    noised = family.add_training_noise(torch.zeros(1, 4, 8, 8), torch.Generator().manual_seed(0), torch.tensor([0.5]))
+    noised = training_noise(family, torch.zeros(1, 4, 8, 8), torch.Generator().manual_seed(0), torch.tensor([0.5]))
     shift = math.exp(0.5 + (16 - 256) * 0.65 / 3840)
     assert noised.timesteps.item() / 1000 == pytest.approx(shift * 0.5 / (1 + (shift - 1) * 0.5))
     assert noised.timesteps.item() / 1000 == pytest.approx(0.6128659)
@@ -112,7 +113,7 @@ def test_the_resolution_shift_by_hand(tiny_flux):
 
 def test_prediction_runs_the_packed_transformer_with_the_guidance_and_unpacks_it(family, monkeypatch):
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    noised = family.add_training_noise(latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
+    noised = training_noise(family, latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
     with torch.no_grad():
         conditioning = family.encode_conditioning({"prompts": [PROMPT] * 2})
         predicted = family.predict(noised, conditioning)

@@ -6,7 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from training import PROMPT, Fit, fit, loaded, lora_tuner, stock_images, stock_pipeline, subject_data, trained_images
+from training import (
+    PROMPT,
+    Fit,
+    fit,
+    loaded,
+    lora_tuner,
+    stock_images,
+    stock_pipeline,
+    subject_data,
+    trained_images,
+    training_noise,
+)
 
 from sdft.families import StableDiffusion
 
@@ -32,7 +43,7 @@ def scaled_linear_alphas_cumprod(steps: int = 1000) -> torch.Tensor:
 
 def test_the_training_target_is_the_velocity(family):
     x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    noised = family.add_training_noise(x0, torch.Generator().manual_seed(5))
+    noised = training_noise(family, x0, torch.Generator().manual_seed(5))
     draws = torch.Generator().manual_seed(5)  # the family's draws, in its order: levels, then noise
     timesteps = (torch.rand(3, generator=draws) * 1000).long()
     noise = torch.randn(x0.shape, generator=draws)

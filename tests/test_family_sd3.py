@@ -23,6 +23,7 @@ from training import (
     stock_pipeline,
     subject_data,
     trained_images,
+    training_noise,
 )
 from transformers import T5TokenizerFast
 
@@ -101,7 +102,7 @@ def test_noisy_input_target_and_weight_at_fixed_levels_by_hand(family):
     """Level 0.5 is the logit-normal's median, sigmoid(0) = 0.5 -> index 500 -> sigma 0.75; level 1 - Phi(1) is
     sigmoid(1) = 0.731 -> index 731 -> sigma 0.5247 (less noise). Preconditioned: the target is the clean latent."""
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    noised = family.add_training_noise(latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 1 - PHI_1]))
+    noised = training_noise(family, latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 1 - PHI_1]))
     sigma = torch.tensor([shifted(500), shifted(731)])
     assert sigma.tolist() == pytest.approx([0.75, 0.5247074])
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
@@ -114,7 +115,7 @@ def test_noisy_input_target_and_weight_at_fixed_levels_by_hand(family):
 
 def test_prediction_is_the_preconditioned_transformer_output(family):
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    noised = family.add_training_noise(latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
+    noised = training_noise(family, latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
     with torch.no_grad():
         conditioning = family.encode_conditioning({"prompts": [PROMPT] * 2})
         predicted = family.predict(noised, conditioning)
@@ -127,7 +128,7 @@ def test_the_objective_options_reach_the_noised_latents(tiny_sd3):
     family = StableDiffusion3(str(tiny_sd3), loss_weighting="sigma_sqrt", precondition_outputs=False)
     family.load()
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    noised = family.add_training_noise(latents, torch.Generator().manual_seed(2), torch.tensor([0.5]))
+    noised = training_noise(family, latents, torch.Generator().manual_seed(2), torch.tensor([0.5]))
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
     assert noised.weight.item() == pytest.approx(0.75**-2)
     torch.testing.assert_close(noised.target, noise - latents)

@@ -24,10 +24,12 @@ from training import (
     loaded,
     lora_tuner,
     resumed_losses,
+    sampled_latents,
     stock_images,
     stock_pipeline,
     subject_data,
     trained_images,
+    training_noise,
 )
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -113,7 +115,7 @@ def test_the_vae_runs_in_float32_outside_autocast_with_the_configs_scale(family)
     with torch.no_grad():
         by_hand = family.vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(1)) * 0.13025
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            latents = family.encode_images(pixels, torch.Generator().manual_seed(1))
+            latents = sampled_latents(family, pixels, torch.Generator().manual_seed(1))
     assert latents.dtype == torch.float32  # (bf16 would be 1e-2 off)
     torch.testing.assert_close(latents, by_hand, rtol=1e-6, atol=1e-6)
 
@@ -121,7 +123,7 @@ def test_the_vae_runs_in_float32_outside_autocast_with_the_configs_scale(family)
 def test_the_target_is_the_noise_for_the_epsilon_model(family):
     assert family.prediction_type == "epsilon"
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    noised = family.add_training_noise(latents, torch.Generator().manual_seed(5))
+    noised = training_noise(family, latents, torch.Generator().manual_seed(5))
     draws = torch.Generator().manual_seed(5)
     levels = torch.rand(3, generator=draws)
     noise = torch.randn(latents.shape, generator=draws)

@@ -14,7 +14,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import OptimizerCallable
 from peft.utils import get_peft_model_state_dict
-from training import fit, full_tuner, lora_tuner, subject_data
+from training import fit, full_tuner, lora_tuner, sampled_latents, subject_data, training_noise
 
 from sdft.errors import UserError
 from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL
@@ -51,8 +51,8 @@ def example_batch() -> dict:
 def denoising_losses(family: ModelFamily) -> torch.Tensor:
     """Each example's denoising MSE (2,) on a fixed batch with fixed posterior samples, levels and noise."""
     batch = example_batch()
-    latents = family.encode_images(batch["pixel_values"], torch.Generator().manual_seed(1))
-    noised = family.add_training_noise(latents, torch.Generator().manual_seed(2))
+    latents = sampled_latents(family, batch["pixel_values"], torch.Generator().manual_seed(1))
+    noised = training_noise(family, latents, torch.Generator().manual_seed(2))
     prediction = family.predict(noised, family.encode_conditioning(batch))
     return (prediction.float() - noised.target.float()).pow(2).mean(dim=(1, 2, 3))
 

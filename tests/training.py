@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from sdft.cli import main
 from sdft.data import SubjectDataModule
 from sdft.families import ModelFamily, StableDiffusion
+from sdft.families.base import NoisedLatents
 from sdft.methods import DiffusionFineTuner, FullFineTuner, LoRAFineTuner
 from sdft.runs import apply_checkpoint
 
@@ -43,6 +44,23 @@ def loaded(family: ModelFamily) -> ModelFamily:
     """``family`` with its components loaded, as a fine-tuner's ``configure_model`` loads them."""
     family.load()
     return family
+
+
+def sampled_latents(family: ModelFamily, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Latents sampled from the family's posterior of ``pixels`` with one standard normal draw from ``generator``
+    (as diffusers' ``latent_dist.sample(generator)`` draws)."""
+    posterior = family.encode_posterior(pixels)
+    return posterior.sample(torch.randn(posterior.mean.shape, generator=generator))
+
+
+def training_noise(
+    family: ModelFamily, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
+) -> NoisedLatents:
+    """The family's forward process at levels (uniform draws unless given) and noise drawn from ``generator``, in
+    that order."""
+    if levels is None:
+        levels = torch.rand(latents.shape[0], generator=generator)
+    return family.noise_latents(latents, torch.randn(latents.shape, generator=generator), levels)
 
 
 def subject_data(subject_dir: Path, prompt: str = PROMPT, **kwargs) -> SubjectDataModule:

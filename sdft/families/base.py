@@ -280,32 +280,10 @@ class ModelFamily(nn.Module, ABC):
             distribution = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
             return LatentPosterior.of(distribution, shift, factor, pixels.dtype)
 
-    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> latents sampled from the posterior with ``generator``."""
-        posterior = self.encode_posterior(pixels)
-        device = generator.device if generator is not None else posterior.mean.device
-        eps = torch.randn(posterior.mean.shape, generator=generator, device=device)
-        return posterior.sample(eps)
-
     def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedLatents:
         """The forward process of the family's :attr:`noise_schedule`: clean latents, standard normal noise of
         their shape and noise levels (B,) in [0, 1) -> the denoiser's input, its target and the loss weight."""
         return self.noise_schedule.noise_latents(latents, noise, levels)
-
-    def add_training_noise(
-        self, latents: torch.Tensor, generator: torch.Generator, levels: torch.Tensor | None = None
-    ) -> NoisedLatents:
-        """Noise latents with levels (unless given) and noise drawn from ``generator``, in that order.
-
-        Args:
-            latents: clean latents (B, C, H, W).
-            generator: the source of the levels and the noise.
-            levels: noise levels (B,) in [0, 1); None draws them uniformly.
-        """
-        if levels is None:
-            levels = torch.rand(latents.shape[0], generator=generator, device=generator.device)
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
-        return self.noise_latents(latents, noise, levels)
 
     @abstractmethod
     def predict(self, noised: NoisedLatents, conditioning: Conditioning) -> torch.Tensor:
