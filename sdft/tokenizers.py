@@ -15,7 +15,6 @@ import math
 import string
 from pathlib import Path
 
-from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
@@ -29,6 +28,8 @@ def read_clip_merges(bpe_path: str | Path | None = None) -> list[tuple[str, str]
     Args:
         bpe_path: the ``.txt.gz`` file; open_clip's bundled one when None.
     """
+    from open_clip.tokenizer import default_bpe
+
     with gzip.open(bpe_path or default_bpe()) as file:
         lines = file.read().decode("utf-8").split("\n")
     return [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
@@ -40,6 +41,8 @@ def build_clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     Args:
         merges: the BPE merges from :func:`read_clip_merges`.
     """
+    from open_clip.tokenizer import bytes_to_unicode
+
     byte_tokens = list(bytes_to_unicode().values())
     tokens = byte_tokens + [token + "</w>" for token in byte_tokens] + ["".join(pair) for pair in merges]
     tokens += list(SPECIAL_TOKENS)

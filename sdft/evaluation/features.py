@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import open_clip
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import Tensor, nn
 from transformers import (
     CLIPConfig,
@@ -27,6 +26,9 @@ from transformers import (
 )
 
 from sdft.tokenizers import write_clip_tokenizer
+
+if TYPE_CHECKING:  # open_clip (and timm with it) loads only when a CLIP is built: `sdft fit` starts sooner
+    import open_clip
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -167,6 +169,8 @@ class ClipFeatures(FrozenModule):
             model_name: open_clip architecture name.
             pretrained: open_clip weight tag (``openai`` for the DreamBench CLIP), or None.
         """
+        import open_clip
+
         model = open_clip.create_model(model_name, pretrained=pretrained)
         config = open_clip.get_model_preprocess_cfg(model)
         backbone = OpenClipBackbone(model, open_clip.get_tokenizer(model_name))
@@ -272,6 +276,9 @@ def build_tiny_open_clip(seed: int = 0) -> open_clip.model.CLIP:
     Args:
         seed: seeds a forked RNG; the global RNG state is left untouched.
     """
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
     vision = CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=TINY_IMAGE_SIZE)
     text = CLIPTextCfg(width=32, heads=2, layers=2)
     with torch.random.fork_rng(devices=[]):
@@ -285,7 +292,9 @@ def tiny_clip_features(seed: int = 0) -> ClipFeatures:
     Args:
         seed: seeds the random weights.
     """
-    backbone = OpenClipBackbone(build_tiny_open_clip(seed), open_clip.tokenizer.SimpleTokenizer())
+    from open_clip.tokenizer import SimpleTokenizer
+
+    backbone = OpenClipBackbone(build_tiny_open_clip(seed), SimpleTokenizer())
     return ClipFeatures(backbone, TINY_IMAGE_SIZE)
 
 
