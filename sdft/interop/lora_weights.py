@@ -1,0 +1,76 @@
+"""LoRA weights independent of any file format: one :class:`LoraLayer` per adapted module, by module path.
+
+A module path is ``<pipeline component>.<module name in the loaded model>``, e.g.
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` or ``text_encoder.encoder.layers.0.self_attn.q_proj``
+(the names of the installed transformers, which may lack ``text_model.``). Readers and writers of every format
+(diffusers / peft, kohya / A1111 / ComfyUI) convert to and from this, and merging, resizing and extraction work on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    """One adapted module: ``W + (alpha / rank) * up @ down``.
+
+    Attributes:
+        down: (rank, in_features), or (rank, in_channels, kh, kw) for a convolution.
+        up: (out_features, rank), or (out_channels, rank, 1, 1) for a convolution.
+        alpha: the trained alpha; the update is scaled by ``alpha / rank``.
+    """
+
+    down: Tensor
+    up: Tensor
+    alpha: float
+
+    def __post_init__(self) -> None:
+        if self.down.shape[0] != self.up.shape[1]:
+            raise ValueError(f"LoRA down {tuple(self.down.shape)} and up {tuple(self.up.shape)} differ in rank")
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def delta(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The weight update ``scale * up @ down`` in the module weight's shape (a convolution's kernel included)."""
+        down, up = self.down.to(dtype), self.up.to(dtype)
+        product = up.flatten(1) @ down.flatten(1)
+        if down.dim() == 4:
+            return (product * self.scale).reshape(up.shape[0], *down.shape[1:])
+        return product * self.scale
+
+
+#: module path -> layer
+LoraWeights = dict[str, LoraLayer]
+
+
+def lora_weights_of(components: Mapping[str, nn.Module], adapter: str = "default") -> LoraWeights:
+    """The LoRA layers of live peft-adapted modules (what a :class:`sdft.methods.LoRAFineTuner` trains).
+
+    Args:
+        components: pipeline component name -> module carrying peft LoRA layers (e.g. ``{"unet": unet}``).
+        adapter: the peft adapter name.
+    """
+    from peft.tuners.lora import LoraLayer as PeftLoraLayer
+
+    weights: LoraWeights = {}
+    for component, module in components.items():
+        for name, layer in module.named_modules():
+            if isinstance(layer, PeftLoraLayer) and adapter in layer.lora_A:
+                rank = layer.r[adapter]
+                weights[f"{component}.{name}"] = LoraLayer(
+                    down=layer.lora_A[adapter].weight.detach().clone(),
+                    up=layer.lora_B[adapter].weight.detach().clone(),
+                    alpha=float(layer.scaling[adapter] * rank),
+                )
+    return weights
