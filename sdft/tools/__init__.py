@@ -1,0 +1,1 @@
+"""Everyday tools around training."""
