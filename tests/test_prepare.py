@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jsonargparse import auto_cli
 from PIL import Image
 
 from sdft.errors import UserError
@@ -133,7 +134,7 @@ def test_every_pixel_mode_is_converted_to_rgb(tmp_path: Path) -> None:
 def test_duplicates_and_near_duplicates_are_rejected_naming_the_photo_they_copy(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     (first, other, third) = save_photos(photos, range(3))
-    shutil.copy(first, photos / "photo_0_copy.png")  # the same bytes
+    shutil.copy(first, photos / "photo_0 copy.png")  # the same bytes; by name it would come first
     photo(0).save(photos / "photo_0_resaved.png", compress_level=1)  # other bytes, the same pixels
     smaller = io.BytesIO()
     photo(0).resize((60, 45), Image.Resampling.BICUBIC).save(smaller, "JPEG", quality=85)
@@ -142,14 +143,14 @@ def test_duplicates_and_near_duplicates_are_rejected_naming_the_photo_they_copy(
     rows = rows_by_file(prepare(photos, tmp_path / "out", resolution=32))
 
     assert [name for name, row in rows.items() if row.result != "rejected"] == [p.name for p in (first, other, third)]
-    assert rows["photo_0_copy.png"].details == "duplicate of photo_0.png (identical pixels)"
+    assert rows["photo_0 copy.png"].details == "duplicate of photo_0.png (identical pixels)"
     assert rows["photo_0_resaved.png"].details == "duplicate of photo_0.png (identical pixels)"
     assert rows["photo_0_small.jpg"].details.startswith("near-duplicate of photo_0.png (difference hashes ")
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["photo_0.png", "photo_1.png", "photo_2.png"]
 
     kept = rows_by_file(prepare(photos, tmp_path / "all", resolution=32, near_duplicate_distance=None))
     assert kept["photo_0_small.jpg"].result == "changed"
-    assert kept["photo_0_copy.png"].result == "rejected"
+    assert kept["photo_0 copy.png"].result == "rejected"
 
 
 def test_unusable_files_are_rejected_with_the_reason(tmp_path: Path) -> None:
@@ -161,6 +162,7 @@ def test_unusable_files_are_rejected_with_the_reason(tmp_path: Path) -> None:
     (photos / "empty.png").write_bytes(b"")
     (photos / "notes.png").write_text("not a picture\n")
     (photos / "captions.txt").write_text("a photo of sks dog\n")
+    (photos / "IMG_0003.HEIC").write_bytes(b"\0\0\0\x18ftypheic" + bytes(100))
     photo(10, (20, 12)).save(photos / "thumbnail.png")
     (photos / ".hidden.png").write_bytes(b"")
     (photos / "subfolder").mkdir()
@@ -168,6 +170,7 @@ def test_unusable_files_are_rejected_with_the_reason(tmp_path: Path) -> None:
     rows = rows_by_file(prepare(photos, tmp_path / "out", resolution=32))
 
     assert {name: row.details for name, row in rows.items() if row.result == "rejected"} == {
+        "IMG_0003.HEIC": "Pillow cannot read HEIC photos; export it as JPEG or PNG",
         "captions.txt": "not an image (.txt)",
         "empty.png": "empty file (0 bytes)",
         "notes.png": "not an image: not PNG or any format Pillow reads",
@@ -175,7 +178,7 @@ def test_unusable_files_are_rejected_with_the_reason(tmp_path: Path) -> None:
         "truncated.jpg": rows["truncated.jpg"].details,
     }
     assert rows["truncated.jpg"].details.startswith("unreadable: image file is truncated")
-    assert len(rows) == 8  # hidden files and folders are not listed
+    assert len(rows) == 9  # hidden files and folders are not listed
 
 
 def test_too_few_usable_photos_is_an_error_and_nothing_is_written(tmp_path: Path) -> None:
@@ -183,9 +186,8 @@ def test_too_few_usable_photos_is_an_error_and_nothing_is_written(tmp_path: Path
     first, _ = save_photos(photos, range(2))
     shutil.copy(first, photos / "copy.png")
 
-    with pytest.raises(
-        UserError, match=rf"{re.escape(str(photos))} has 2 usable photos, fewer than min_photos=3 .* add photos to"
-    ):
+    message = r"has 2 usable photos \(1 rejected, see the table above\), fewer than min_photos=3; add photos to"
+    with pytest.raises(UserError, match=re.escape(str(photos)) + " " + message):
         prepare(photos, tmp_path / "out", resolution=32)
 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["photos"]  # no output, no staging folder left
@@ -206,7 +208,7 @@ def test_the_output_folder_must_be_new_or_empty(tmp_path: Path) -> None:
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
 
     (tmp_path / "empty").mkdir()
-    prepare(photos, tmp_path / "empty", resolution=32)
+    auto_cli(prepare, args=[str(photos), str(tmp_path / "empty"), "--resolution", "32"])  # as the command line does
     assert len(list((tmp_path / "empty").iterdir())) == 3
 
 

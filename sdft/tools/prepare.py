@@ -2,7 +2,8 @@
 
 Every photo is decoded as training decodes it (:func:`sdft.data.images.load_rgb`: EXIF orientation applied, any
 pixel mode to 8-bit RGB with transparency on white, the first frame of an animation), then checked: unreadable,
-too small, or an exact or near copy of an earlier photo (by name order) are rejected with the reason. The others are
+too small, or an exact or near copy of an earlier photo (by file stem: an original before its copies) are rejected
+with the reason. The others are
 resized (short side to the resolution) and, with ``crop="center"``, centre-cropped to a square, exactly as training
 would, and written as ``<stem>.png``. With an instance prompt a ``metadata.jsonl`` captions each photo, so the
 folder trains both as ``data.instance_dir`` (:class:`~sdft.data.SubjectDataModule`) and as ``data.data_dir``
@@ -55,6 +56,8 @@ MODE_WORDS = {
     "I;16N": "16-bit greyscale",
     "F": "floating-point greyscale",
 }
+#: photo formats Pillow does not read, which cameras and phones write
+CAMERA_FORMATS = frozenset({".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"})
 IMAGE_SUFFIXES = {"png": ".png", "jpg": ".jpg"}
 JPEG_QUALITY = 95
 
@@ -137,12 +140,12 @@ def prepare(
     photos, rows = read_photos(input, resolution, crop, smallest, near_duplicate_distance)
     name_outputs(photos, IMAGE_SUFFIXES[file_format])
     rows = [*(photo_row(photo) for photo in photos), *rows]
-    rows.sort(key=lambda row: row.file)
+    rows.sort(key=lambda row: file_order(Path(row.file)))
     print(format_table(rows))
     if len(photos) < min_photos:
         raise UserError(
-            f"{input} has {len(photos)} usable photos, fewer than min_photos={min_photos} (the table above says why "
-            f"the others were rejected); add photos to {input}, or lower --min_photos"
+            f"{input} has {len(photos)} usable photos ({len(rows) - len(photos)} rejected, see the table above), "
+            f"fewer than min_photos={min_photos}; add photos to {input}, or lower --min_photos"
         )
     captions = None if instance_prompt is None else caption_template.replace("{}", instance_prompt)
     write_folder_atomic(output, lambda staging: write_photos(staging, photos, file_format, captions))
@@ -200,7 +203,7 @@ def check_output(folder: Path) -> None:
 def read_photos(
     folder: Path, resolution: int, crop: str, min_side: int, near_distance: int | None
 ) -> tuple[list[Photo], list[PhotoRow]]:
-    """The usable photos of ``folder`` (by name), ready to write, and a row for each rejected file.
+    """The usable photos of ``folder`` (in :func:`file_order`), ready to write, and a row for each rejected file.
 
     Args:
         folder: the input folder.
@@ -212,7 +215,8 @@ def read_photos(
     photos, rejected = [], []
     pixels_seen: dict[str, str] = {}
     hashes_seen: list[tuple[int, str]] = []
-    for path in sorted(entry for entry in folder.iterdir() if entry.is_file() and not entry.name.startswith(".")):
+    files = [entry for entry in folder.iterdir() if entry.is_file() and not entry.name.startswith(".")]
+    for path in sorted(files, key=file_order):
         try:
             image, changes = decode(path)
             check_size(image, min_side)
@@ -223,6 +227,12 @@ def read_photos(
         image, sizing = fit(image, resolution, crop)
         photos.append(Photo(path, image, changes + sizing))
     return photos, rejected
+
+
+def file_order(path: Path) -> tuple[str, str]:
+    """The order files are checked in, which decides which of two duplicates is kept: by stem, then extension, so
+    ``IMG_1.jpg`` comes before its copies ``IMG_1 copy.jpg`` and ``IMG_1 (2).jpg``."""
+    return path.stem, path.suffix
 
 
 def decode(path: Path) -> tuple[Image.Image, list[str]]:
@@ -244,6 +254,8 @@ def decode(path: Path) -> tuple[Image.Image, list[str]]:
         suffix = path.suffix.lower()
         if suffix in IMAGE_EXTENSIONS:
             raise Rejected(f"not an image: not {suffix[1:].upper()} or any format Pillow reads") from error
+        if suffix in CAMERA_FORMATS:
+            raise Rejected(f"Pillow cannot read {suffix[1:].upper()} photos; export it as JPEG or PNG") from error
         raise Rejected(f"not an image ({suffix or 'no extension'})") from error
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise Rejected(f"unreadable: {error}") from error
