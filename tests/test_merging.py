@@ -4,11 +4,12 @@ and against diffusers' own LoRA loading."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from jsonargparse import auto_cli
 
 from sdft.errors import UserError
@@ -113,6 +114,22 @@ def test_fused_model_draws_what_the_base_with_the_lora_draws(tiny_sd1: Path, tmp
     fused = images(StableDiffusionPipeline.from_pretrained(tmp_path / "fused"))
     assert (expected - plain).abs().max() > 0.05  # the LoRA changes the picture
     torch.testing.assert_close(fused, expected, atol=1e-4, rtol=0)
+
+
+def test_a_half_precision_variant_is_read_and_written_in_its_dtype(tiny_sd1: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_sd1, tmp_path / "base")
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd1, subfolder="unet").half()
+    (tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    unet.save_pretrained(tmp_path / "base" / "unet", variant="fp16")  # as a hub download of the fp16 variant
+    base = ModelFolder.open(tmp_path / "base", "model")
+    lora = random_lora(base, {"unet": ("attn1.to_q",)}, rank=2, alpha=2.0, seed=6)
+    write_lora_file(lora, tmp_path / "lora.safetensors", torch.float32)
+    Merge().fuse(str(tmp_path / "base"), tmp_path / "lora.safetensors", tmp_path / "fused")
+    fused = ModelFolder.open(tmp_path / "fused", "model")
+    assert fused.variant("unet") is None and fused.stored_dtype("unet") == torch.float16
+    path = next(iter(lora)).partition(".")[2]
+    expected = (unet.state_dict()[f"{path}.weight"].float() + lora[f"unet.{path}"].delta()).half()
+    torch.testing.assert_close(fused.load("unet", torch.float16).state_dict()[f"{path}.weight"], expected)
 
 
 def test_exact_merge_loads_as_both_loras_together(tiny_sd1: Path, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from sdft.interop.merging import (
     resize_lora,
 )
 from sdft.interop.model_folders import ModelFolder, converted, write_model_folder
-from sdft.interop.single_file import check_single_file_support, write_single_file
+from sdft.interop.single_file import COMPONENTS, check_single_file_support, write_single_file
 
 if TYPE_CHECKING:
     from sdft.families import ModelFamily
@@ -142,7 +142,8 @@ def write_model(output: Path, model: ModelFolder, changed: dict[str, nn.Module],
     target = None if dtype is None else getattr(torch, dtype)
     if Path(output).suffix != SINGLE_FILE:
         return write_model_folder(Path(output), model, changed, target)
-    components = {name: changed[name] if name in changed else model.load(name) for name in model.weight_components}
+    names = COMPONENTS[model.pipeline_class_name]
+    components = {name: changed[name] if name in changed else model.load(name) for name in names}
     for name, module in components.items():
         converted(module, target or model.stored_dtype(name))
     return write_single_file(Path(output), model.pipeline_class_name, components, v_prediction=model.predicts_v)

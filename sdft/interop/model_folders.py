@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -23,6 +25,10 @@ from sdft.files import write_folder_atomic
 
 INDEX = "model_index.json"
 #: safetensors dtype names -> torch dtypes
+#: a component's weight file: plain, sharded, of a variant (``diffusion_pytorch_model.fp16-00001-of-00002``)
+WEIGHT_FILE = re.compile(
+    r"(?:model|diffusion_pytorch_model|pytorch_model)(?:\.(?P<variant>\w+?))?(?:-\d+-of-\d+)?\.(?:safetensors|bin)"
+)
 STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -70,8 +76,29 @@ class ModelFolder:
         if not isinstance(entry, list) or len(entry) != 2 or None in entry:
             return None
         library, class_name = entry
-        found = getattr(importlib.import_module(library), class_name, None)
+        found = getattr(library_module(library), class_name, None)
         return found if isinstance(found, type) and issubclass(found, nn.Module) else None
+
+    def variant(self, name: str) -> str | None:
+        """The weight variant component ``name`` is stored in (``fp16`` for ``model.fp16.safetensors``) when it has
+        no plain weights, as a hub download of a variant has not; None when it has."""
+        variants = set()
+        for file in (self.path / name).iterdir():
+            match = WEIGHT_FILE.fullmatch(file.name)
+            if match and match["variant"] is None:
+                return None
+            if match:
+                variants.add(match["variant"])
+        return min(variants, default=None)
+
+    def weight_files(self, name: str) -> list[Path]:
+        """Component ``name``'s safetensors files of the variant :meth:`load` reads."""
+        variant = self.variant(name)
+        return sorted(
+            file
+            for file in (self.path / name).glob("*.safetensors")
+            if (match := WEIGHT_FILE.fullmatch(file.name)) and match["variant"] == variant
+        )
 
     def load(self, name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
         """Component ``name`` in ``dtype``, in eval mode.
@@ -82,17 +109,17 @@ class ModelFolder:
         """
         from diffusers import ModelMixin
 
-        component_class = self.component_class(name)
+        component_class, variant = self.component_class(name), self.variant(name)
         if issubclass(component_class, ModelMixin):
-            module = component_class.from_pretrained(self.path, subfolder=name, torch_dtype=dtype)
+            module = component_class.from_pretrained(self.path, subfolder=name, torch_dtype=dtype, variant=variant)
         else:
-            module = component_class.from_pretrained(self.path / name, dtype=dtype)
+            module = component_class.from_pretrained(self.path / name, dtype=dtype, variant=variant)
         return module.eval().requires_grad_(False)
 
     def stored_dtype(self, name: str) -> torch.dtype:
         """The dtype of component ``name``'s weights on disk (of its first floating-point tensor; float32 for
         weights that are not safetensors)."""
-        for file in sorted((self.path / name).glob("*.safetensors")):
+        for file in self.weight_files(name):
             with safe_open(file, framework="pt") as weights:
                 for key in weights.keys():  # noqa: SIM118 (a safetensors handle is no dict)
                     stored = STORED_DTYPES.get(weights.get_slice(key).get_dtype())
@@ -109,6 +136,17 @@ class ModelFolder:
         """Whether the scheduler's config says the denoiser predicts v (SD 2.x 768 px models)."""
         config = self.path / "scheduler" / "scheduler_config.json"
         return config.is_file() and json.loads(config.read_text()).get("prediction_type") == "v_prediction"
+
+
+def library_module(library: str) -> ModuleType | None:
+    """The module a ``model_index.json`` entry names: ``diffusers``, ``transformers``, or a diffusers pipeline
+    package such as ``stable_diffusion`` (SD 1.x's safety checker); None when there is none."""
+    for candidate in (library, f"diffusers.pipelines.{library}"):
+        try:
+            return importlib.import_module(candidate)
+        except ImportError:
+            continue
+    return None
 
 
 def write_model_folder(

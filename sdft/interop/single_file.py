@@ -24,6 +24,11 @@ from sdft.files import staging_path
 
 #: the pipelines written as single files, and what they are called in messages
 SUPPORTED = {"StableDiffusionPipeline": "SD 1.x/2.x", "StableDiffusionXLPipeline": "SDXL"}
+#: the components a single file holds, per pipeline (not SD 1.x's safety checker)
+COMPONENTS = {
+    "StableDiffusionPipeline": ("unet", "vae", "text_encoder"),
+    "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2"),
+}
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 #: a key ComfyUI reads as "this model predicts v" (SDXL); others ignore it
 V_PREDICTION_MARKER = "v_pred"
