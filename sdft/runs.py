@@ -20,7 +20,10 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from sdft.checkpointing import read_checkpoint
+from sdft.errors import UserError
+from sdft.interop.formats import check_formats
 from sdft.methods.base import DiffusionFineTuner
+from sdft.methods.lora import LoRAFineTuner, RunNotes
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -85,13 +88,36 @@ def load_checkpoint(checkpoint: Path) -> DiffusionFineTuner:
     return apply_checkpoint(model_from_config(run_dir_of(checkpoint) / "config.yaml"), checkpoint)
 
 
-def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:
-    """Export one checkpoint in its method's consumer format; return the written file or folder.
+def export_checkpoint(checkpoint: Path, output: Path | None = None, formats: list[str] | None = None) -> Path:
+    """Export one checkpoint in its method's consumer format; return the written file or folder (a LoRA: the file
+    of its first format).
 
     Args:
         checkpoint: a ``.ckpt`` file in ``<run>/checkpoints/``.
         output: destination folder; default ``<run>/exports/<checkpoint name>``.
+        formats: the LoRA files to write, ``diffusers`` and / or ``kohya``; None writes the run's
+            ``export_formats``. Only LoRA runs (LoRA, pivotal tuning) have a choice.
     """
     checkpoint = Path(checkpoint)
-    output = output or run_dir_of(checkpoint) / "exports" / checkpoint.stem
-    return load_checkpoint(checkpoint).export(output)
+    run_dir = run_dir_of(checkpoint)
+    output = output or run_dir / "exports" / checkpoint.stem
+    config = read_config(run_dir / "config.yaml")
+    model = instantiate(config["model"], DiffusionFineTuner)
+    if isinstance(model, LoRAFineTuner):
+        model.run_notes = run_notes(config, run_dir)
+        if formats is not None:
+            check_formats(formats, "--format")
+            model.export_formats = list(formats)
+    elif formats is not None:
+        raise UserError(
+            f"--format chooses LoRA file formats, but {checkpoint} is of a {type(model).__name__} run, which has one "
+            "export format: leave --format out"
+        )
+    return apply_checkpoint(model, checkpoint).export(output)
+
+
+def run_notes(config: dict[str, Any], run_dir: Path) -> RunNotes:
+    """What a run's ``config.yaml`` tells an export's metadata: the data's resolution and instance prompt (where the
+    data module has them) and the run's name (the logger folder above the version folder)."""
+    data = (config.get("data") or {}).get("init_args") or {}
+    return RunNotes(resolution=data.get("resolution"), trigger=data.get("instance_prompt"), title=run_dir.parent.name)

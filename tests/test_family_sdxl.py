@@ -39,7 +39,7 @@ from sdft.errors import UserError
 from sdft.families import StableDiffusionXL
 from sdft.families.stable_diffusion_xl import micro_conditioning
 from sdft.methods import LoRAFineTuner, TextualInversion
-from sdft.methods.lora import LORA_WEIGHTS
+from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
 from sdft.methods.tokens import EMBEDDINGS_FILE
 from sdft.tiny_models import tiny_vae
 
@@ -289,12 +289,12 @@ PIPELINE = [
 @pytest.mark.parametrize(
     ("config", "exported", "class_images"),
     [
-        ("configs/quickstart_sdxl.yaml", [LORA_WEIGHTS], False),
-        ("configs/sdxl/lora.yaml", [LORA_WEIGHTS], False),
-        ("configs/sdxl/dreambooth_lora.yaml", [LORA_WEIGHTS], True),
+        ("configs/quickstart_sdxl.yaml", [KOHYA_WEIGHTS, LORA_WEIGHTS], False),
+        ("configs/sdxl/lora.yaml", [KOHYA_WEIGHTS, LORA_WEIGHTS], False),
+        ("configs/sdxl/dreambooth_lora.yaml", [KOHYA_WEIGHTS, LORA_WEIGHTS], True),
         ("configs/sdxl/dreambooth.yaml", PIPELINE, True),
         ("configs/sdxl/textual_inversion.yaml", [EMBEDDINGS_FILE, "sks.safetensors"], False),
-        ("configs/sdxl/pivotal_tuning.yaml", [EMBEDDINGS_FILE, LORA_WEIGHTS, "sks.safetensors"], False),
+        ("configs/sdxl/pivotal_tuning.yaml", [EMBEDDINGS_FILE, KOHYA_WEIGHTS, LORA_WEIGHTS, "sks.safetensors"], False),
     ],
 )
 def test_shipped_configs_fit_the_tiny_model_through_the_cli(config, exported, class_images, subject_dir, tmp_path):

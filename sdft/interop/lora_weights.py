@@ -74,3 +74,24 @@ def lora_weights_of(components: Mapping[str, nn.Module], adapter: str = "default
                     alpha=float(layer.scaling[adapter] * rank),
                 )
     return weights
+
+
+@torch.no_grad()
+def load_lora_weights_into(components: Mapping[str, nn.Module], weights: LoraWeights, adapter: str = "default") -> None:
+    """Copy LoRA weights into live peft-adapted modules (the inverse of :func:`lora_weights_of`).
+
+    Each layer's down and up go into the adapter of its module, the up rescaled so that the module's own
+    ``alpha / rank`` gives the layer's update ``scale * up @ down``.
+
+    Args:
+        components: pipeline component name -> module carrying peft LoRA layers.
+        weights: the layers by module path; each module must carry ``adapter`` at the layer's rank.
+        adapter: the peft adapter name.
+    """
+    for path, layer in weights.items():
+        component, _, name = path.partition(".")
+        module = components[component].get_submodule(name)
+        if module.r[adapter] != layer.rank:
+            raise ValueError(f"{path} has rank {module.r[adapter]}, its LoRA weights {layer.rank}")
+        module.lora_A[adapter].weight.copy_(layer.down)
+        module.lora_B[adapter].weight.copy_(layer.up * (layer.scale / module.scaling[adapter]))

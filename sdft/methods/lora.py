@@ -1,23 +1,71 @@
-"""LoRA (Hu et al. 2021, arXiv 2106.09685) on the denoiser and optionally the text encoders, through peft."""
+"""LoRA (Hu et al. 2021, arXiv 2106.09685) on the denoiser and optionally the text encoders, through peft.
+
+An export writes the LoRA in each of the method's ``export_formats`` into one folder:
+
+- ``diffusers``: ``pytorch_lora_weights.safetensors``, diffusers / peft keys with the peft config (alpha included)
+  in the header; ``pipe.load_lora_weights(folder)`` loads it at the trained strength;
+- ``kohya``: ``lora_kohya.safetensors``, the layout ComfyUI, A1111 (stable-diffusion-webui) and kohya sd-scripts read
+  (see :mod:`sdft.interop.kohya`): a ``.alpha`` tensor per module, and ``ss_*`` / ``modelspec.*`` header metadata
+  naming the base model, rank, alpha, resolution, steps and the instance prompt as trigger phrase. Copy it into
+  ComfyUI's ``models/loras`` or A1111's ``models/Lora`` folder (renamed as the prompt should call it).
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from sdft.errors import UserError
+from sdft.interop.formats import EXPORT_FORMATS, check_formats, read_lora
+from sdft.interop.kohya import TrainingNotes, kohya_metadata, write_kohya
+from sdft.interop.kohya_names import kohya_names
+from sdft.interop.lora_weights import load_lora_weights_into, lora_weights_of
 from sdft.methods.base import DiffusionFineTuner
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+KOHYA_WEIGHTS = "lora_kohya.safetensors"
+
+
+@runtime_checkable
+class SizedData(Protocol):
+    """A data module that trains on square images of one side (``resolution`` pixels)."""
+
+    resolution: int
+
+
+@runtime_checkable
+class SubjectData(Protocol):
+    """A data module whose training images name one subject in one prompt (DreamBooth's ``instance_prompt``)."""
+
+    instance_prompt: str
+
+
+@dataclass(frozen=True)
+class RunNotes:
+    """What the metadata of an export made outside a fit says about its run (``sdft export`` reads the run's
+    ``config.yaml``); during a fit the trainer and data module tell.
+
+    Attributes:
+        resolution: the training resolution, in pixels.
+        trigger: the instance prompt.
+        title: the run's name.
+    """
+
+    resolution: int | None = None
+    trigger: str | None = None
+    title: str | None = None
 
 
 class LoRAFineTuner(DiffusionFineTuner):
-    """Train low-rank adapters; export ``pytorch_lora_weights.safetensors`` that diffusers' ``load_lora_weights``
-    loads at the trained strength (the peft config, alpha included, travels in the file's metadata)."""
+    """Train low-rank adapters; export them for diffusers (``pytorch_lora_weights.safetensors``, loaded by
+    ``load_lora_weights`` at the trained strength) and for ComfyUI / A1111 / kohya (``lora_kohya.safetensors``)."""
 
     def __init__(
         self,
@@ -29,6 +77,8 @@ class LoRAFineTuner(DiffusionFineTuner):
         target_blocks: list[int] | None = None,
         train_text_encoder: bool = False,
         text_encoder_target_modules: list[str] | None = None,
+        export_formats: tuple[str, ...] = EXPORT_FORMATS,
+        init_lora: str | None = None,
         **kwargs,
     ) -> None:
         """
@@ -42,6 +92,12 @@ class LoRAFineTuner(DiffusionFineTuner):
                 single-stream ones); None adapts every block.
             train_text_encoder: also adapt the text encoder(s), with the same rank and alpha.
             text_encoder_target_modules: module names to adapt in the text encoders; None uses the family's default.
+            export_formats: the LoRA files every export writes: ``diffusers`` (``pytorch_lora_weights.safetensors``)
+                and / or ``kohya`` (``lora_kohya.safetensors`` for ComfyUI, A1111 and kohya sd-scripts); the first
+                listed is the export's main file.
+            init_lora: a LoRA file (diffusers, kohya, A1111 or ComfyUI format) whose weights the fit starts from
+                instead of new random ones; it must have rank ``rank`` and adapt only modules this run targets. A
+                fit resumed from a checkpoint continues from the checkpoint's weights.
         """
         super().__init__(*args, **kwargs)
         if rank < 1:
@@ -58,6 +114,13 @@ class LoRAFineTuner(DiffusionFineTuner):
         self.target_blocks = target_blocks
         self.train_text_encoder = train_text_encoder
         self.text_encoder_target_modules = text_encoder_target_modules
+        check_formats(export_formats, "model.init_args.export_formats")
+        self.export_formats = list(export_formats)
+        self.init_lora = init_lora
+        self.run_notes = RunNotes()
+        #: the global step and trained tensors of the checkpoint loaded last (see :meth:`weights_step`)
+        self.loaded_checkpoint: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.checkpoint_loaded = False  # its weights replace init_lora's: the file is not read
 
     def adapted_components(self) -> dict[str, nn.Module]:
         """The pipeline components that carry an adapter, by pipeline component name."""
@@ -102,8 +165,57 @@ class LoRAFineTuner(DiffusionFineTuner):
                 if name == self.family.denoiser_name and self.target_blocks is not None:
                     key += " within model.init_args.target_blocks"
                 raise UserError(f"model.init_args.{key} matches no module of the {name}: {error}") from error
+        if "kohya" in self.export_formats:
+            self.check_kohya_names()
+        if self.init_lora is not None and not self.checkpoint_loaded:
+            self.start_from(self.init_lora)
+
+    def check_kohya_names(self) -> None:
+        """Refuse, before training, adapted modules that a kohya file cannot name."""
+        components = self.adapted_components()
+        names = kohya_names(self.family.pipeline_class, components)
+        unnamed = sorted(set(lora_weights_of(components)) - set(names.by_path))
+        if unnamed:
+            raise UserError(
+                f"model.init_args.export_formats includes kohya, but {len(unnamed)} adapted modules have no name in "
+                f"kohya / A1111 / ComfyUI files (first: {unnamed[0]}): leave them out of the targets, or set "
+                "export_formats: [diffusers]"
+            )
+
+    def start_from(self, path: str) -> None:
+        """Load a LoRA file's weights into the new adapters (their alpha / rank kept, the update the file's)."""
+        if not Path(path).is_file():
+            raise UserError(
+                f"model.init_args.init_lora: {path} not found: pass a LoRA file (a fit resumed from a checkpoint "
+                "continues from the checkpoint's weights: set init_lora: null to resume without the file)"
+            )
+        try:
+            weights = read_lora(path, self.family)
+        except UserError as error:
+            raise UserError(f"model.init_args.init_lora: {error}") from None
+        components = self.adapted_components()
+        untargeted = sorted(set(weights) - set(lora_weights_of(components)))
+        if untargeted:
+            raise UserError(
+                f"model.init_args.init_lora: {path} adapts {len(untargeted)} modules this run does not train (first: "
+                f"{untargeted[0]}): target them (target_modules, train_text_encoder, text_encoder_target_modules) "
+                "or pass another file"
+            )
+        ranks = sorted({layer.rank for layer in weights.values()} - {self.rank})
+        if ranks:
+            raise UserError(
+                f"model.init_args.init_lora: {path} has rank {ranks[0]} where model.init_args.rank is {self.rank}: "
+                f"set rank: {ranks[0]}"
+            )
+        load_lora_weights_into(components, weights)
 
     def write_export(self, directory: Path) -> Path:
+        """Write the LoRA in each of ``export_formats``; return the first's file."""
+        writers = {"diffusers": self.write_diffusers, "kohya": self.write_kohya}
+        return [writers[name](directory) for name in self.export_formats][0]
+
+    def write_diffusers(self, directory: Path) -> Path:
+        """Write ``pytorch_lora_weights.safetensors`` with each component's peft config in the header."""
         components = self.adapted_components()
         layers = {f"{name}_lora_layers": get_peft_model_state_dict(m) for name, m in components.items()}
         metadata = {
@@ -111,6 +223,50 @@ class LoRAFineTuner(DiffusionFineTuner):
         }
         self.family.pipeline_class.save_lora_weights(directory, **layers, **metadata, weight_name=LORA_WEIGHTS)
         return directory / LORA_WEIGHTS
+
+    def write_kohya(self, directory: Path) -> Path:
+        """Write ``lora_kohya.safetensors`` with kohya and model-spec metadata."""
+        components = self.adapted_components()
+        names = kohya_names(self.family.pipeline_class, components)
+        metadata = kohya_metadata(self.family, self.training_notes())
+        return write_kohya(lora_weights_of(components), names, metadata, directory / KOHYA_WEIGHTS)
+
+    def training_notes(self) -> TrainingNotes:
+        """What an export's metadata says about the training: the configured rank and alpha, the base model, the
+        step of the weights, and what the trainer and data module (or, outside a fit, :attr:`run_notes`) tell."""
+        notes = self.run_notes
+        if self._trainer is not None:
+            data, logger = self.trainer.datamodule, self.trainer.logger
+            notes = RunNotes(
+                resolution=data.resolution if isinstance(data, SizedData) else None,
+                trigger=data.instance_prompt if isinstance(data, SubjectData) else None,
+                title=logger.name if logger is not None else None,
+            )
+        return TrainingNotes(
+            base_model=self.family.pretrained_model_name_or_path,
+            rank=self.rank,
+            alpha=self.alpha,
+            steps=self.weights_step(),
+            resolution=notes.resolution,
+            trigger=notes.trigger,
+            title=notes.title,
+        )
+
+    def weights_step(self) -> int:
+        """The training step of the live adapter weights: the global step of the checkpoint loaded last while they
+        are still its tensors (e.g. the best step, exported from its checkpoint), else the trainer's."""
+        if self.loaded_checkpoint is not None:
+            step, tensors = self.loaded_checkpoint
+            live = self.trainable_state_dict()
+            if tensors.keys() == live.keys() and all(torch.equal(live[k].cpu(), v.cpu()) for k, v in tensors.items()):
+                return step
+        return self.global_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.checkpoint_loaded = True
+        if "state_dict" in checkpoint:
+            self.loaded_checkpoint = (checkpoint["global_step"], checkpoint["state_dict"])
+        super().on_load_checkpoint(checkpoint)
 
 
 def block_names(denoiser: nn.Module, block_types: tuple[str, ...]) -> list[str]:

@@ -15,9 +15,11 @@ from sdft.methods.tokens import LearnsPlaceholder
 
 
 class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
-    """Train the embedding vector(s) of a new word (``<sks>``) and a LoRA; export the LoRA file and the embedding
-    files into one folder, loaded in diffusers by ``pipe.load_lora_weights(folder)`` and
-    ``pipe.load_textual_inversion(folder / "learned_embeds.safetensors")``.
+    """Train the embedding vector(s) of a new word (``<sks>``) and a LoRA; export the LoRA files (see
+    :class:`LoRAFineTuner`'s ``export_formats``) and the embedding files into one folder, loaded in diffusers by
+    ``pipe.load_lora_weights(folder)`` and ``pipe.load_textual_inversion(folder / "learned_embeds.safetensors")``, and
+    in A1111 / ComfyUI as ``lora_kohya.safetensors`` plus the embedding ``<word>.safetensors`` (the prompt names the
+    word as the embedding's file name).
 
     The data's prompts must name the word, e.g. ``instance_prompt: "a photo of <sks> dog"``.
     """
@@ -64,7 +66,7 @@ class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
                 param.grad = None
 
     def write_export(self, directory: Path) -> Path:
-        """Write the LoRA file and the embedding files; return the folder (both are needed)."""
+        """Write the LoRA files and the embedding files; return the folder (both are needed)."""
         super().write_export(directory)
         self.tokens.write(self.family, directory)
         return directory

@@ -1,0 +1,275 @@
+"""kohya / A1111 / ComfyUI LoRA files (the layout of kohya sd-scripts' ``networks.lora``) to and from
+:data:`~sdft.interop.lora_weights.LoraWeights`.
+
+Each module, named as :mod:`sdft.interop.kohya_names` describes, has ``<name>.lora_down.weight`` (rank, in),
+``<name>.lora_up.weight`` (out, rank) and a 0-dim ``<name>.alpha``; the consumers add ``alpha / rank * up @ down``
+to the layer's weight. Where the original model fuses several diffusers projections into one layer (SD3 and Flux.1
+q, k, v; a Flux.1 single block's ``linear1``), the fused module's down is the parts' downs stacked and its up is
+block-diagonal in the parts' ups, so its rank is the sum of theirs and its alpha keeps alpha / rank; a part without
+LoRA gets zero rows. Reading splits such a module back into its parts exactly where its up is block-diagonal (as
+written here); otherwise (a LoRA trained on the fused layer) every part gets the whole down and its own rows of the
+up, which is the same update. A module whose up is all zero reads as no module (it changes nothing).
+
+The header holds kohya's ``ss_*`` training keys and the Stability AI model spec's ``modelspec.*`` keys
+(:func:`kohya_metadata`); consumers read the strength from the ``.alpha`` tensors, never from the header.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from safetensors.torch import save_file
+from torch import Tensor
+
+from sdft.errors import UserError
+from sdft.families import ModelFamily, StableDiffusion
+from sdft.interop.kohya_names import KohyaModule, KohyaNames
+from sdft.interop.lora_weights import LoraLayer, LoraWeights
+
+#: the tensors of one kohya module, by key suffix
+DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+
+
+def to_kohya(weights: LoraWeights, names: KohyaNames) -> dict[str, Tensor]:
+    """LoRA weights -> a kohya state dict (fused modules built as the module docstring says).
+
+    Args:
+        weights: the layers by module path; every path must have a kohya name.
+        names: the kohya modules of the model the weights adapt.
+    """
+    unnamed = sorted(set(weights) - set(names.by_path))
+    if unnamed:
+        raise UserError(
+            f"{len(unnamed)} adapted modules have no name in kohya / A1111 / ComfyUI LoRA files (first: "
+            f"{unnamed[0]}): leave them out of the LoRA's targets, or export only the diffusers format"
+        )
+    state = {}
+    for module in dict.fromkeys(names.by_path[path] for path in weights):
+        layer = fused_layer(module, weights)
+        state[module.name + DOWN] = layer.down.contiguous()
+        state[module.name + UP] = layer.up.contiguous()
+        state[module.name + ALPHA] = torch.tensor(layer.alpha, dtype=torch.float32)
+    return state
+
+
+def fused_layer(module: KohyaModule, weights: LoraWeights) -> LoraLayer:
+    """The one layer of a kohya module: its only part's (halves swapped if the original swaps them), or the parts'
+    downs stacked over a block-diagonal up, scaled like the first part present."""
+    if len(module.parts) == 1:
+        layer = weights[module.parts[0]]
+        return swap_halves(layer) if module.swapped else layer
+    present = [(index, weights[path]) for index, path in enumerate(module.parts) if path in weights]
+    scale = present[0][1].scale
+    down = torch.cat([layer.down for _, layer in present])
+    up = present[0][1].up.new_zeros(sum(module.sizes), down.shape[0])
+    starts = [sum(module.sizes[:index]) for index in range(len(module.sizes))]
+    column = 0
+    for index, layer in present:
+        rows = slice(starts[index], starts[index] + module.sizes[index])
+        up[rows, column : column + layer.rank] = layer.up * (layer.scale / scale)
+        column += layer.rank
+    return LoraLayer(down, up, scale * down.shape[0])
+
+
+def swap_halves(layer: LoraLayer) -> LoraLayer:
+    """The layer with the two halves of its output rows exchanged (shift, scale <-> scale, shift)."""
+    first, second = layer.up.chunk(2)
+    return LoraLayer(layer.down, torch.cat([second, first]), layer.alpha)
+
+
+def from_kohya(state: Mapping[str, Tensor], names: KohyaNames, path: Path) -> LoraWeights:
+    """A kohya state dict -> LoRA weights (fused modules split as the module docstring says).
+
+    Args:
+        state: the file's tensors.
+        names: the kohya modules of the model the file should adapt.
+        path: the file, named in errors.
+    """
+    odd = sorted(key for key in state if not key.endswith((DOWN, UP, ALPHA)))
+    if odd:
+        raise UserError(
+            f"{path} holds tensors that are not plain LoRA (first: {odd[0]}; LyCORIS, LoHa, LoKr and DoRA files are "
+            "not supported): use a plain kohya LoRA or a diffusers LoRA file"
+        )
+    modules = [key.removesuffix(DOWN) for key in state if key.endswith(DOWN)]
+    unknown = sorted(name for name in modules if name not in names.readable)
+    if unknown:
+        raise UserError(
+            f"{path} adapts {len(unknown)} modules the model lacks (first: {unknown[0]}): it is a LoRA of another "
+            "model family or layout; pass a LoRA trained on this base model"
+        )
+    weights: LoraWeights = {}
+    for name in modules:
+        down, up = state[name + DOWN], state[name + UP]
+        alpha = float(state[name + ALPHA]) if name + ALPHA in state else float(down.shape[0])
+        weights.update(split_layer(names.readable[name], LoraLayer(down, up, alpha), path))
+    return weights
+
+
+def split_layer(module: KohyaModule, layer: LoraLayer, path: Path) -> LoraWeights:
+    """One kohya module's layer -> the layers of its parts (halves swapped back where the original swaps them)."""
+    if len(module.parts) == 1:
+        return {module.parts[0]: swap_halves(layer) if module.swapped else layer}
+    if layer.up.shape[0] != sum(module.sizes):
+        raise UserError(
+            f"{path}: {module.name} has {layer.up.shape[0]} outputs where the model has {sum(module.sizes)}: it is "
+            "a LoRA of another model; pass a LoRA trained on this base model"
+        )
+    rows = layer.up.split(list(module.sizes))
+    columns = block_columns(rows)
+    if columns is None:
+        return {
+            part: LoraLayer(layer.down, up, layer.alpha)
+            for part, up in zip(module.parts, rows, strict=True)
+            if up.any()
+        }
+    return {
+        part: LoraLayer(layer.down[span], up[:, span], layer.scale * (span.stop - span.start))
+        for part, up, span in zip(module.parts, rows, columns, strict=True)
+        if span is not None
+    }
+
+
+def block_columns(rows: tuple[Tensor, ...]) -> list[slice | None] | None:
+    """Each part's run of rank columns where the fused up is block-diagonal: every column non-zero in the rows of at
+    most one part, each part's columns consecutive (all-zero columns join the run before them); None for a part
+    with no columns. None when the up is not block-diagonal or is all zero.
+
+    Args:
+        rows: the fused up's rows of each part, (out_i, rank) each.
+    """
+    used = torch.stack([part.ne(0).any(dim=0) for part in rows])  # (parts, rank)
+    if used.sum(dim=0).gt(1).any() or not used.any():
+        return None
+    owners = used.float().argmax(dim=0).tolist()
+    unused = (~used.any(dim=0)).tolist()
+    first = next(owner for owner, empty in zip(owners, unused, strict=True) if not empty)
+    previous = first
+    for column, empty in enumerate(unused):
+        owners[column] = previous if empty else owners[column]
+        previous = owners[column]
+    spans: list[slice | None] = [None] * len(rows)
+    start = 0
+    for column in range(1, len(owners) + 1):
+        if column == len(owners) or owners[column] != owners[start]:
+            if spans[owners[start]] is not None:
+                return None
+            spans[owners[start]] = slice(start, column)
+            start = column
+    return spans
+
+
+@dataclass(frozen=True)
+class TrainingNotes:
+    """What a kohya file's header records about the training, where known.
+
+    Attributes:
+        base_model: the base model's path or hub id.
+        rank: the LoRA rank the run configured (fused modules hold the sum of their parts' ranks).
+        alpha: the LoRA alpha the run configured.
+        steps: the optimizer steps the weights were trained for.
+        resolution: the side of the square training images, in pixels.
+        trigger: the prompt (or word) that calls up what was learned, e.g. the instance prompt.
+        title: a human-readable name, e.g. the run's name.
+    """
+
+    base_model: str
+    rank: int
+    alpha: float
+    steps: int | None = None
+    resolution: int | None = None
+    trigger: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How the consumers name a base model: the model spec's ``modelspec.architecture`` (without ``/lora``), kohya's
+    ``ss_base_model_version`` and the model spec's ``modelspec.implementation``."""
+
+    spec: str
+    version: str
+    implementation: str
+
+
+SGM = "https://github.com/Stability-AI/generative-models"
+
+
+def architecture_of(family: ModelFamily) -> Architecture:
+    """The base model's names in kohya / model-spec metadata, from its denoiser's config (the family loaded):
+    SD 2.x is told from 1.x by its linear transformer projections; SD 3.5 Large by its 38 blocks, SD 3.5 Medium by
+    its dual-attention blocks; FLUX.1-schnell by its lack of a guidance embedding."""
+    config = family.denoiser.config
+    pipeline = family.pipeline_class
+    if issubclass(pipeline, StableDiffusionXLPipeline):
+        return Architecture("stable-diffusion-xl-v1-base", "sdxl_base_v1-0", SGM)
+    if issubclass(pipeline, StableDiffusion3Pipeline):
+        variant = "v3-medium"
+        if config.num_layers == 38:
+            variant = "v3.5-large"
+        elif config.dual_attention_layers:
+            variant = "v3.5-medium"
+        return Architecture(f"stable-diffusion-{variant}", "sd3", "diffusers")
+    if issubclass(pipeline, FluxPipeline):
+        name = "flux-1-dev" if config.guidance_embeds else "flux-1-schnell"
+        return Architecture(name, "flux1", "https://github.com/black-forest-labs/flux")
+    if isinstance(family, StableDiffusion) and issubclass(pipeline, StableDiffusionPipeline):
+        if not config.use_linear_projection:
+            return Architecture("stable-diffusion-v1", "sd_v1", "diffusers")
+        if family.prediction_type == "v_prediction":
+            return Architecture("stable-diffusion-v2-768-v", "sd_v2_v", "diffusers")
+        return Architecture("stable-diffusion-v2-512", "sd_v2", "diffusers")
+    raise UserError(f"kohya LoRA files of {type(family).__name__} models are not supported")
+
+
+def kohya_metadata(family: ModelFamily, notes: TrainingNotes) -> dict[str, str]:
+    """The header of a kohya file: kohya's ``ss_*`` keys (network module, dim, alpha, base model, steps, resolution,
+    the trigger as a tag) and the model spec's ``modelspec.*`` keys (architecture ``<base>/lora``, implementation,
+    title, resolution ``WxH``, trigger phrase).
+
+    Args:
+        family: the base model (loaded).
+        notes: what is known about the training.
+    """
+    architecture = architecture_of(family)
+    title = notes.title or "LoRA"
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(notes.rank),
+        "ss_network_alpha": str(float(notes.alpha)),
+        "ss_base_model_version": architecture.version,
+        "ss_sd_model_name": notes.base_model,
+        "ss_output_name": title,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{architecture.spec}/lora",
+        "modelspec.implementation": architecture.implementation,
+        "modelspec.title": title,
+    }
+    if isinstance(family, StableDiffusion):
+        metadata["ss_v2"] = str(architecture.version.startswith("sd_v2"))
+    if notes.steps is not None:
+        metadata["ss_steps"] = str(notes.steps)
+    if notes.resolution is not None:
+        metadata["ss_resolution"] = f"({notes.resolution}, {notes.resolution})"
+        metadata["modelspec.resolution"] = f"{notes.resolution}x{notes.resolution}"
+    if notes.trigger:
+        metadata["modelspec.trigger_phrase"] = notes.trigger
+        metadata["ss_tag_frequency"] = json.dumps({"subject": {notes.trigger: 1}})
+    return metadata
+
+
+def write_kohya(weights: LoraWeights, names: KohyaNames, metadata: dict[str, str], path: Path) -> Path:
+    """Write LoRA weights as a kohya ``.safetensors`` file with the given header; return its path."""
+    save_file(to_kohya(weights, names), path, metadata=metadata)
+    return path
+
+
+def is_kohya(keys: list[str]) -> bool:
+    """Whether a state dict's keys are kohya's: ``.lora_down.weight`` tensors, of ``lora_*`` modules only."""
+    downs = [key for key in keys if key.endswith(DOWN)]
+    return bool(downs) and all(key.startswith("lora_") for key in downs)
