@@ -13,8 +13,10 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from jsonargparse import auto_cli
 
 from sdft.errors import UserError
-from sdft.interop.lora_weights import LoraLayer
-from sdft.interop.merge_commands import Merge, extract, extract_from_models, read_lora_file, write_lora_file
+from sdft.interop.formats import read_lora
+from sdft.interop.lora_weights import LoraLayer, LoraWeights
+from sdft.interop.merge_commands import Merge, extract
+from sdft.interop.merge_operations import ExtractionOptions, extract_from_models, family_of, write_lora_file
 from sdft.interop.merging import concatenate_loras, merge_loras, resize_lora
 from sdft.interop.model_folders import ModelFolder
 from sdft.tiny_models import build_tiny_sd1
@@ -32,7 +34,7 @@ def layer(out_dim: int, in_shape: tuple[int, ...], rank: int, alpha: float, seed
 
 
 @pytest.fixture
-def three_loras() -> list[dict[str, LoraLayer]]:
+def three_loras() -> list[LoraWeights]:
     """Linear and Conv2d layers of several ranks and alphas; ``only.first`` is in one LoRA only."""
     return [
         {
@@ -50,19 +52,24 @@ def truncated(delta: torch.Tensor, rank: int) -> torch.Tensor:
     return ((u[:, :rank] * s[:rank]) @ vh[:rank]).reshape(delta.shape)
 
 
-def test_concatenated_merge_is_the_weighted_sum_of_updates(three_loras, tmp_path: Path) -> None:
+def read_output(path: Path, model: Path) -> LoraWeights:
+    """A written LoRA file, read back for ``model`` by sdft's reader of every format."""
+    return read_lora(path, family_of(ModelFolder.open(model, "model"), "model"))
+
+
+def printed_error(output: str) -> float:
+    """The overall relative error a command printed."""
+    return float(re.search(r"relative Frobenius error (\S+) overall", output)[1])
+
+
+def test_concatenated_merge_is_the_weighted_sum_of_updates(three_loras) -> None:
     weights = [1.0, -0.5, 2.0]
     merged = concatenate_loras(three_loras, weights)
     assert merged["unet.a"].rank == 6 and merged["unet.conv"].rank == 3 and merged["only.first"].rank == 1
     for path, merged_layer in merged.items():
         assert merged_layer.scale == 1.0
-        torch.testing.assert_close(
-            merged_layer.delta(), summed_update(three_loras, weights, path), atol=1e-5, rtol=1e-5
-        )
-    # the diffusers file keeps every update (scale folded into lora_B)
-    read = read_lora_file(write_lora_file(merged, tmp_path / "merged.safetensors", torch.float32), "loras")
-    for path in merged:
-        torch.testing.assert_close(read[path].delta(), merged[path].delta())
+        expected = summed_update(three_loras, weights, path)
+        torch.testing.assert_close(merged_layer.delta(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_svd_merge_is_the_truncated_svd_of_the_summed_update(three_loras) -> None:
@@ -86,11 +93,6 @@ def test_resize_to_its_rank_is_exact_and_to_a_lower_rank_is_the_truncated_svd(th
     lower, errors = resize_lora(lora, rank=1)
     torch.testing.assert_close(lower["unet.a"].delta(), truncated(lora["unet.a"].delta(), 1), atol=1e-5, rtol=1e-5)
     assert lower["unet.a"].rank == 1 and 0.1 < errors.relative("unet.a") < 1
-
-
-def printed_error(output: str) -> float:
-    """The overall relative error a command printed."""
-    return float(re.search(r"relative Frobenius error (\S+) overall", output)[1])
 
 
 def images(pipeline: StableDiffusionPipeline) -> torch.Tensor:
@@ -123,7 +125,7 @@ def test_a_half_precision_variant_is_read_and_written_in_its_dtype(tiny_sd1: Pat
     unet.save_pretrained(tmp_path / "base" / "unet", variant="fp16")  # as a hub download of the fp16 variant
     base = ModelFolder.open(tmp_path / "base", "model")
     lora = random_lora(base, {"unet": ("attn1.to_q",)}, rank=2, alpha=2.0, seed=6)
-    write_lora_file(lora, tmp_path / "lora.safetensors", torch.float32)
+    write_lora_file(lora, tmp_path / "lora.safetensors", family_of(base, "model"), "diffusers", torch.float32)
     Merge().fuse(str(tmp_path / "base"), tmp_path / "lora.safetensors", tmp_path / "fused")
     fused = ModelFolder.open(tmp_path / "fused", "model")
     assert fused.variant("unet") is None and fused.stored_dtype("unet") == torch.float16
@@ -140,7 +142,8 @@ def test_exact_merge_loads_as_both_loras_together(tiny_sd1: Path, tmp_path: Path
         write_lora_with_alpha(first, tmp_path / "first", StableDiffusionPipeline, rank=2, alpha=4.0),
         write_lora_with_alpha(second, tmp_path / "second", StableDiffusionPipeline, rank=3, alpha=3.0),
     ]
-    Merge().loras([str(file) for file in files], tmp_path / "merged.safetensors", weights=[0.8, -0.6])
+    merged = tmp_path / "merged.safetensors"
+    Merge().loras(str(tiny_sd1), [str(file) for file in files], merged, weights=[0.8, -0.6])
 
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd1)
     pipeline.load_lora_weights(files[0], adapter_name="first")
@@ -148,8 +151,26 @@ def test_exact_merge_loads_as_both_loras_together(tiny_sd1: Path, tmp_path: Path
     pipeline.set_adapters(["first", "second"], [0.8, -0.6])
     together = images(pipeline)
     pipeline.delete_adapters(["first", "second"])
-    pipeline.load_lora_weights(tmp_path / "merged.safetensors", adapter_name="merged")
+    pipeline.load_lora_weights(merged, adapter_name="merged")
     torch.testing.assert_close(images(pipeline), together, atol=1e-4, rtol=0)
+
+
+def test_merged_files_in_both_formats_hold_the_merged_updates(tiny_sd1: Path, tmp_path: Path) -> None:
+    base = ModelFolder.open(tiny_sd1, "model")
+    loras = [random_lora(base, ATTENTION, rank=2, alpha=1.0, seed=seed) for seed in (7, 8)]
+    family = family_of(base, "model")
+    files = [
+        write_lora_file(lora, tmp_path / f"{i}.safetensors", family, "kohya", torch.float32)
+        for i, lora in enumerate(loras)
+    ]
+    for form in ("diffusers", "kohya"):
+        output = tmp_path / f"merged-{form}.safetensors"
+        Merge().loras(str(tiny_sd1), [str(file) for file in files], output, weights=[1.0, 0.5], format=form)
+        merged = read_output(output, tiny_sd1)
+        assert merged.keys() == loras[0].keys()
+        for path, merged_layer in merged.items():
+            expected = summed_update(loras, [1.0, 0.5], path)
+            torch.testing.assert_close(merged_layer.delta(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_extraction_recovers_a_known_lora(tiny_sd1: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -159,23 +180,16 @@ def test_extraction_recovers_a_known_lora(tiny_sd1: Path, tmp_path: Path, capsys
     lora_file = write_lora_with_alpha(lora, tmp_path, StableDiffusionPipeline, rank=3, alpha=3.0)
     Merge().fuse(str(tiny_sd1), lora_file, tmp_path / "tuned")
 
-    extract(
-        tmp_path / "x.safetensors",
-        tuned=str(tmp_path / "tuned"),
-        base=str(tiny_sd1),
-        rank=3,
-        conv_rank=3,
-        text_encoders=True,
-    )
-    extracted = read_lora_file(tmp_path / "x.safetensors", "output")
+    output = tmp_path / "x.safetensors"
+    extract(str(tiny_sd1), output, tuned=str(tmp_path / "tuned"), rank=3, conv_rank=3, text_encoders=True)
+    assert printed_error(capsys.readouterr().out) < 1e-5
+    extracted = read_output(output, tiny_sd1)
     assert set(extracted) == set(lora)  # unchanged modules are left out
     for path in lora:
         torch.testing.assert_close(extracted[path].delta(), lora[path].delta(), atol=2e-5, rtol=1e-4)
-    assert printed_error(capsys.readouterr().out) < 1e-5
 
-    lower, errors = extract_from_models(
-        str(tmp_path / "tuned"), str(tiny_sd1), 2, None, "attention", False, 1e-4, "cpu"
-    )
+    family, tuned = family_of(base, "base"), ModelFolder.open(tmp_path / "tuned", "tuned")
+    lower, errors = extract_from_models(tuned, base, family, ExtractionOptions(rank=2))
     assert {path.partition(".")[0] for path in lower} == {"unet"} and not any("conv" in path for path in lower)
     for path, extracted_layer in lower.items():
         torch.testing.assert_close(extracted_layer.delta(), truncated(lora[path].delta(), 2), atol=2e-5, rtol=1e-4)
@@ -193,12 +207,12 @@ def test_extraction_recovers_a_known_lora(tiny_sd1: Path, tmp_path: Path, capsys
 def test_every_family_fuses_and_extracts(model: str, targets, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     base_path = request.getfixturevalue(model)
     base = ModelFolder.open(base_path, "model")
+    family = family_of(base, "model")
     lora = random_lora(base, targets, rank=2, alpha=2.0, seed=5, size=0.2)
-    write_lora_file(lora, tmp_path / "lora.safetensors", torch.float32)
+    write_lora_file(lora, tmp_path / "lora.safetensors", family, "kohya", torch.float32)
     Merge().fuse(str(base_path), tmp_path / "lora.safetensors", tmp_path / "tuned")
-    extracted, errors = extract_from_models(
-        str(tmp_path / "tuned"), str(base_path), 2, None, "attention", True, 1e-4, "cpu"
-    )
+    tuned = ModelFolder.open(tmp_path / "tuned", "tuned")
+    extracted, errors = extract_from_models(tuned, base, family, ExtractionOptions(rank=2, text_encoders=True))
     assert set(extracted) == set(lora) and errors.overall < 1e-5
     for path in lora:
         torch.testing.assert_close(extracted[path].delta(), lora[path].delta(), atol=2e-5, rtol=1e-4)
@@ -207,9 +221,9 @@ def test_every_family_fuses_and_extracts(model: str, targets, request: pytest.Fi
 def test_resize_command_prints_its_error(tiny_sd1: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     lora = random_lora(ModelFolder.open(tiny_sd1, "model"), {"unet": ("to_q",)}, rank=4, alpha=2.0, seed=4)
     lora_file = write_lora_with_alpha(lora, tmp_path, StableDiffusionPipeline, rank=4, alpha=2.0)
-    extract(tmp_path / "same.safetensors", resize=lora_file, rank=4)
+    extract(str(tiny_sd1), tmp_path / "same.safetensors", resize=lora_file, rank=4)
     assert printed_error(capsys.readouterr().out) < 1e-5
-    same = read_lora_file(tmp_path / "same.safetensors", "output")
+    same = read_output(tmp_path / "same.safetensors", tiny_sd1)
     for path in lora:
         torch.testing.assert_close(same[path].delta(), lora[path].delta(), atol=1e-5, rtol=1e-4)
 
@@ -235,9 +249,8 @@ def test_weighted_sum_and_add_difference_follow_their_formulas(three_models: lis
         for key, tensor in sa.items():
             torch.testing.assert_close(summed[key], (1 - m) * tensor + m * sb[key], atol=1e-6, rtol=1e-6)
             torch.testing.assert_close(difference[key], tensor + 0.7 * (sb[key] - sc[key]), atol=1e-6, rtol=1e-6)
-    assert (tmp_path / "sum" / "tokenizer" / "vocab.json").read_bytes() == (
-        Path(a) / "tokenizer" / "vocab.json"
-    ).read_bytes()
+    vocabulary = "tokenizer/vocab.json"
+    assert (tmp_path / "sum" / vocabulary).read_bytes() == (Path(a) / vocabulary).read_bytes()
 
 
 def test_models_of_another_architecture_are_refused_in_one_line(
@@ -245,42 +258,46 @@ def test_models_of_another_architecture_are_refused_in_one_line(
 ) -> None:
     with pytest.raises(UserError, match=r"^unet of model_b: tensor \S+ has shape .* merge models of one architecture$"):
         Merge().models(str(tiny_sd1), str(tiny_sd2_v), tmp_path / "out")
-    with pytest.raises(UserError, match="^model_b: StableDiffusionXLPipeline .* does not match model_a's"):
+    with pytest.raises(UserError, match="^model_b: StableDiffusionXLPipeline .* use models of one architecture$"):
         Merge().models(str(tiny_sd1), str(tiny_sdxl), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
-def test_mistakes_are_refused_before_loading(tiny_sd1: Path, tiny_sd3: Path, tmp_path: Path) -> None:
+def test_mistakes_are_refused_in_one_line(tiny_sd1: Path, tiny_sd3: Path, tmp_path: Path) -> None:
     lora = tmp_path / "lora.safetensors"
-    write_lora_file({"unet.conv_in": layer(32, (4, 3, 3), 1, 1.0, 0)}, lora, torch.float32)
+    family = family_of(ModelFolder.open(tiny_sd1, "model"), "model")
+    write_lora_file({"unet.conv_in": layer(32, (4, 3, 3), 1, 1.0, 0)}, lora, family, "diffusers", torch.float32)
+    model, out = str(tiny_sd1), tmp_path / "m.safetensors"
     cases = [
-        (
-            lambda: Merge().loras([str(lora), str(lora)], tmp_path / "m.safetensors", weights=[1.0]),
-            "^weights: give one",
-        ),
-        (lambda: Merge().loras([str(lora)], tmp_path / "m.ckpt"), "^output: .* must be a .safetensors"),
-        (lambda: Merge().loras([str(tmp_path / "none.safetensors")], tmp_path / "m.safetensors"), "^loras: no file"),
-        (lambda: Merge().fuse(str(tiny_sd3), lora, tmp_path / "x.safetensors"), "^output: single-file checkpoints are"),
+        (lambda: Merge().loras(model, [str(lora), str(lora)], out, weights=[1.0]), "^weights: give one weight"),
+        (lambda: Merge().loras(model, [str(lora)], tmp_path / "m.ckpt"), "^output: .* must be a .safetensors"),
+        (lambda: Merge().loras(model, [str(tmp_path / "none.safetensors")], out), "^loras: .* not found"),
+        (lambda: Merge().loras(str(tiny_sd3), [str(lora)], out), "^loras: .* adapts 1 modules the model lacks"),
+        (lambda: Merge().fuse(str(tiny_sd3), lora, tmp_path / "x.safetensors"), "^output: single-file checkpoints"),
         (lambda: Merge().fuse(str(tmp_path), lora, tmp_path / "x"), "^model: .* is not a diffusers model folder"),
-        (lambda: Merge().models(str(tiny_sd1), str(tiny_sd1), tmp_path / "x", multipliers={"unte": 1}), "^multipliers"),
-        (lambda: extract(tmp_path / "x.safetensors", tuned=str(tiny_sd1)), "^tuned and base: give both"),
-        (lambda: extract(tmp_path / "x.safetensors", resize=lora, rank=0), "^rank must be a positive integer"),
+        (lambda: Merge().models(model, model, tmp_path / "x", multipliers={"unte": 1}), "^multipliers: .* no comp"),
+        (lambda: extract(model, out), "^tuned, resize: give one"),
+        (lambda: extract(model, out, resize=lora, rank=0), "^rank must be a positive integer"),
     ]
     for call, message in cases:
         with pytest.raises(UserError, match=message):
             call()
-    write_lora_file({"unet.conv_in": layer(8, (4, 3, 3), 1, 1.0, 0)}, lora, torch.float32)
-    with pytest.raises(UserError, match=r"^\S+lora.safetensors: unet.conv_in does not match the model"):
-        Merge().fuse(str(tiny_sd1), lora, tmp_path / "x")
 
 
-def test_command_lines_parse(tmp_path: Path, three_loras) -> None:
-    files = [write_lora_file(lora, tmp_path / f"{i}.safetensors", torch.float32) for i, lora in enumerate(three_loras)]
+def test_command_lines_parse(tiny_sd1: Path, tmp_path: Path) -> None:
+    base = ModelFolder.open(tiny_sd1, "model")
+    family = family_of(base, "model")
+    loras = [random_lora(base, {"unet": ("attn1.to_q",)}, rank=2, alpha=2.0, seed=seed) for seed in (9, 10)]
+    files = [
+        write_lora_file(lora, tmp_path / f"{i}.sft.safetensors", family, "diffusers", torch.float32)
+        for i, lora in enumerate(loras)
+    ]
     listed = "[" + ",".join(str(file) for file in files) + "]"
-    auto_cli(Merge, args=["loras", listed, str(tmp_path / "m.safetensors"), "--weights", "[1, 0.5, 2]", "--rank", "2"])
-    merged = read_lora_file(tmp_path / "m.safetensors", "output")
-    torch.testing.assert_close(
-        merged["unet.a"].delta(), truncated(summed_update(three_loras, [1, 0.5, 2], "unet.a"), 2)
-    )
-    auto_cli(extract, args=[str(tmp_path / "r.safetensors"), "--resize", str(files[1]), "--rank", "1"])
-    assert read_lora_file(tmp_path / "r.safetensors", "output")["unet.a"].rank == 1
+    merged = tmp_path / "m.safetensors"
+    auto_cli(Merge, args=["loras", str(tiny_sd1), listed, str(merged), "--weights", "[1, 0.5]", "--rank", "1"])
+    path = next(iter(loras[0]))
+    expected = truncated(summed_update(loras, [1.0, 0.5], path), 1)
+    torch.testing.assert_close(read_output(merged, tiny_sd1)[path].delta(), expected, atol=1e-5, rtol=1e-5)
+    resized = tmp_path / "r.safetensors"
+    auto_cli(extract, args=[str(tiny_sd1), str(resized), "--resize", str(files[1]), "--rank", "1", "--format", "kohya"])
+    assert read_output(resized, tiny_sd1)[path].rank == 1

@@ -16,7 +16,8 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextModelWithProjection
 
 from sdft.errors import UserError
-from sdft.interop.merge_commands import Merge, write_model
+from sdft.interop.merge_commands import Merge
+from sdft.interop.merge_operations import write_model
 from sdft.interop.model_folders import ModelFolder
 from sdft.interop.single_file import (
     UNET,

@@ -10,7 +10,6 @@ as single files: their diffusers folders are what the tools load.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sdft.errors import UserError
-from sdft.files import staging_path
+from sdft.interop.model_folders import written_atomically
 
 #: the pipelines written as single files, and what they are called in messages
 SUPPORTED = {"StableDiffusionPipeline": "SD 1.x/2.x", "StableDiffusionXLPipeline": "SDXL"}
@@ -270,12 +269,5 @@ def write_single_file(
         key: (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).contiguous()
         for key, tensor in state.items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = staging_path(path, suffix=".tmp")
-    try:
-        save_file(state, temporary, metadata={"format": "pt"})  # streamed: no second copy of the model in memory
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    metadata = {"format": "pt"}
+    return written_atomically(path, lambda staging: save_file(state, staging, metadata=metadata))  # streamed
