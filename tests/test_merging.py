@@ -189,6 +189,8 @@ def test_extraction_recovers_a_known_lora(tiny_sd1: Path, tmp_path: Path, capsys
         torch.testing.assert_close(extracted[path].delta(), lora[path].delta(), atol=2e-5, rtol=1e-4)
 
     family, tuned = family_of(base, "base"), ModelFolder.open(tmp_path / "tuned", "tuned")
+    every_linear = ExtractionOptions(rank=3, conv_rank=3, modules="linear", text_encoders=True)
+    assert set(extract_from_models(tuned, base, family, every_linear)[0]) == set(lora)  # the others are unchanged
     lower, errors = extract_from_models(tuned, base, family, ExtractionOptions(rank=2))
     assert {path.partition(".")[0] for path in lower} == {"unet"} and not any("conv" in path for path in lower)
     for path, extracted_layer in lower.items():
