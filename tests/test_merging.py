@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from jsonargparse import auto_cli
+from lora_samples import random_lora, summed_update, write_lora_with_alpha
 
 from sdft.errors import UserError
 from sdft.interop.formats import read_lora
@@ -20,7 +21,6 @@ from sdft.interop.merge_operations import ExtractionOptions, extract_from_models
 from sdft.interop.merging import concatenate_loras, merge_loras, resize_lora
 from sdft.interop.model_folders import ModelFolder
 from sdft.tiny_models import build_tiny_sd1
-from tests.lora_samples import random_lora, summed_update, write_lora_with_alpha
 
 ATTENTION = {"unet": ("attn1.to_q", "attn2.to_v"), "text_encoder": ("self_attn.q_proj",)}
 

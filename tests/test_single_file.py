@@ -13,6 +13,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
+from lora_samples import random_lora, write_lora_with_alpha
 from transformers import CLIPTextModelWithProjection
 
 from sdft.errors import UserError
@@ -28,7 +29,6 @@ from sdft.interop.single_file import (
     vae_state_dict,
 )
 from sdft.tiny_models import tiny_clip_config
-from tests.lora_samples import random_lora, write_lora_with_alpha
 
 PIPELINES = {
     "tiny_sd1": StableDiffusionPipeline,
