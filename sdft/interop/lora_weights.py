@@ -1,9 +1,10 @@
 """LoRA weights independent of any file format: one :class:`LoraLayer` per adapted module, by module path.
 
 A module path is ``<pipeline component>.<module name in the loaded model>``, e.g.
-``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` or ``text_encoder.encoder.layers.0.self_attn.q_proj``
-(the names of the installed transformers, which may lack ``text_model.``). Readers and writers of every format
-(diffusers / peft, kohya / A1111 / ComfyUI) convert to and from this, and merging, resizing and extraction work on it.
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` or
+``text_encoder.encoder.layers.0.self_attn.q_proj`` (the names of the installed transformers, which may lack
+``text_model.``). Readers and writers of every format (diffusers / peft, kohya / A1111 / ComfyUI) convert to and from
+this, and merging, resizing and extraction work on it.
 """
 
 from __future__ import annotations
