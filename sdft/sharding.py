@@ -5,7 +5,8 @@ a data-parallel rank, checkpoints are single files holding only the trained tens
 base left out), so ``--ckpt_path``, ``sdft export`` and the evaluator read them as they read any other.
 :meth:`sdft.methods.DiffusionFineTuner.configure_model` calls :func:`shard_family` under it: the denoiser's repeated
 blocks (the family's ``capabilities.block_types``) become FSDP units, then the denoiser and each text encoder that
-trains. The VAE and frozen text encoders stay whole on every rank.
+trains. Only rank 0 reads the denoiser's weights; the other ranks build it on the meta device and receive their
+shards from rank 0. The VAE and frozen text encoders stay whole on every rank.
 
 Sampling, evaluation and exports run the model outside the training step, often on rank 0 alone; a sharded model
 cannot run without every rank. :func:`whole_model`, entered by every rank, gathers the weights once, so that inside
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -59,23 +60,45 @@ class ShardedStrategy(ModelParallelStrategy):
 
 
 def shard_family(family: ModelFamily, mesh: DeviceMesh) -> None:
-    """Shard the denoiser block by block, then the denoiser and every text encoder with a trained weight.
+    """Shard the denoiser block by block, then the denoiser and every text encoder with a trained weight; the
+    denoiser's weights come from rank 0.
 
-    Call it after the method has made its weights trainable (what trains decides which encoders are sharded) and
-    before the optimizer is made.
+    Only rank 0 needs to have read the denoiser's weights: the other ranks may have built it on the meta device
+    (``family.load_denoiser_weights = False``), so that no rank but the first ever holds a whole copy. Call it after
+    the method has made its weights trainable (what trains decides which encoders are sharded; new weights such as
+    LoRA's are rank 0's too) and before the optimizer is made.
 
     Args:
         family: a loaded family.
         mesh: the data-parallel device mesh.
     """
+    denoiser = family.denoiser
+    whole = denoiser.state_dict() if mesh.get_rank() == 0 else {}
     block_types = set(family.capabilities.block_types)
-    for module in family.denoiser.modules():
+    for module in denoiser.modules():
         if type(module).__name__ in block_types:
             fully_shard(module, mesh=mesh)
-    fully_shard(family.denoiser, mesh=mesh)
+    fully_shard(denoiser, mesh=mesh)
+    if any(tensor.is_meta for tensor in [*denoiser.parameters(), *denoiser.buffers()]):
+        denoiser.to_empty(device=mesh.device_type)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(denoiser, whole, options=options)
+    del whole
+    for buffer in non_persistent_buffers(denoiser):  # outside the state dict: sent on their own
+        torch.distributed.broadcast(buffer, src=0, group=mesh.get_group())
     for encoder in family.text_encoders().values():
         if any(parameter.requires_grad for parameter in encoder.parameters()):
             fully_shard(encoder, mesh=mesh)
+
+
+def non_persistent_buffers(module: nn.Module) -> list[torch.Tensor]:
+    """The buffers of ``module`` that its state dict leaves out, in module order."""
+    return [
+        buffer
+        for part in module.modules()
+        for name, buffer in part.named_buffers(recurse=False)
+        if name in part._non_persistent_buffers_set
+    ]
 
 
 def is_sharded(module: nn.Module) -> bool:

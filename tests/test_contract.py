@@ -96,3 +96,18 @@ def test_new_tokens_on_a_family_without_them_name_the_key_and_the_families_that_
 
     with pytest.raises(UserError, match=r"model.init_args.family: .* takes no new tokens.*StableDiffusion"):
         build_method("textual_inversion", case).configure_model()
+
+
+@pytest.mark.parametrize("case", FAMILY_CASES, ids=lambda c: c.name)
+def test_sampling_mid_training_leaves_every_module_in_its_mode(case: FamilyCase):
+    """A preview puts each module back as it was, one by one: frozen encoders stay in eval mode, so a T5's dropout
+    stays off for the rest of training."""
+    model = build_method("lora", case)
+    model.configure_model()
+    model.train()
+    for module in model.family.text_encoders().values():
+        module.eval()
+    before = {name: module.training for name, module in model.named_modules()}
+    assert not all(before.values())
+    model.generate(["a photo of <sks> toy"], [0], case.resolution, num_inference_steps=1)
+    assert {name: module.training for name, module in model.named_modules()} == before

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from families import FAMILY_CASES, FamilyCase
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -190,3 +191,19 @@ def test_a_sharded_run_resumes_from_its_single_file_checkpoint(tmp_path):
         dict(read_curves(whole)["train/loss"])[STEPS - 1], rel=1e-5
     )
     check_equal_exports(resumed, whole)
+
+
+@pytest.mark.parametrize("case", FAMILY_CASES, ids=lambda c: c.name)
+def test_a_rank_that_receives_its_shards_reads_no_denoiser_weights(case: FamilyCase):
+    """Ranks other than 0 of a sharded run build the denoiser from its config on the meta device: no rank but the
+    first holds a whole copy of it (``shard_family`` then fills the shards from rank 0)."""
+    family = case.family()
+    family.load_denoiser_weights = False
+    family.load()
+    assert all(tensor.is_meta for tensor in [*family.denoiser.parameters(), *family.denoiser.buffers()])
+    assert not any(parameter.is_meta for parameter in family.vae.parameters())
+    loaded = case.family()
+    loaded.load()
+    assert type(family.denoiser) is type(loaded.denoiser)
+    shapes = {name: tensor.shape for name, tensor in loaded.denoiser.state_dict().items()}
+    assert {name: tensor.shape for name, tensor in family.denoiser.state_dict().items()} == shapes

@@ -174,6 +174,9 @@ class ModelFamily(nn.Module, ABC):
         self.revision = revision
         self.variant = variant
         self.is_loaded = False
+        #: False: :meth:`load` builds the denoiser from its config on the meta device, without reading its weights
+        #: (a sharded run's ranks other than 0, whose shards come from rank 0)
+        self.load_denoiser_weights = True
 
     @property
     def denoiser(self) -> nn.Module:
@@ -219,7 +222,8 @@ class ModelFamily(nn.Module, ABC):
     def load_components(self, source: str, classes: Mapping[str, type]) -> None:
         """Load each named component from its subfolder of ``source`` and set it as an attribute, in order.
 
-        Every component is read at the family's revision; weights (not tokenizers) also at its variant.
+        Every component is read at the family's revision; weights (not tokenizers) also at its variant. The
+        denoiser is built on the meta device from its config alone when :attr:`load_denoiser_weights` is False.
 
         Args:
             source: the resolved diffusers folder or hub id.
@@ -227,6 +231,11 @@ class ModelFamily(nn.Module, ABC):
         """
         for name, component_class in classes.items():
             options = {"revision": self.revision}
+            if name == self.denoiser_name and not self.load_denoiser_weights:
+                config = component_class.load_config(source, subfolder=name, **options)
+                with torch.device("meta"):
+                    setattr(self, name, component_class.from_config(config))
+                continue
             if not issubclass(component_class, PreTrainedTokenizerBase):
                 options["variant"] = self.variant
             setattr(self, name, component_class.from_pretrained(source, subfolder=name, **options))

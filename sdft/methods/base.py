@@ -208,6 +208,9 @@ class DiffusionFineTuner(LightningModule):
     def configure_model(self) -> None:
         if self.family.is_loaded:
             return
+        sharded = self._trainer is not None and isinstance(self.trainer.strategy, ShardedStrategy)
+        if sharded and self.trainer.global_rank != 0:
+            self.family.load_denoiser_weights = False  # its shards come from rank 0 (shard_family)
         self.family.load()
         with torch.random.fork_rng(devices=[]):  # new weights (adapters, tokens) are a function of the seed alone
             torch.manual_seed(step_seed(self.seed, INIT_STREAM))
@@ -216,7 +219,7 @@ class DiffusionFineTuner(LightningModule):
             self.family.denoiser.enable_gradient_checkpointing()
         if self._trainer is not None:  # a checkpoint read for an export keeps the base weights as loaded
             apply_speed_options(self.family, self.speed, self.trainer.precision)
-            if isinstance(self.trainer.strategy, ShardedStrategy):
+            if sharded:
                 shard_family(self.family, self.device_mesh["data_parallel"])
 
     def on_fit_start(self) -> None:
@@ -373,8 +376,8 @@ class DiffusionFineTuner(LightningModule):
                     **self.family.sampling_options(),
                 ).images
         finally:
-            for module in training:  # only what trained before: frozen encoders stay in eval mode (T5 dropout)
-                module.train()
+            for module in training:  # each module as it was: train() would recurse into frozen encoders (T5 dropout)
+                module.training = True
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
