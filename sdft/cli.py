@@ -16,6 +16,10 @@ from pathlib import Path
 from jsonargparse import auto_cli
 
 from sdft.errors import UserError
+from sdft.interop.legacy import convert
+from sdft.interop.merge_commands import Merge, extract
+from sdft.tools.generate import generate
+from sdft.tools.prepare import prepare
 
 #: the LightningCLI subcommands sdft offers, with their help lines
 LIGHTNING_COMMANDS = {
@@ -28,16 +32,17 @@ DEFAULT_CLIP = "open_clip:ViT-B-32/openai"
 DEFAULT_DINO = "facebook/dino-vits16"
 
 
-def export(checkpoint: Path, output: Path | None = None) -> None:
-    """Export a checkpoint in its method's format (e.g. a diffusers LoRA file).
+def export(checkpoint: Path, output: Path | None = None, format: list[str] | None = None) -> None:
+    """Export a checkpoint in its method's format (e.g. a LoRA for diffusers and for ComfyUI, A1111 and kohya).
 
     Args:
         checkpoint: a .ckpt file in <run>/checkpoints/.
         output: destination folder; default <run>/exports/<checkpoint name>.
+        format: LoRA files to write, diffusers and/or kohya; default the run's model.init_args.export_formats.
     """
     from sdft.runs import export_checkpoint
 
-    print(export_checkpoint(checkpoint, output))
+    print(export_checkpoint(checkpoint, output, formats=format))
 
 
 def tiny_model(output: Path, seed: int = 0) -> None:
@@ -109,11 +114,16 @@ def evaluate_run(run_dir: Path, clip_model: str | None = None, dino_model: str |
     score_run(run_dir, clip_model, dino_model)
 
 
-TOOLS: dict[str, Callable[..., None]] = {
+TOOLS: dict[str, Callable[..., object] | type] = {
     "evaluate": evaluate,
     "evaluate-run": evaluate_run,
     "export": export,
     "report": report,
+    "generate": generate,
+    "merge": Merge,
+    "extract": extract,
+    "prepare": prepare,
+    "convert": convert,
     "tiny-model": tiny_model,
 }
 

@@ -22,7 +22,8 @@ CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
 def test_help_lists_every_command(capsys):
     main(["--help"])
     listed = capsys.readouterr().out
-    for command in ("fit", "validate", "evaluate", "evaluate-run", "export", "report", "tiny-model"):
+    tools = ("evaluate", "evaluate-run", "export", "report", "generate", "merge", "extract", "prepare", "convert")
+    for command in ("fit", "validate", *tools, "tiny-model"):
         assert f"\n  {command} " in listed
 
 
