@@ -38,6 +38,25 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def write_named_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """Have ``write(staging_file)`` write a whole file by name (as safetensors' ``save_file`` does, streaming it)
+    into a hidden temporary sibling, then rename it over ``path``; return ``path``.
+
+    Args:
+        path: the final file; its folder is created if missing.
+        write: writes the whole file at the path it is given.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = staging_path(path, suffix=".tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def staging_path(path: Path, suffix: str = "") -> Path:
     """A fresh hidden sibling of ``path`` to build it in (``.name.<random>``), not yet created.
 

@@ -27,7 +27,6 @@ copied, as safetensors requires.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 from collections.abc import Iterator, Mapping
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdft.errors import UserError
-from sdft.files import staging_path
+from sdft.files import write_named_atomic
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -344,11 +343,5 @@ def write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str
     """Write ``tensors`` and header ``metadata`` atomically: into a hidden sibling, then renamed over ``path``."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = staging_path(path, suffix=".tmp")
-    try:
-        save_file(tensors, temporary, metadata={**metadata, "format": "pt"})  # streamed: no second copy in memory
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # streamed: no second copy in memory
+    write_named_atomic(path, lambda staging: save_file(tensors, staging, metadata={**metadata, "format": "pt"}))

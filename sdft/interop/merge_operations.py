@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from sdft.errors import UserError
 from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL
-from sdft.files import write_atomic
+from sdft.files import write_atomic, write_named_atomic
 from sdft.interop.formats import lora_components, read_lora
 from sdft.interop.kohya import TrainingNotes, kohya_metadata, write_kohya
 from sdft.interop.kohya_names import kohya_names
@@ -30,7 +30,7 @@ from sdft.interop.merging import (
     merge_tensor,
     resize_lora,
 )
-from sdft.interop.model_folders import ModelFolder, converted, write_model_folder, written_atomically
+from sdft.interop.model_folders import ModelFolder, converted, write_model_folder
 from sdft.interop.single_file import COMPONENTS, check_single_file_support, write_single_file
 
 SINGLE_FILE = ".safetensors"
@@ -131,7 +131,7 @@ def write_kohya_file(lora: LoraWeights, path: Path, family: ModelFamily, dtype: 
     try:
         names = kohya_names(family.pipeline_class, components)
         metadata = kohya_metadata(family, notes)
-        return written_atomically(path, lambda staging: write_kohya(cast, names, metadata, staging))
+        return write_named_atomic(path, lambda staging: write_kohya(cast, names, metadata, staging))
     except UserError as error:
         raise UserError(f"format: {error}") from None
 

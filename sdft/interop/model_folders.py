@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch import nn
 
 from sdft.assets import resolve
 from sdft.errors import UserError
-from sdft.files import staging_path, write_folder_atomic
+from sdft.files import write_folder_atomic
 
 INDEX = "model_index.json"
 #: safetensors dtype names -> torch dtypes
@@ -137,25 +136,6 @@ class ModelFolder:
         """Whether the scheduler's config says the denoiser predicts v (SD 2.x 768 px models)."""
         config = self.path / "scheduler" / "scheduler_config.json"
         return config.is_file() and json.loads(config.read_text()).get("prediction_type") == "v_prediction"
-
-
-def written_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """Have ``write(staging_file)`` write a file by name (as safetensors' ``save_file`` does, streaming it), then
-    rename it over ``path``; return ``path``.
-
-    Args:
-        path: the final file; its folder is created if missing.
-        write: writes the whole file at the path it is given.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = staging_path(path, suffix=".tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def library_module(library: str) -> ModuleType | None:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sdft.errors import UserError
-from sdft.interop.model_folders import written_atomically
+from sdft.files import write_named_atomic
 
 #: the pipelines written as single files, and what they are called in messages
 SUPPORTED = {"StableDiffusionPipeline": "SD 1.x/2.x", "StableDiffusionXLPipeline": "SDXL"}
@@ -270,4 +270,4 @@ def write_single_file(
         for key, tensor in state.items()
     }
     metadata = {"format": "pt"}
-    return written_atomically(path, lambda staging: save_file(state, staging, metadata=metadata))  # streamed
+    return write_named_atomic(path, lambda staging: save_file(state, staging, metadata=metadata))  # streamed
