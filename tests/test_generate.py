@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from training import brief_fit, stock_pipeline
 
 from sdft.errors import UserError
-from sdft.methods.lora import LORA_WEIGHTS
+from sdft.families import StableDiffusion3
+from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS, LoRAFineTuner
 from sdft.tools.generate import generate
 from sdft.tools.grids import GridLayout, grid_layout, labelled_grid
 
@@ -275,7 +276,8 @@ def test_a_lora_or_embedding_for_another_family_is_refused_before_loading(sd1, l
 
 def test_a_lora_whose_shapes_do_not_fit_is_one_line(lora_dir, tiny_sdxl, tmp_path):
     message = one_line_error(model=str(tiny_sdxl), lora=[lora_dir], output=tmp_path / "out", **FAST)
-    assert message.startswith(f"--lora {lora_dir / LORA_WEIGHTS} does not fit {tiny_sdxl}: size mismatch")
+    assert message.startswith(f"{lora_dir / LORA_WEIGHTS} adapts ")
+    assert message.endswith("it is a LoRA of another model family or layout; pass a LoRA trained on this base model")
 
 
 @pytest.mark.parametrize(
@@ -345,3 +347,25 @@ def test_guidance_scales_as_columns(tiny_sd1, tmp_path):
     low, high = (output / f"images/prompt_000/guidance_{g}_seed_5.png" for g in (1, 9))
     assert Image.open(high).text["guidance_scale"] == "9.0" and "CFG scale: 9," in Image.open(high).text["parameters"]
     assert np.abs(pixels(low) - pixels(high)).mean() > 1
+
+
+def test_an_sd3_kohya_file_gives_the_images_of_its_diffusers_twin(tiny_sd3, tmp_path):
+    """diffusers' SD3 loader reads no kohya names: generate reads every LoRA format itself (read_lora)."""
+    model = LoRAFineTuner(StableDiffusion3(str(tiny_sd3)), rank=4, alpha=2.0)
+    model.configure_model()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    folder = model.export(tmp_path / "lora").parent
+    made = {}
+    for name in (LORA_WEIGHTS, KOHYA_WEIGHTS):
+        out = generate(
+            ["a photo of sks toy"], model=str(tiny_sd3), lora=[folder / name], output=tmp_path / name, **FAST
+        )
+        made[name] = [pixels(out / f"images/prompt_000/image_seed_{seed}.png") for seed in FAST["seeds"]]
+    base = generate(["a photo of sks toy"], model=str(tiny_sd3), output=tmp_path / "base", **FAST)
+    for diffusers_image, kohya_image, seed in zip(made[LORA_WEIGHTS], made[KOHYA_WEIGHTS], FAST["seeds"], strict=True):
+        assert np.abs(diffusers_image - kohya_image).max() <= 1
+        assert np.abs(diffusers_image - pixels(base / f"images/prompt_000/image_seed_{seed}.png")).mean() > 1

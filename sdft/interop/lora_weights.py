@@ -96,3 +96,20 @@ def load_lora_weights_into(components: Mapping[str, nn.Module], weights: LoraWei
             raise ValueError(f"{path} has rank {module.r[adapter]}, its LoRA weights {layer.rank}")
         module.lora_A[adapter].weight.copy_(layer.down)
         module.lora_B[adapter].weight.copy_(layer.up * (layer.scale / module.scaling[adapter]))
+
+
+def diffusers_state_dict(weights: LoraWeights, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """The peft-layout state dict diffusers' ``load_lora_weights`` takes (``<module path>.lora_A.weight`` /
+    ``.lora_B.weight``), each layer's scale folded into ``lora_B`` so that it loads at alpha = rank, as diffusers reads
+    a file without alphas.
+
+    Args:
+        weights: module path -> layer.
+        dtype: the tensors' dtype; each layer's own when None.
+    """
+    tensors = {}
+    for module, layer in weights.items():
+        dtype_of = dtype or layer.up.dtype
+        tensors[f"{module}.lora_A.weight"] = layer.down.to(dtype_of).contiguous()
+        tensors[f"{module}.lora_B.weight"] = (layer.up.float() * layer.scale).to(dtype_of).contiguous()
+    return tensors

@@ -20,7 +20,7 @@ from sdft.files import write_atomic, write_named_atomic
 from sdft.interop.formats import lora_components, read_lora
 from sdft.interop.kohya import TrainingNotes, kohya_metadata, write_kohya
 from sdft.interop.kohya_names import kohya_names
-from sdft.interop.lora_weights import LoraLayer, LoraWeights
+from sdft.interop.lora_weights import LoraLayer, LoraWeights, diffusers_state_dict
 from sdft.interop.merging import (
     Approximation,
     check_same_architecture,
@@ -107,10 +107,7 @@ def write_lora_file(
     """
     if form == "kohya":
         return write_kohya_file(lora, path, family, dtype)
-    tensors = {}
-    for module, layer in lora.items():
-        tensors[f"{module}.lora_A.weight"] = layer.down.to(dtype).contiguous()
-        tensors[f"{module}.lora_B.weight"] = (layer.up.float() * layer.scale).to(dtype).contiguous()
+    tensors = diffusers_state_dict(lora, dtype)
     write_atomic(path, lambda file: file.write(save(tensors, metadata={"format": "pt"})))
     return path
 

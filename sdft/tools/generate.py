@@ -236,7 +236,7 @@ def model_pipelines(plan: Plan, device: Any, dtype: Any) -> Iterator[tuple[Colum
     """The base model's pipeline with the LoRA and embedding files loaded, the LoRAs at each column's scale."""
     family = plan.family(plan.model, variant=plan.variant)
     pipeline = family.base_pipeline(device, dtype)
-    names = sources.load_loras(pipeline, plan.loras, plan.model)
+    names = sources.load_loras(pipeline, plan.loras, family, plan.model)
     sources.load_embeddings(pipeline, plan.embeddings, plan.family, plan.model)
     for column in plan.columns:
         if names:

@@ -171,14 +171,19 @@ def lora_modules(pipeline: Any, adapter: str) -> int:
     )
 
 
-def load_loras(pipeline: Any, files: list[Path], model: str) -> list[str]:
-    """Load LoRA files (diffusers or kohya format) into ``pipeline`` as adapters ``lora_0``, ``lora_1``, ...; refuse
-    in one line a file that does not fit the model (shapes) or adapts none of its modules. Returns the names."""
+def load_loras(pipeline: Any, files: list[Path], family: Any, model: str) -> list[str]:
+    """Load LoRA files (diffusers, kohya, A1111 or ComfyUI format, read by :func:`sdft.interop.formats.read_lora`)
+    into ``pipeline`` as adapters ``lora_0``, ``lora_1``, ...; refuse in one line a file that does not fit the model
+    (shapes) or adapts none of its modules. Returns the names."""
+    from sdft.interop.formats import read_lora
+    from sdft.interop.lora_weights import diffusers_state_dict
+
     names = []
     for index, file in enumerate(files):
         name = f"lora_{index}"
+        weights = read_lora(file, family)  # a file that does not fit the model is refused here, by name
         try:
-            pipeline.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
+            pipeline.load_lora_weights(diffusers_state_dict(weights), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as error:
             detail = first_line(error, "mismatch")
             raise UserError(f"--lora {file} does not fit {model}: {detail}; use a LoRA trained on this model") from None
