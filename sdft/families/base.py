@@ -328,7 +328,7 @@ class ModelFamily(nn.Module, ABC):
             resolve(self.pretrained_model_name_or_path),
             revision=self.revision,
             variant=self.variant,
-            torch_dtype=dtype,
+            dtype=dtype,
             **options,
         )
         pipeline.set_progress_bar_config(disable=True)

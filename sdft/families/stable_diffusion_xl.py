@@ -138,8 +138,8 @@ class StableDiffusionXL(ModelFamily):
         """The model's own VAE, or the one ``vae_name_or_path`` names, in ``dtype`` (None: diffusers' default)."""
         if self.vae_name_or_path is None:
             weights = {"revision": self.revision, "variant": self.variant}
-            return AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **weights)
-        return AutoencoderKL.from_pretrained(resolve(self.vae_name_or_path), torch_dtype=dtype)
+            return AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=dtype, **weights)
+        return AutoencoderKL.from_pretrained(resolve(self.vae_name_or_path), dtype=dtype)
 
     def default_lora_targets(self, component: str) -> list[str]:
         return list(UNET_ATTENTION if component == self.denoiser_name else CLIP_ATTENTION)

@@ -111,7 +111,7 @@ class ModelFolder:
 
         component_class, variant = self.component_class(name), self.variant(name)
         if issubclass(component_class, ModelMixin):
-            module = component_class.from_pretrained(self.path, subfolder=name, torch_dtype=dtype, variant=variant)
+            module = component_class.from_pretrained(self.path, subfolder=name, dtype=dtype, variant=variant)
         else:
             module = component_class.from_pretrained(self.path / name, dtype=dtype, variant=variant)
         return module.eval().requires_grad_(False)
