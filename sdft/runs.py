@@ -9,6 +9,9 @@ Layout (``<run>`` is the logger's version folder, e.g. ``runs/quickstart/version
     <run>/final/               the export of the last step
     <run>/ema/                 the export of the moving average (``ExponentialMovingAverage``)
     <run>/exports/<ckpt>/      exports of chosen checkpoints (``sdft export``)
+
+Every export folder (``final/``, ``best/``, ``ema/``, ``exports/<ckpt>/``) holds a model card, ``README.md``, and
+the samples of its step as ``samples.png`` where the run has them (see :mod:`sdft.interop.model_card`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from sdft.checkpointing import read_checkpoint
 from sdft.errors import UserError
 from sdft.interop.formats import check_formats
 from sdft.methods.base import DiffusionFineTuner
-from sdft.methods.lora import LoRAFineTuner, RunNotes
+from sdft.methods.lora import LoRAFineTuner
+from sdft.methods.run_notes import RunNotes
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -103,8 +107,8 @@ def export_checkpoint(checkpoint: Path, output: Path | None = None, formats: lis
     output = output or run_dir / "exports" / checkpoint.stem
     config = read_config(run_dir / "config.yaml")
     model = instantiate(config["model"], DiffusionFineTuner)
+    model.run_notes = run_notes(config, run_dir)
     if isinstance(model, LoRAFineTuner):
-        model.run_notes = run_notes(config, run_dir)
         if formats is not None:
             check_formats(formats, "--format")
             model.export_formats = list(formats)
@@ -117,7 +121,13 @@ def export_checkpoint(checkpoint: Path, output: Path | None = None, formats: lis
 
 
 def run_notes(config: dict[str, Any], run_dir: Path) -> RunNotes:
-    """What a run's ``config.yaml`` tells an export's metadata: the data's resolution and instance prompt (where the
-    data module has them) and the run's name (the logger folder above the version folder)."""
+    """What a run's ``config.yaml`` tells an export's metadata and model card: the data's resolution and instance
+    prompt (where the data module has them), the run's name (the logger folder above the version folder) and the
+    run folder itself (its evaluation and samples)."""
     data = (config.get("data") or {}).get("init_args") or {}
-    return RunNotes(resolution=data.get("resolution"), trigger=data.get("instance_prompt"), title=run_dir.parent.name)
+    return RunNotes(
+        resolution=data.get("resolution"),
+        trigger=data.get("instance_prompt"),
+        title=run_dir.parent.name,
+        run_dir=run_dir,
+    )

@@ -402,7 +402,7 @@ def test_export_formats_choose_the_files_and_are_checked(tmp_path):
         LoRAFineTuner(family("sd1"), export_formats=["a1111"])
     model = random_lora("sd1", export_formats=["kohya"])
     assert model.export(tmp_path) == tmp_path / KOHYA_WEIGHTS
-    assert sorted(path.name for path in tmp_path.iterdir()) == [KOHYA_WEIGHTS]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md", KOHYA_WEIGHTS]
 
 
 def header(path: Path) -> dict[str, str]:
@@ -425,7 +425,7 @@ def init_fit(subject_dir, sd1_file, tmp_path_factory) -> tuple[LoRAFineTuner, Pa
 
 def test_the_final_export_holds_both_files_and_the_kohya_header_the_run_s_steps_resolution_and_prompt(init_fit):
     model, run = init_fit
-    assert sorted(path.name for path in (run / "final").iterdir()) == [KOHYA_WEIGHTS, LORA_WEIGHTS]
+    assert sorted(path.name for path in (run / "final").iterdir()) == ["README.md", KOHYA_WEIGHTS, LORA_WEIGHTS]
     notes = header(run / "final" / KOHYA_WEIGHTS)
     assert (notes["ss_steps"], notes["ss_resolution"], notes["modelspec.resolution"]) == ("2", "(32, 32)", "32x32")
     assert notes["modelspec.trigger_phrase"] == PROMPT
@@ -466,7 +466,7 @@ def test_exporting_a_checkpoint_writes_the_chosen_formats_with_the_run_s_notes_w
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     exported = export_checkpoint(run / "checkpoints" / "step=1.ckpt", formats=["kohya"])
     assert exported == run / "exports" / "step=1" / KOHYA_WEIGHTS
-    assert sorted(path.name for path in exported.parent.iterdir()) == [KOHYA_WEIGHTS]
+    assert sorted(path.name for path in exported.parent.iterdir()) == ["README.md", KOHYA_WEIGHTS]
     notes = header(exported)
     assert (notes["ss_steps"], notes["modelspec.title"], notes["modelspec.trigger_phrase"]) == ("1", "run", PROMPT)
     with pytest.raises(UserError, match="--format must list one or more of diffusers, kohya"):

@@ -32,7 +32,7 @@ from sdft.runs import apply_checkpoint
 STEPS = 6  # the first half trains the embedding alone
 ROWS_KEY = "family.text_encoder.embeddings.token_embedding.rows"
 #: an export's files: the LoRA in both formats, the embedding for diffusers and for A1111
-EXPORTED = sorted([EMBEDDINGS_FILE, KOHYA_WEIGHTS, LORA_WEIGHTS, "sks.safetensors"])
+EXPORTED = sorted(["README.md", EMBEDDINGS_FILE, KOHYA_WEIGHTS, LORA_WEIGHTS, "sks.safetensors"])
 
 
 def pivotal(model_dir: Path, lr: float = 2e-2, **kwargs) -> PivotalTuning:
@@ -163,6 +163,6 @@ def test_invalid_arguments_name_the_config_key(tiny_sd1, options, key):
 def test_shipped_config_runs_through_the_cli(subject_dir, tmp_path):
     run = brief_fit("configs/sd15/pivotal_tuning.yaml", tmp_path, {"instance_dir": str(subject_dir)})
     final = run / "final"
-    assert sorted(p.name for p in final.iterdir()) == EXPORTED
+    assert sorted(p.name for p in final.iterdir()) == sorted([*EXPORTED, "samples.png"])  # the step's evaluation grid
     assert load_file(final / EMBEDDINGS_FILE)[PLACEHOLDER].shape == (2, 32)
     assert (run / "evaluation" / "selection.json").is_file()

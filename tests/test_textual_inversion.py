@@ -212,6 +212,8 @@ def test_invalid_arguments_fail_at_construction(tiny_sd1, options, key):
 def test_shipped_config_runs_through_the_cli(subject_dir, tmp_path):
     run = brief_fit("configs/sd15/textual_inversion.yaml", tmp_path, {"instance_dir": str(subject_dir)})
     final = run / "final"
-    assert sorted(p.name for p in final.iterdir()) == sorted([EMBEDDINGS_FILE, "sks.safetensors"])
+    assert sorted(p.name for p in final.iterdir()) == sorted(
+        ["README.md", EMBEDDINGS_FILE, "samples.png", "sks.safetensors"]
+    )
     assert load_file(final / EMBEDDINGS_FILE)[PLACEHOLDER].shape == (1, 32)
     assert (run / "evaluation" / "selection.json").is_file()

@@ -102,8 +102,18 @@ class ExponentialMovingAverage(Callback):
             return
         with live_weights_kept(pl_module):
             pl_module.load_state_dict(self.average, strict=False)
-            path = pl_module.export(directory)
+            path = pl_module.export(directory, average=self.description(trainer.global_step))
         rank_zero_info(f"exported the moving average of {self.num_updates} updates to {path}")
+
+    def description(self, step: int) -> str:
+        """The average in words, for the export's model card, e.g. ``the exponential moving average (decay 0.999)
+        of the trained weights from step 0 to step 400 (400 updates, one every optimizer step)``."""
+        warmup = ", with warm-up" if self.warmup else ""
+        every = "every optimizer step" if self.every_n_steps == 1 else f"every {self.every_n_steps} optimizer steps"
+        return (
+            f"the exponential moving average (decay {self.decay}{warmup}) of the trained weights from step "
+            f"{self.start_step} to step {step} ({self.num_updates} updates, one {every})"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"average": self.average, "num_updates": self.num_updates, "step": self.step}

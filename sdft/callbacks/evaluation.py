@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 
 from sdft.callbacks.export import live_weights_kept
-from sdft.callbacks.samples import image_grid, log_grid
+from sdft.callbacks.samples import log_grid
 from sdft.errors import UserError
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
 from sdft.evaluation.probes import Probe, build_probes, infer_subject, subject_prompts
@@ -40,6 +40,7 @@ from sdft.files import write_atomic, write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
 from sdft.runs import apply_checkpoint, checkpoints_by_step
 from sdft.sharding import whole_model
+from sdft.tools.grids import image_grid
 
 
 class SubjectEvaluator(Callback):
@@ -247,10 +248,10 @@ class SubjectEvaluator(Callback):
                 self.write_selection(trainer, pl_module, selection)
 
     def write_selection(self, trainer: Trainer, pl_module: DiffusionFineTuner, selection: Selection) -> None:
-        """Export the chosen step to ``<run>/best/`` and write ``selection.json``."""
+        """Write ``selection.json``, export the chosen step to ``<run>/best/`` (its model card reads the selection)
+        and record the export in ``selection.json``."""
         checkpoint = self.find_checkpoint(trainer, selection.step)
         best = self.run_dir / "best"
-        exported = self.export_best and export_step(pl_module, checkpoint, trainer.global_step, selection.step, best)
         record = {
             "step": selection.step,
             "reason": selection.reason,
@@ -258,10 +259,13 @@ class SubjectEvaluator(Callback):
             "rejected": {str(k): v for k, v in selection.rejected.items()},
             "rule": self.rule,
             "checkpoint": str(checkpoint) if checkpoint else None,
-            "export": "best" if exported else None,
+            "export": None,
             "values": self.row_of(selection.step),
         }
         write_json(self.run_dir / "evaluation" / "selection.json", record)
+        exported = self.export_best and export_step(pl_module, checkpoint, trainer.global_step, selection.step, best)
+        if exported:
+            write_json(self.run_dir / "evaluation" / "selection.json", {**record, "export": "best"})
         rank_zero_info(f"selected step {selection.step}: {selection.reason}")
         if exported:
             rank_zero_info(f"best step {selection.step} exported to {best}")

@@ -12,6 +12,7 @@ from PIL import Image
 from sdft.files import write_atomic
 from sdft.methods.base import DiffusionFineTuner
 from sdft.sharding import whole_model
+from sdft.tools.grids import image_grid
 
 
 class SamplePreview(Callback):
@@ -101,13 +102,3 @@ def write_images(images: list[Image.Image], folder: Path, stems: list[str]) -> l
     for image, path in zip(images, paths, strict=True):
         write_atomic(path, lambda file, image=image: image.save(file, format="PNG"))
     return paths
-
-
-def image_grid(images: list[Image.Image], columns: int) -> Image.Image:
-    """Tile equally sized images row by row, ``columns`` per row."""
-    width, height = images[0].size
-    rows = -(-len(images) // columns)
-    grid = Image.new("RGB", (columns * width, rows * height))
-    for index, image in enumerate(images):
-        grid.paste(image, ((index % columns) * width, (index // columns) * height))
-    return grid

@@ -20,6 +20,15 @@ from sdft.caching import EncodingCache, encoder_identity
 from sdft.errors import UserError
 from sdft.families.base import Conditioning, LatentPosterior, ModelFamily, NoisedLatents
 from sdft.files import write_folder_atomic
+from sdft.interop.model_card import (
+    MethodFacts,
+    ModelCard,
+    RunFacts,
+    place_samples,
+    read_run_facts,
+    write_model_card,
+)
+from sdft.methods.run_notes import RunNotes, SizedData, SubjectData, tensors_digest
 from sdft.objectives import offset_noise, per_example_mse, perturbed_noise, prior_preservation_loss, step_seed
 from sdft.sharding import ShardedStrategy, shard_family
 from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options
@@ -73,10 +82,11 @@ class DiffusionFineTuner(LightningModule):
 
     A method (subclass) fills in two hooks: :meth:`configure_trainable` decides what trains, and
     :meth:`write_export` writes the trained result in the format its consumers load. It may also override
-    :meth:`parameter_groups` (per-part learning rates) and :meth:`rewrite_prompts` (e.g. spelling a new word as its
-    tokens). The family, not the method, turns a batch into conditioning (:meth:`ModelFamily.encode_conditioning`).
-    Checkpoints hold only trainable tensors plus the optimizer, scheduler and loop state; the frozen base model is
-    reloaded from its source on resume.
+    :meth:`parameter_groups` (per-part learning rates), :meth:`rewrite_prompts` (e.g. spelling a new word as its
+    tokens) and :meth:`card_facts` (what the export's model card says about the method and its files). The family,
+    not the method, turns a batch into conditioning (:meth:`ModelFamily.encode_conditioning`). Checkpoints hold only
+    trainable tensors plus the optimizer, scheduler and loop state; the frozen base model is reloaded from its source
+    on resume. Every export carries a model card (``README.md``) that states what its run folder tells.
 
     Batches with an ``is_prior`` mask (prior preservation, see :class:`sdft.data.SubjectDataModule`) are trained on
     ``instance loss + prior_loss_weight * prior loss``; both parts are logged.
@@ -139,6 +149,11 @@ class DiffusionFineTuner(LightningModule):
         self.noise_offset = noise_offset
         self.input_perturbation = input_perturbation
         self.strict_loading = False  # checkpoints omit the frozen base model
+        #: what an export outside a fit says about its run (``sdft export`` sets it from the run's config.yaml)
+        self.run_notes = RunNotes()
+        self.fit_run_dir: Path | None = None  # the trainer's log folder, once attached to one
+        #: the global step and digest of the trained tensors of the checkpoint loaded last (see :meth:`weights_step`)
+        self.loaded_checkpoint: tuple[int, str] | None = None
 
     # -- hooks for methods -------------------------------------------------------------------------------------
 
@@ -158,6 +173,11 @@ class DiffusionFineTuner(LightningModule):
     def rewrite_prompts(self, prompts: list[str]) -> list[str]:
         """The prompts as the text encoders should read them; unchanged unless a method adds words."""
         return prompts
+
+    def card_facts(self) -> MethodFacts:
+        """What the model card of an export says about the method: its name, tags and settings, the files it writes
+        and the lines that load them into the base model's pipeline."""
+        return MethodFacts(type(self).__name__)
 
     def conditioning(self, batch: Batch) -> Conditioning:
         """A batch -> the denoiser's conditioning, by the family, from the method's rewritten prompts (their
@@ -192,18 +212,73 @@ class DiffusionFineTuner(LightningModule):
                 self.caches[kind] = EncodingCache.on_disk(cache_dir() / "encodings", identity)
         return self.caches[kind]
 
-    def export(self, directory: str | Path) -> Path:
-        """Write the trained result where its consumers load it (a diffusers LoRA file, a pipeline, ...).
+    def export(self, directory: str | Path, average: str | None = None) -> Path:
+        """Write the trained result where its consumers load it (a diffusers LoRA file, a pipeline, ...), with a model
+        card (``README.md``, and the step's samples as ``samples.png`` where the run has them).
 
         The export is written beside ``directory`` and renamed into place, so an existing export is replaced only
         by a complete one. Returns the main file or folder written.
+
+        Args:
+            directory: the export folder.
+            average: how the weights were averaged (e.g. ``the exponential moving average ...``) when they are no
+                step's own; the card then shows no step's evaluation or samples.
         """
+
+        def build(staging: Path) -> Path:
+            written = self.write_export(staging).relative_to(staging)
+            write_model_card(staging, self.model_card(staging, average))
+            return written
+
         directory = Path(directory)
-        return directory / write_folder_atomic(
-            directory, lambda staging: self.write_export(staging).relative_to(staging)
+        return directory / write_folder_atomic(directory, build)
+
+    def model_card(self, directory: Path, average: str | None = None) -> ModelCard:
+        """The facts of the card of the export in ``directory`` (its files written): the method's, the run's notes
+        and what the run folder holds about the step of the weights; the step's samples are put into the folder."""
+        notes, step = self.current_run_notes(), self.weights_step()
+        run = read_run_facts(notes.run_dir, None if average else step) if notes.run_dir else RunFacts()
+        facts = self.card_facts()
+        files = {name: use for name, use in facts.files.items() if (directory / name).exists()}
+        return ModelCard(
+            base_model=self.family.pretrained_model_name_or_path,
+            pipeline=self.family.pipeline_class.__name__,
+            method=replace(facts, files=files),
+            step=step,
+            title=notes.title,
+            instance_prompt=notes.trigger,
+            resolution=notes.resolution,
+            average=average,
+            run=run,
+            image=place_samples(run, directory),
         )
 
+    def current_run_notes(self) -> RunNotes:
+        """What the trainer and data module tell about the run during a fit, else :attr:`run_notes`."""
+        if self._trainer is None:
+            return self.run_notes
+        data, logger = self.trainer.datamodule, self.trainer.logger
+        return RunNotes(
+            resolution=data.resolution if isinstance(data, SizedData) else None,
+            trigger=data.instance_prompt if isinstance(data, SubjectData) else None,
+            title=logger.name if logger is not None else None,
+            run_dir=self.fit_run_dir,
+        )
+
+    def weights_step(self) -> int:
+        """The training step of the live trained weights: the global step of the checkpoint loaded last while they
+        are still its tensors (e.g. the best step, exported from its checkpoint), else the trainer's."""
+        if self.loaded_checkpoint is not None:
+            step, digest = self.loaded_checkpoint
+            if tensors_digest(self.trainable_state_dict()) == digest:
+                return step
+        return self.global_step
+
     # -- model ---------------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank makes it here
+        self.fit_run_dir = Path(log_dir) if log_dir else None  # (a logger may have no folder)
 
     def configure_model(self) -> None:
         if self.family.is_loaded:
@@ -389,6 +464,8 @@ class DiffusionFineTuner(LightningModule):
         self.configure_model()
         if "state_dict" in checkpoint:  # (a sharding strategy loads the weights itself and checks them there)
             self.check_trained_tensors(checkpoint["state_dict"])
+            trained = {key: checkpoint["state_dict"][key] for key in self.trainable_state_dict()}
+            self.loaded_checkpoint = (checkpoint["global_step"], tensors_digest(trained))
 
     def check_trained_tensors(self, keys: Iterable[str]) -> None:
         """Refuse a checkpoint whose state-dict ``keys`` lack a tensor this model trains: another method or config

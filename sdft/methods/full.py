@@ -9,6 +9,7 @@ import torch
 
 from sdft.assets import resolve
 from sdft.errors import UserError
+from sdft.interop.model_card import MethodFacts
 from sdft.methods.base import DiffusionFineTuner, ParameterGroups
 
 
@@ -70,6 +71,20 @@ class FullFineTuner(DiffusionFineTuner):
             )
             base.save_pretrained(directory / name, safe_serialization=True)
         return directory
+
+    def card_facts(self) -> MethodFacts:
+        """A whole pipeline, tagged DreamBooth when it learned a subject (the data had an instance prompt)."""
+        settings = {"train_text_encoder": self.train_text_encoder}
+        if self.text_encoder_lr is not None:
+            settings["text_encoder_lr"] = self.text_encoder_lr
+        pipeline = self.family.pipeline_class.__name__
+        return MethodFacts(
+            "Full fine-tuning",
+            ("dreambooth",) if self.current_run_notes().trigger else (),
+            settings,
+            {"model_index.json": f"the diffusers pipeline folder: `{pipeline}.from_pretrained(folder)`"},
+            whole_pipeline=True,
+        )
 
     def lowered_frozen_components(self) -> list[str]:
         """The pipeline components that train nothing and hold weights below float32."""

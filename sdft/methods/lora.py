@@ -13,11 +13,9 @@ An export writes the LoRA in each of the method's ``export_formats`` into one fo
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
@@ -27,40 +25,19 @@ from sdft.interop.formats import EXPORT_FORMATS, check_formats, read_lora
 from sdft.interop.kohya import TrainingNotes, kohya_metadata, write_kohya
 from sdft.interop.kohya_names import kohya_names
 from sdft.interop.lora_weights import load_lora_weights_into, lora_weights_of
+from sdft.interop.model_card import MethodFacts
 from sdft.methods.base import DiffusionFineTuner
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHTS = "lora_kohya.safetensors"
 
 
-@runtime_checkable
-class SizedData(Protocol):
-    """A data module that trains on square images of one side (``resolution`` pixels)."""
-
-    resolution: int
-
-
-@runtime_checkable
-class SubjectData(Protocol):
-    """A data module whose training images name one subject in one prompt (DreamBooth's ``instance_prompt``)."""
-
-    instance_prompt: str
-
-
-@dataclass(frozen=True)
-class RunNotes:
-    """What the metadata of an export made outside a fit says about its run (``sdft export`` reads the run's
-    ``config.yaml``); during a fit the trainer and data module tell.
-
-    Attributes:
-        resolution: the training resolution, in pixels.
-        trigger: the instance prompt.
-        title: the run's name.
-    """
-
-    resolution: int | None = None
-    trigger: str | None = None
-    title: str | None = None
+#: the file of each export format, and what it is for (the model card's words)
+FORMAT_FILES = {"diffusers": LORA_WEIGHTS, "kohya": KOHYA_WEIGHTS}
+FILE_USES = {
+    LORA_WEIGHTS: "diffusers / peft LoRA: `pipe.load_lora_weights(folder)`, at the trained strength",
+    KOHYA_WEIGHTS: "kohya LoRA for ComfyUI (`models/loras`), A1111 (`models/Lora`) and kohya sd-scripts",
+}
 
 
 class LoRAFineTuner(DiffusionFineTuner):
@@ -117,9 +94,6 @@ class LoRAFineTuner(DiffusionFineTuner):
         check_formats(export_formats, "model.init_args.export_formats")
         self.export_formats = list(export_formats)
         self.init_lora = init_lora
-        self.run_notes = RunNotes()
-        #: the global step and trained tensors of the checkpoint loaded last (see :meth:`weights_step`)
-        self.loaded_checkpoint: tuple[int, dict[str, torch.Tensor]] | None = None
         self.checkpoint_loaded = False  # its weights replace init_lora's: the file is not read
 
     def adapted_components(self) -> dict[str, nn.Module]:
@@ -234,14 +208,7 @@ class LoRAFineTuner(DiffusionFineTuner):
     def training_notes(self) -> TrainingNotes:
         """What an export's metadata says about the training: the configured rank and alpha, the base model, the
         step of the weights, and what the trainer and data module (or, outside a fit, :attr:`run_notes`) tell."""
-        notes = self.run_notes
-        if self._trainer is not None:
-            data, logger = self.trainer.datamodule, self.trainer.logger
-            notes = RunNotes(
-                resolution=data.resolution if isinstance(data, SizedData) else None,
-                trigger=data.instance_prompt if isinstance(data, SubjectData) else None,
-                title=logger.name if logger is not None else None,
-            )
+        notes = self.current_run_notes()
         return TrainingNotes(
             base_model=self.family.pretrained_model_name_or_path,
             rank=self.rank,
@@ -252,20 +219,22 @@ class LoRAFineTuner(DiffusionFineTuner):
             title=notes.title,
         )
 
-    def weights_step(self) -> int:
-        """The training step of the live adapter weights: the global step of the checkpoint loaded last while they
-        are still its tensors (e.g. the best step, exported from its checkpoint), else the trainer's."""
-        if self.loaded_checkpoint is not None:
-            step, tensors = self.loaded_checkpoint
-            live = self.trainable_state_dict()
-            if tensors.keys() == live.keys() and all(torch.equal(live[k].cpu(), v.cpu()) for k, v in tensors.items()):
-                return step
-        return self.global_step
+    def card_facts(self) -> MethodFacts:
+        """A LoRA of the configured rank and alpha, its files, loaded in diffusers from the first format's file."""
+        settings = {"rank": self.rank, "alpha": self.alpha, "train_text_encoder": self.train_text_encoder}
+        if self.target_blocks is not None:
+            settings["target_blocks"] = self.target_blocks
+        files = [FORMAT_FILES[name] for name in self.export_formats]
+        return MethodFacts(
+            "LoRA",
+            ("lora", "template:sd-lora"),
+            settings,
+            {file: FILE_USES[file] for file in files},
+            (f'pipe.load_lora_weights(folder, weight_name="{files[0]}")',),
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.checkpoint_loaded = True
-        if "state_dict" in checkpoint:
-            self.loaded_checkpoint = (checkpoint["global_step"], checkpoint["state_dict"])
         super().on_load_checkpoint(checkpoint)
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from sdft.errors import UserError
+from sdft.interop.model_card import MethodFacts, joined_facts
 from sdft.methods.base import ParameterGroups
 from sdft.methods.lora import LoRAFineTuner
 from sdft.methods.tokens import LearnsPlaceholder
@@ -70,3 +71,8 @@ class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
         super().write_export(directory)
         self.tokens.write(self.family, directory)
         return directory
+
+    def card_facts(self) -> MethodFacts:
+        return joined_facts(
+            "Pivotal tuning (a LoRA and a new word)", super().card_facts(), self.tokens.card_facts(self.family)
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdft.interop.model_card import MethodFacts
 from sdft.methods.base import DiffusionFineTuner
 from sdft.methods.tokens import LearnsPlaceholder
 
@@ -20,3 +21,6 @@ class TextualInversion(LearnsPlaceholder, DiffusionFineTuner):
 
     def write_export(self, directory: Path) -> Path:
         return self.tokens.write(self.family, directory)
+
+    def card_facts(self) -> MethodFacts:
+        return self.tokens.card_facts(self.family)

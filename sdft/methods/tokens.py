@@ -14,6 +14,7 @@ from torch import nn
 
 from sdft.errors import UserError
 from sdft.families.base import ModelFamily
+from sdft.interop.model_card import MethodFacts
 
 #: the file diffusers' ``load_textual_inversion`` reads
 EMBEDDINGS_FILE = "learned_embeds.safetensors"
@@ -170,6 +171,32 @@ class PlaceholderTokens:
     def a1111_name(self) -> str:
         """The A1111 embedding's file name: the placeholder without ``<>`` (A1111 prompts name it so)."""
         return f"{self.placeholder.strip('<>')}.safetensors"
+
+    def card_facts(self, family: ModelFamily) -> MethodFacts:
+        """What a model card says about the new word: its options, the two files, and diffusers' loading lines."""
+        word = self.placeholder.strip("<>")
+        files = {
+            EMBEDDINGS_FILE: f"diffusers embedding of `{self.placeholder}`: `pipe.load_textual_inversion`",
+            self.a1111_name: f"A1111 / ComfyUI embedding: copy it into `embeddings/` and write `{word}` in the prompt",
+        }
+        settings = {"placeholder_token": self.placeholder, "initializer_token": self.initializer}
+        settings["num_vectors"] = self.num_vectors
+        return MethodFacts("Textual inversion", ("textual_inversion",), settings, files, self.loading_lines(family))
+
+    def loading_lines(self, family: ModelFamily) -> tuple[str, ...]:
+        """Python lines that load ``learned_embeds.safetensors`` from ``folder`` into ``pipe``: in one call, or one
+        call per text encoder for a file keyed by encoder (SDXL's ``clip_l`` and ``clip_g``)."""
+        keys = family.capabilities.embedding_keys
+        if not keys:
+            return (f'pipe.load_textual_inversion(folder, weight_name="{EMBEDDINGS_FILE}")',)
+        tokenizer_of = dict(zip(family.text_encoder_names, family.tokenizer_names, strict=True))
+        lines = ["from safetensors.torch import load_file", f'embeddings = load_file(f"{{folder}}/{EMBEDDINGS_FILE}")']
+        for encoder, key in zip(family.capabilities.token_encoders, keys, strict=True):
+            lines.append(
+                f'pipe.load_textual_inversion(embeddings["{key}"], token={self.tokens}, '
+                f"text_encoder=pipe.{encoder}, tokenizer=pipe.{tokenizer_of[encoder]})"
+            )
+        return tuple(lines)
 
 
 class LearnsPlaceholder:

@@ -1,4 +1,5 @@
-"""Labelled image grids: the XY plot of a comparison, rows and columns named on the image, a title above."""
+"""Image grids: the labelled XY plot of a comparison, rows and columns named on the image, a title above; and
+plain tilings of equally sized images (previews, probe sets)."""
 
 from __future__ import annotations
 
@@ -156,4 +157,14 @@ def draw_grid(
         draw.text(position, label, fill=INK, font=text_font)
         for column, image in enumerate(images[row]):
             grid.paste(image.convert("RGB"), layout.tile_box(row, column)[:2])
+    return grid
+
+
+def image_grid(images: list[Image.Image], columns: int) -> Image.Image:
+    """Tile equally sized images row by row, ``columns`` per row."""
+    width, height = images[0].size
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (columns * width, rows * height))
+    for index, image in enumerate(images):
+        grid.paste(image, ((index % columns) * width, (index // columns) * height))
     return grid
