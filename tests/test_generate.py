@@ -161,6 +161,7 @@ def test_a_kohya_file_gives_the_diffusers_file_images(scales, tiny_sd1, lora_dir
         assert np.array_equal(pixels(output / f"images/prompt_000/image_seed_{seed}.png"), expected)
 
 
+@pytest.mark.slow
 def test_batched_seeds_match_seeds_sampled_alone_within_one_level(tiny_sd1, tmp_path):
     options = {**FAST, "seeds": (0, 1, 2)}
     alone = generate(PROMPTS[:1], str(tiny_sd1), output=tmp_path / "alone", **options)

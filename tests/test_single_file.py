@@ -62,6 +62,7 @@ def test_single_file_loads_back_to_the_same_model(model: str, request: pytest.Fi
     torch.testing.assert_close(images(loaded), images(original), atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_fused_sdxl_single_file_draws_what_the_base_with_the_lora_draws(tiny_sdxl: Path, tmp_path: Path) -> None:
     base = ModelFolder.open(tiny_sdxl, "model")
     targets = {"unet": ("attn1.to_q", "attn2.to_k"), "text_encoder_2": ("self_attn.v_proj",)}
