@@ -1,7 +1,9 @@
 """Built-in assets, named ``builtin:<name>``: tiny models and sample data that sdft generates instead of downloading.
 
 Wherever a model path or a data folder is expected, ``builtin:tiny-sd1``, ``builtin:toy-subject``,
-``builtin:toy-class`` or ``builtin:toy-captions`` (captioned toys, ``metadata.jsonl``) may stand instead.
+``builtin:toy-class`` or ``builtin:toy-captions`` (captioned toys, ``metadata.jsonl``) may stand instead; so may
+``builtin:toy-world`` (captioned scenes of :mod:`sdft.toyworld`) and ``builtin:toy-creature`` (photos of its novel
+subject, with its evaluation prompts in ``prompts.txt``).
 :func:`resolve` builds the asset once into the cache folder (``$SDFT_CACHE``, default ``~/.cache/sdft``) and returns
 the ordinary folder, so the code that reads it is the code that reads real models and real photos.
 """
@@ -50,6 +52,20 @@ def _tiny_flow_model(builder: str) -> Callable[[Path], object]:
     return build
 
 
+def _toy_world(folder: Path) -> object:
+    from sdft.toyworld import world_dataset, write_folder
+
+    return write_folder(folder, world_dataset(seed=0, count=TOY_WORLD_SIZE))
+
+
+def _toy_creature(folder: Path) -> object:
+    from sdft.toyworld import subject_photos
+
+    return subject_photos(folder)
+
+
+#: captioned scenes in ``builtin:toy-world``
+TOY_WORLD_SIZE = 1024
 PREFIX = "builtin:"
 BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-sd1": _tiny_sd1,
@@ -60,6 +76,8 @@ BUILDERS: dict[str, Callable[[Path], object]] = {
     "toy-subject": _toy("write_toy_subject"),
     "toy-class": _toy("write_toy_class", num_images=8),
     "toy-captions": _toy("write_toy_captions"),
+    "toy-world": _toy_world,
+    "toy-creature": _toy_creature,
 }
 
 

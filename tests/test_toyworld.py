@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from lightning.pytorch import Trainer
 from PIL import Image, ImageDraw
 
+from sdft.assets import TOY_WORLD_SIZE, resolve
 from sdft.data import CaptionDataModule, SubjectDataModule
 from sdft.toyworld import (
     Scene,
@@ -271,3 +273,12 @@ def test_the_oracle_judges_generated_images_of_another_size_and_empty_ones():
     assert oracle.read_attributes(empty) == {"background": "cream"}
     assert oracle.score(empty, {"color": "red"}) == {"color": False}
     assert oracle.subject_present(empty, Subject()) == 0.0
+
+
+def test_the_toy_world_and_its_creature_are_builtin_folders():
+    world = Path(resolve("builtin:toy-world"))
+    rows = [json.loads(line) for line in (world / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == TOY_WORLD_SIZE and all((world / row["file_name"]).is_file() for row in rows)
+    assert rows[0]["text"] == world_dataset(seed=0, count=TOY_WORLD_SIZE)[0].caption
+    creature = Path(resolve("builtin:toy-creature"))
+    assert len(sorted(creature.glob("photo_*.png"))) == 5 and (creature / "prompts.txt").read_text().strip()
