@@ -9,6 +9,14 @@ whole or not at all. ``load_clip("toyworld-clip:<folder>")`` and ``load_dino("to
 ``builtin:toyworld-clip`` / ``builtin:toyworld-dino`` read the shipped ``sdft/toyworld/weights``. Equal seeds and
 steps give equal weights on one machine and device; ``--minutes`` stops each backbone after its share of the time
 (the learning rate still follows ``--steps``), so the steps taken then depend on the machine.
+
+Measured with the defaults on one core of a busy shared CPU (``--threads 1``; a second thread only waited there):
+0.23 s a CLIP step and 0.20 s a DINO step, of which drawing the batch takes 0.09 s. After 1,200 steps the CLIP
+picks an image's caption among 200 for 99% of images and prefers it to the caption with the shape or the pattern
+changed for 97% / 96% (colour, background, position, size: 100%); the DINO stand-in retrieves an object's other
+drawing among 200 for 90% and keeps it above the object with another shape / pattern / colour for 98.5% / 98% /
+100%. The default 4,000 steps take about 15 minutes a backbone on one core; on a GPU drawing bounds a step (about
+6 minutes a backbone).
 """
 
 from __future__ import annotations
