@@ -1,0 +1,111 @@
+"""The toy world's base model: Stable Diffusion 1.x's architecture small enough to learn the world on a CPU.
+
+The model reads and draws 64 px images, the size the world is drawn and the oracle reads at. Its parts are SD 1.x's
+classes with SD 1.x's block types, saved as an ordinary diffusers folder, so :class:`sdft.families.StableDiffusion`
+and every method load it through ``from_pretrained`` unchanged:
+
+- a KL autoencoder of three levels (32, 64, 64 channels): a spatial factor of 4, so a 64 px image is a 16x16x4
+  latent (SD 1.x's factor of 8 would leave a small object two latent pixels wide, too few for its shape and
+  pattern); its ``scaling_factor`` is set after training to the inverse standard deviation of the latents, as SD's
+  0.18215 was;
+- a two-layer CLIP text encoder of width 64 over the real 49,408-token CLIP vocabulary, read by the real CLIP BPE
+  tokenizer (77 tokens, padded with the end token, as SD 1.x's);
+- a UNet of three levels (32, 64, 128 channels) with cross-attention at 16x16 and 8x8 and none at 4x4, as SD 1.x has
+  cross-attention in every level but the last, one layer per block (the widest level is the cheapest: 4x4);
+- SD 1.x's scaled-linear noise schedule (1,000 steps, epsilon prediction) with its DDIM sampler.
+
+:func:`toyworld_modules` builds the untrained parts; :func:`build_untrained_toyworld` saves them as a model folder
+(for fast tests), and ``scripts/train_toyworld.py`` trains them into the ``builtin:toyworld`` model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from sdft.tiny_models import clip_tokenizer, save_pipeline, sd_pipeline, seeded, tiny_clip_config
+
+#: the side of the images the model reads and draws, in pixels
+IMAGE_SIZE = 64
+#: the autoencoder's channels per level; each level after the first halves the side
+VAE_CHANNELS = (32, 64, 64)
+#: how many pixels one latent pixel spans along a side
+VAE_FACTOR = 2 ** (len(VAE_CHANNELS) - 1)
+LATENT_SIZE = IMAGE_SIZE // VAE_FACTOR
+LATENT_CHANNELS = 4
+#: the width of the text encoder's hidden states, which the UNet attends to
+TEXT_WIDTH = 64
+TEXT_LAYERS = 2
+UNET_CHANNELS = (32, 64, 128)
+#: attention heads per UNet level (diffusers' SD 1.x configs call this ``attention_head_dim``)
+UNET_HEADS = 4
+NORM_GROUPS = 8
+
+
+def toyworld_vae(scaling_factor: float = 1.0) -> AutoencoderKL:
+    """The untrained autoencoder: ``VAE_CHANNELS`` levels, ``LATENT_CHANNELS`` latent channels.
+
+    Args:
+        scaling_factor: what latents are multiplied by before the UNet sees them (training measures it).
+    """
+    return AutoencoderKL(
+        block_out_channels=VAE_CHANNELS,
+        down_block_types=("DownEncoderBlock2D",) * len(VAE_CHANNELS),
+        up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=NORM_GROUPS,
+        sample_size=IMAGE_SIZE,
+        scaling_factor=scaling_factor,
+    )
+
+
+def toyworld_text_encoder() -> CLIPTextModel:
+    """The untrained text encoder: OpenAI CLIP's style (quick GELU, padded with its end token) at ``TEXT_WIDTH``."""
+    config = tiny_clip_config(hidden_size=TEXT_WIDTH)
+    config.num_hidden_layers, config.intermediate_size = TEXT_LAYERS, 4 * TEXT_WIDTH
+    return CLIPTextModel(config)
+
+
+def toyworld_unet() -> UNet2DConditionModel:
+    """The untrained UNet over ``LATENT_SIZE`` latents, attending to ``TEXT_WIDTH``-wide text states."""
+    levels = len(UNET_CHANNELS)
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        block_out_channels=UNET_CHANNELS,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=UNET_HEADS,
+        norm_num_groups=NORM_GROUPS,
+    )
+
+
+def toyworld_modules() -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """The untrained UNet, autoencoder and text encoder, in construction order (the order :func:`seeded` needs)."""
+    return toyworld_unet(), toyworld_vae(), toyworld_text_encoder()
+
+
+def toyworld_pipeline(
+    modules: tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel], tokenizer: CLIPTokenizer
+) -> StableDiffusionPipeline:
+    """The SD 1.x pipeline of the modules (in :func:`toyworld_modules`' order): SD's DDIM sampler, epsilon
+    prediction, no safety checker."""
+    return sd_pipeline(modules, tokenizer, "epsilon")
+
+
+def build_untrained_toyworld(directory: str | Path, seed: int = 0) -> Path:
+    """Save the untrained architecture as a diffusers folder (safetensors) and return the folder: what the trained
+    model looks like to every loader, in a second.
+
+    Args:
+        directory: where to write the model folder.
+        seed: the weights are a function of this seed alone.
+    """
+    directory = Path(directory)
+    modules = seeded(seed, toyworld_modules)
+    return save_pipeline(toyworld_pipeline(modules, clip_tokenizer(directory / "tokenizer")), directory)
