@@ -10,22 +10,32 @@ from typing import Any, Protocol, runtime_checkable
 
 from diffusers.utils import logging as diffusers_logging
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, StrategyRegistry
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from transformers.utils import logging as transformers_logging
 
-from sdft.callbacks import ExponentialMovingAverage, FinalExport, InterruptionCheckpoint, StepProgressBar
+from sdft.callbacks import (
+    ExponentialMovingAverage,
+    FinalExport,
+    InterruptionCheckpoint,
+    StepProgressBar,
+    SubjectEvaluator,
+)
 from sdft.checkpointing import AtomicCheckpointIO
 from sdft.data.sampling import check_max_steps
 from sdft.errors import UserError
 from sdft.methods import DiffusionFineTuner
+from sdft.methods.run_notes import SizedData
 from sdft.sharding import ShardedStrategy
 
 #: strategies whose ranks each hold a shard of the model
 SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
+#: trainer precisions that compute in float16, which the CPU does not run
+FLOAT16_PRECISIONS = ("16", "16-mixed", "16-true")
 
 #: expected warnings that say nothing to an sdft user
 QUIET = (
@@ -76,6 +86,7 @@ class SdftCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
+            check_trainer_options(self.config["fit"]["trainer"])
             continue_run_folder(self.config["fit"], self.save_config_kwargs)
 
     def instantiate_trainer(self, **kwargs: Any):
@@ -92,11 +103,42 @@ class SdftCLI(LightningCLI):
         check_before_loading(self.trainer, self.model, self.datamodule)
 
 
+def check_trainer_options(options: Any) -> None:
+    """The trainer options that Lightning would refuse with a traceback, or silently change, when it builds the
+    trainer: the number of steps, float16 on the CPU, and sharding strategies by name.
+
+    Args:
+        options: the ``trainer`` section of the parsed config.
+    """
+    check_max_steps(options.get("max_steps", -1))
+    precision = str(options.get("precision"))
+    if precision in FLOAT16_PRECISIONS and runs_on_cpu(options.get("accelerator")):
+        raise UserError(
+            f"trainer.precision: {precision} computes in float16, which the CPU does not run; use bf16-mixed or 32 "
+            "on a CPU, or train on a GPU (trainer.accelerator: gpu)"
+        )
+    strategy = options.get("strategy")
+    if isinstance(strategy, str) and strategy in StrategyRegistry:
+        strategy_class = StrategyRegistry[strategy]["strategy"]
+        if issubclass(strategy_class, SHARDED_STRATEGIES):
+            raise UserError(unsupported_strategy(strategy_class.__name__))
+
+
+def runs_on_cpu(accelerator: Any) -> bool:
+    """Whether ``trainer.accelerator`` picks the CPU: ``cpu``, or ``auto`` (the default) without a GPU."""
+    if accelerator in (None, "auto"):
+        return not (CUDAAccelerator.is_available() or MPSAccelerator.is_available())
+    return accelerator == "cpu"
+
+
 def check_before_loading(trainer, model: LightningModule, datamodule: LightningDataModule) -> None:
     """The user's settings and files that can be checked before any model loads (one-line errors)."""
-    check_max_steps(trainer.max_steps)
     check_strategy(trainer)
+    for callback in trainer.callbacks:
+        if isinstance(callback, SubjectEvaluator):
+            callback.check_checkpoint_cadence(trainer)
     if isinstance(model, DiffusionFineTuner):
+        model.check()
         model.speed.check_precision(trainer.precision)
         if isinstance(trainer.strategy, ShardedStrategy) and model.speed.frozen_dtype not in (None, "float32"):
             raise UserError(
@@ -105,22 +147,36 @@ def check_before_loading(trainer, model: LightningModule, datamodule: LightningD
             )
     if isinstance(datamodule, CheckedData):
         datamodule.check()
+    if isinstance(model, DiffusionFineTuner) and isinstance(datamodule, SizedData):
+        model.family.check_resolution(datamodule.resolution)
 
 
 def check_strategy(trainer: Trainer) -> None:
     """Refuse the sharding strategies other than :class:`sdft.sharding.ShardedStrategy` (sampling, evaluation and
-    exports would hang at their first gather), and what ShardedStrategy cannot carry yet (a weight average)."""
+    exports would hang at their first gather), ShardedStrategy on one device (nothing to share the model with)
+    and what ShardedStrategy cannot carry yet (a weight average)."""
     strategy = trainer.strategy
     if isinstance(strategy, ShardedStrategy):
+        devices = trainer.num_devices * trainer.num_nodes
+        if devices < 2:
+            raise UserError(
+                f"trainer.strategy: ShardedStrategy splits the model across devices, and this run has {devices}; "
+                "set trainer.devices to 2 or more, or drop the strategy (one device holds the whole model)"
+            )
         if any(isinstance(callback, ExponentialMovingAverage) for callback in trainer.callbacks):
             raise UserError(
                 "trainer.callbacks: ExponentialMovingAverage does not work with ShardedStrategy yet; drop one of them"
             )
     elif isinstance(strategy, SHARDED_STRATEGIES):
-        raise UserError(
-            f"trainer.strategy: {type(strategy).__name__} is not supported; shard with "
-            "{class_path: sdft.sharding.ShardedStrategy}, or use ddp (every rank holds the whole model)"
-        )
+        raise UserError(unsupported_strategy(type(strategy).__name__))
+
+
+def unsupported_strategy(name: str) -> str:
+    """The message refusing a sharding strategy other than sdft's own."""
+    return (
+        f"trainer.strategy: {name} is not supported; shard with {{class_path: sdft.sharding.ShardedStrategy}}, or "
+        "use ddp (every rank holds the whole model)"
+    )
 
 
 def continue_run_folder(config, save_config_kwargs: dict[str, Any]) -> None:

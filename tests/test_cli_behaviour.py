@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -116,3 +117,113 @@ def test_a_data_mistake_is_one_line_before_any_model_loads(option, message, caps
         f"--trainer.logger.init_args.save_dir={tmp_path}",
     )
     assert len(error.strip().splitlines()) == 1 and re.match(message, error), error
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--model.init_args.optimizer.init_args.lr=0"],
+            r"model.init_args.optimizer.init_args.lr must be positive, got 0.0; e.g. lr: 1e-4",
+        ),
+        (
+            ["--model.init_args.optimizer.init_args.lr=-0.001"],
+            r"model.init_args.optimizer.init_args.lr must be positive, got -0.001",
+        ),
+        (
+            ["--model.init_args.optimizer.init_args.weight_decay=-1"],
+            r"model.init_args.optimizer.init_args: Invalid weight_decay value: -1.0",
+        ),
+        (["--trainer.max_steps=-5"], r"trainer.max_steps must be a positive number of optimizer steps, got -5;"),
+        (
+            ["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"],
+            r"trainer.precision: 16-mixed computes in float16, which the CPU does not run; use bf16-mixed or 32",
+        ),
+        (
+            ["--trainer.accelerator=cpu", "--trainer.precision=16-true"],
+            r"trainer.precision: 16-true computes in float16, which the CPU does not run; use bf16-mixed or 32",
+        ),
+        (
+            ["--trainer.strategy=fsdp"],
+            r"trainer.strategy: FSDPStrategy is not supported; shard with .*ShardedStrategy",
+        ),
+        (
+            ['--trainer.strategy={"class_path": "sdft.sharding.ShardedStrategy"}', "--trainer.devices=1"],
+            r"trainer.strategy: ShardedStrategy splits the model across devices, and this run has 1; set "
+            r"trainer.devices to 2 or more",
+        ),
+        (
+            ["--model.init_args.family=sdft.families.Flux", "--data.init_args.resolution=24"],
+            r"data.resolution must be a multiple of 16 for Flux .*, got 24; use e.g. 32",
+        ),
+        (
+            ["--model=sdft.methods.TextualInversion", "--model.init_args.family=sdft.families.StableDiffusion3"]
+            + ["--model.init_args.placeholder_token=<sks>", "--model.init_args.initializer_token=toy"],
+            r"model.init_args.family: StableDiffusion3 takes no new tokens, .* or a family that does: StableDiffusion",
+        ),
+        (
+            ["--model=sdft.methods.PivotalTuning", "--model.init_args.family=sdft.families.Flux"]
+            + ["--model.init_args.placeholder_token=<sks>", "--model.init_args.initializer_token=toy"],
+            r"model.init_args.family: Flux takes no new tokens",
+        ),
+    ],
+    ids=[
+        "zero-lr",
+        "negative-lr",
+        "optimizer-range",
+        "negative-steps",
+        "fp16-mixed-on-cpu",
+        "fp16-true-on-cpu",
+        "fsdp",
+        "sharded-on-one-device",
+        "flux-resolution",
+        "textual-inversion-on-sd3",
+        "pivotal-tuning-on-flux",
+    ],
+)
+def test_a_config_mistake_is_one_line_naming_the_key_before_any_model_loads(options, message, capsys, tmp_path):
+    missing_model = tmp_path / "no-such-model"  # loading it would fail with another error
+    error = fit_error(
+        capsys,
+        "--config",
+        "configs/quickstart.yaml",
+        f"--model.init_args.family.init_args.pretrained_model_name_or_path={missing_model}",
+        *options,
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    )
+    assert len(error.strip().splitlines()) == 1 and re.match("sdft: error: " + message, error), error
+
+
+def quickstart_variant(tmp_path, change) -> str:
+    """The quickstart config with a missing model, changed by ``change`` (a function of the parsed YAML); its
+    path."""
+    config = yaml.safe_load(Path("configs/quickstart.yaml").read_text())
+    config["model"]["init_args"]["family"]["init_args"]["pretrained_model_name_or_path"] = str(tmp_path / "no-model")
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    change(config)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_a_missing_max_steps_is_named_before_any_model_loads(capsys, tmp_path):
+    error = fit_error(
+        capsys, "--config", quickstart_variant(tmp_path, lambda config: config["trainer"].pop("max_steps"))
+    )
+    assert error.strip() == (
+        "sdft: error: trainer.max_steps must be a positive number of optimizer steps, got -1 (not set); sdft trains "
+        "for a number of steps, e.g. --trainer.max_steps 1000"
+    )
+
+
+def test_evaluations_off_the_checkpoint_steps_are_refused_before_any_model_loads(capsys, tmp_path):
+    def evaluate_every_30(config):
+        evaluator = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("SubjectEvaluator"))
+        evaluator["init_args"]["every_n_steps"] = 30
+
+    error = fit_error(capsys, "--config", quickstart_variant(tmp_path, evaluate_every_30))
+    assert error.strip() == (
+        "sdft: error: SubjectEvaluator.every_n_steps=30 is not a multiple of ModelCheckpoint.every_n_train_steps=40: "
+        "the best step could have no checkpoint; make it a multiple"
+    )
+    assert not (tmp_path / "quickstart" / "version_0" / "evaluation").exists()

@@ -94,8 +94,9 @@ def run_sampler(trainer: Trainer, batch_size: int) -> RunSampler:
 def check_max_steps(max_steps: int) -> None:
     """Raise a :class:`UserError` naming ``trainer.max_steps`` unless it is a positive number of steps."""
     if max_steps < 1:
+        unset = " (not set)" if max_steps == -1 else ""  # Lightning's default
         raise UserError(
-            f"trainer.max_steps must be a positive number of optimizer steps, got {max_steps}; "
+            f"trainer.max_steps must be a positive number of optimizer steps, got {max_steps}{unset}; "
             "sdft trains for a number of steps, e.g. --trainer.max_steps 1000"
         )
 

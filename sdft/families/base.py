@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sdft.assets import resolve
 from sdft.batches import Batch
+from sdft.errors import UserError
 
 #: the CLIP text encoders' attention projections, LoRA's default targets there (as in diffusers' scripts)
 CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -128,6 +129,8 @@ class Capabilities:
         vae_dtype: the dtype the VAE must run in whatever the rest runs in (SDXL's VAE overflows in fp16); None
             follows the rest.
         block_types: names of the denoiser's repeated block classes (the units FSDP wraps).
+        pixel_multiple: the side of a training image must be a multiple of this many pixels: the VAE's downsampling
+            factor (8), times the latent patch the denoiser reads as one token where it packs latents (Flux: 2).
     """
 
     lora_components: tuple[str, ...]
@@ -135,6 +138,7 @@ class Capabilities:
     embedding_keys: tuple[str, ...] = ()
     vae_dtype: torch.dtype | None = None
     block_types: tuple[str, ...] = ()
+    pixel_multiple: int = 8
 
 
 class ModelFamily(nn.Module, ABC):
@@ -203,6 +207,21 @@ class ModelFamily(nn.Module, ABC):
             encoder: getattr(self, name)
             for encoder, name in zip(self.text_encoder_names, self.tokenizer_names, strict=True)
         }
+
+    def check_resolution(self, resolution: int) -> None:
+        """Refuse a training resolution that the family's latents cannot tile (``capabilities.pixel_multiple``),
+        before anything loads.
+
+        Args:
+            resolution: the side of the square training images (``data.resolution``), in pixels.
+        """
+        multiple = self.capabilities.pixel_multiple
+        if resolution % multiple:
+            nearest = max(multiple, multiple * round(resolution / multiple))
+            raise UserError(
+                f"data.resolution must be a multiple of {multiple} for {type(self).__name__} (its VAE's factor times "
+                f"its latent patch), got {resolution}; use e.g. {nearest}"
+            )
 
     def source(self) -> dict[str, str | None]:
         """What identifies the base weights (path or hub id, revision, variant): equal sources, equal models.

@@ -101,6 +101,7 @@ class Flux(ModelFamily):
     capabilities = Capabilities(
         lora_components=("transformer", "text_encoder"),
         block_types=("FluxTransformerBlock", "FluxSingleTransformerBlock"),
+        pixel_multiple=8 * PACKING,
     )
 
     def __init__(

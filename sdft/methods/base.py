@@ -157,6 +157,11 @@ class DiffusionFineTuner(LightningModule):
 
     # -- hooks for methods -------------------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Refuse settings that can be checked before the family loads (one-line errors naming the key): the
+        optimizer's learning rate. A method extends it with what it needs of the family."""
+        check_learning_rate(self.optimizer)
+
     @abstractmethod
     def configure_trainable(self) -> None:
         """Make the trained parameters (and only those) require gradients, adding adapters if the method has any."""
@@ -476,6 +481,34 @@ class DiffusionFineTuner(LightningModule):
                 f"the checkpoint lacks {len(missing)} trained tensors (first: {missing[0]}); it was written by another "
                 "method or configuration: resume with the config of the run that wrote it"
             )
+
+
+def check_learning_rate(optimizer: OptimizerCallable) -> None:
+    """Refuse an optimizer that torch refuses, or whose learning rate is not positive, by building it over a
+    stand-in parameter (the real ones do not exist before the family loads).
+
+    Args:
+        optimizer: the method's optimizer callable (``model.init_args.optimizer``).
+    """
+    configured = getattr(optimizer, "keywords", {})  # a config's optimizer is a partial of its init_args
+    if "lr" in configured:
+        check_positive_rate(configured["lr"])
+    try:
+        built = optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except ValueError as error:  # torch's own range checks, e.g. "Invalid weight_decay value: -1"
+        raise UserError(
+            f"model.init_args.optimizer.init_args: {error}; set the optimizer's arguments in range"
+        ) from error
+    check_positive_rate(built.param_groups[0].get("lr", 1.0))
+
+
+def check_positive_rate(rate: float | torch.Tensor) -> None:
+    """Raise a :class:`UserError` naming ``model.init_args.optimizer.init_args.lr`` unless ``rate`` is positive."""
+    if not rate > 0:
+        raise UserError(
+            f"model.init_args.optimizer.init_args.lr must be positive, got {float(rate)}; e.g. lr: 1e-4 (LoRA) or "
+            "5e-6 (full fine-tuning)"
+        )
 
 
 def weighted_losses(prediction: torch.Tensor, noised: NoisedLatents) -> torch.Tensor:

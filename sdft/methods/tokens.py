@@ -96,13 +96,8 @@ class PlaceholderTokens:
     def add_to(self, family: ModelFamily) -> None:
         """Add the tokens to every tokenizer of ``family`` and their rows, each a copy of the initializer's
         embedding, to the matching text encoder. Everything is checked before anything changes."""
+        check_takes_tokens(family)
         encoders, tokenizers = family.token_encoders(), family.tokenizers()
-        if not encoders:
-            raise UserError(
-                f"model.init_args.family: {type(family).__name__} takes no new tokens, so textual inversion and "
-                f"pivotal tuning do not apply to it; use LoRA or full fine-tuning, or a family that does: "
-                f"{', '.join(families_taking_tokens())}"
-            )
         initial = {name: self.initial_rows(tokenizers[name], encoder) for name, encoder in encoders.items()}
         for name, encoder in encoders.items():
             tokenizers[name].add_tokens(self.tokens)
@@ -223,12 +218,31 @@ class LearnsPlaceholder:
         super().__init__(*args, **kwargs)
         self.tokens = PlaceholderTokens(placeholder_token, initializer_token, num_vectors)
 
+    def check(self) -> None:
+        """Also refuse a family without token-taking text encoders (SD3, Flux), before it loads."""
+        super().check()
+        check_takes_tokens(self.family)
+
     def rewrite_prompts(self, prompts: list[str]) -> list[str]:
         return self.tokens.expand(prompts)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if batch_idx == 0:
             self.tokens.check_prompts(batch["prompts"])
+
+
+def check_takes_tokens(family: ModelFamily) -> None:
+    """Refuse a family whose capabilities declare no text encoder that takes new tokens, naming those that do.
+
+    Args:
+        family: the model family (loaded or not: its capabilities are declared).
+    """
+    if not family.capabilities.token_encoders:
+        raise UserError(
+            f"model.init_args.family: {type(family).__name__} takes no new tokens, so textual inversion and "
+            f"pivotal tuning do not apply to it; use LoRA or full fine-tuning, or a family that does: "
+            f"{', '.join(families_taking_tokens())}"
+        )
 
 
 def families_taking_tokens() -> list[str]:
