@@ -12,6 +12,7 @@ the row with the lowest step (normally step 0, the base model) is the baseline.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -46,7 +47,8 @@ def select_step(
     Only steps after the baseline compete. Among the candidates, the earliest step whose fidelity is within
     ``tie_tolerance`` of the best wins. If no step meets the constraints, nothing is raised: the same tie rule is
     applied to all steps after the baseline and the reason says that no step met them, so a run always yields a
-    checkpoint and the report shows the warning.
+    checkpoint and the report shows the warning. A step with a nan or infinite metric is never chosen: it is
+    rejected, and when every step after the baseline has one, the baseline is kept.
 
     Args:
         rows: the metrics table, one mapping per evaluated step.
@@ -56,10 +58,15 @@ def select_step(
         tie_tolerance: fidelity gap within which an earlier step is preferred to the best one.
     """
     keys = [fidelity] + [key for key, margin in ((CLIP_T, clip_t_margin), (PRES, pres_margin)) if margin is not None]
-    baseline, *trained = sorted_rows(rows, keys, tie_tolerance)
-    if not trained:
+    baseline, *evaluated = sorted_rows(rows, keys, tie_tolerance)
+    if not evaluated:
         return Selection(int(baseline["step"]), f"only the baseline step {baseline['step']} was evaluated")
-    rejected = rejected_steps(trained, baseline, clip_t_margin, pres_margin)
+    nonfinite = nonfinite_steps(evaluated, keys)
+    trained = [row for row in evaluated if int(row["step"]) not in nonfinite]
+    if not trained:
+        reason = f"no step after the baseline has finite metrics; keeping the baseline step {baseline['step']}"
+        return Selection(int(baseline["step"]), reason, (), nonfinite)
+    rejected = {**nonfinite, **rejected_steps(trained, baseline, clip_t_margin, pres_margin)}
     candidates = [row for row in trained if int(row["step"]) not in rejected]
     constraints = describe_constraints(baseline, clip_t_margin, pres_margin)
     if not candidates:
@@ -82,7 +89,10 @@ def select_single(rows: Sequence[Row], monitor: str, mode: str = "max", tie_tole
     """
     if mode not in ("max", "min"):
         raise UserError(f"mode must be 'max' or 'min', got {mode!r}")
-    ordered = sorted_rows(rows, [monitor], tie_tolerance)
+    evaluated = sorted_rows(rows, [monitor], tie_tolerance)
+    ordered = [row for row in evaluated if math.isfinite(row[monitor])]
+    if not ordered:
+        raise ValueError(f"no evaluated step has a finite {monitor}: {[row[monitor] for row in evaluated]}")
     chosen = earliest_near_best(ordered, monitor, mode, tie_tolerance)
     reason = describe_choice(chosen, ordered, monitor, mode, tie_tolerance)
     return Selection(int(chosen["step"]), reason, tuple(int(row["step"]) for row in ordered))
@@ -108,6 +118,17 @@ def sorted_rows(rows: Sequence[Row], keys: Sequence[str], tie_tolerance: float) 
     if len(set(steps)) != len(steps):
         raise ValueError(f"the metrics table has duplicate steps: {sorted(steps)}")
     return sorted(rows, key=lambda row: int(row["step"]))
+
+
+def nonfinite_steps(rows: Sequence[Row], keys: Sequence[str]) -> dict[int, str]:
+    """Step -> why it cannot be chosen, for the rows with a nan or infinite metric among ``keys``.
+
+    Args:
+        rows: the steps after the baseline.
+        keys: the metric keys the rule reads.
+    """
+    found = {int(row["step"]): [key for key in keys if not math.isfinite(row[key])] for row in rows}
+    return {step: f"{', '.join(bad)} not finite (nan or inf)" for step, bad in found.items() if bad}
 
 
 def rejected_steps(

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 
 from sdft.assets import cache_dir
@@ -19,6 +20,13 @@ from sdft.batches import Batch, cat_batches, split_prior
 from sdft.caching import EncodingCache, encoder_identity
 from sdft.errors import UserError
 from sdft.families.base import Conditioning, LatentPosterior, ModelFamily, NoisedLatents
+from sdft.faults import (
+    NONFINITE_ACTIONS,
+    check_finite_weights,
+    first_nonfinite,
+    nonfinite_step_message,
+    nonfinite_weights_error,
+)
 from sdft.files import write_folder_atomic
 from sdft.interop.model_card import (
     MethodFacts,
@@ -105,6 +113,7 @@ class DiffusionFineTuner(LightningModule):
         speed: SpeedOptions = NO_SWITCHES,
         noise_offset: float = 0.0,
         input_perturbation: float = 0.0,
+        nonfinite: str = "stop",
     ) -> None:
         """
         Args:
@@ -127,6 +136,10 @@ class DiffusionFineTuner(LightningModule):
             input_perturbation: noise each training example's input with its noise plus this times another standard
                 normal draw, while the target keeps the unperturbed noise (Ning et al. 2023), e.g. 0.1; 0 turns it
                 off. Neither option touches validation, which stays a fixed measurement.
+            nonfinite: a step whose loss or gradients hold a nan or an infinity: ``stop`` ends the fit before the
+                weights change, naming the step; ``skip`` drops the step (no update) and counts it in
+                ``train/skipped_steps``. Under ``16-mixed`` precision the grad scaler skips overflowing gradients
+                itself; the loss is still checked.
         """
         super().__init__()
         self.family = family
@@ -148,6 +161,13 @@ class DiffusionFineTuner(LightningModule):
                 raise UserError(f"model.init_args.{key} must be >= 0 (0 turns it off), got {value}")
         self.noise_offset = noise_offset
         self.input_perturbation = input_perturbation
+        if nonfinite not in NONFINITE_ACTIONS:
+            raise UserError(
+                f"model.init_args.nonfinite must be one of {', '.join(NONFINITE_ACTIONS)}, got {nonfinite!r}"
+            )
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0  # steps dropped for a non-finite loss or gradient (nonfinite: skip)
+        self.loss_faults: list[torch.Tensor] = []  # whether each loss since the last optimizer step was non-finite
         self.strict_loading = False  # checkpoints omit the frozen base model
         #: what an export outside a fit says about its run (``sdft export`` sets it from the run's config.yaml)
         self.run_notes = RunNotes()
@@ -222,7 +242,8 @@ class DiffusionFineTuner(LightningModule):
         card (``README.md``, and the step's samples as ``samples.png`` where the run has them).
 
         The export is written beside ``directory`` and renamed into place, so an existing export is replaced only
-        by a complete one. Returns the main file or folder written.
+        by a complete one; weights holding a nan or an infinity are refused and nothing is written. Returns the main
+        file or folder written.
 
         Args:
             directory: the export folder.
@@ -236,6 +257,7 @@ class DiffusionFineTuner(LightningModule):
             return written
 
         directory = Path(directory)
+        check_finite_weights(self.trainable_state_dict(), f"the export {directory}", self.weights_step())
         return directory / write_folder_atomic(directory, build)
 
     def model_card(self, directory: Path, average: str | None = None) -> ModelCard:
@@ -304,7 +326,8 @@ class DiffusionFineTuner(LightningModule):
 
     def on_fit_start(self) -> None:
         """Put the VAE back in the dtype its family pins (SDXL: float32) after a ``-true`` precision (``bf16-true``)
-        converted the whole module."""
+        converted the whole module; start the fit with no loss awaiting its non-finite check."""
+        self.loss_faults = []
         vae_dtype = self.family.capabilities.vae_dtype
         if vae_dtype is not None:
             self.family.vae.to(vae_dtype)
@@ -409,7 +432,35 @@ class DiffusionFineTuner(LightningModule):
             self.log("train/instance_loss", instance.mean(), batch_size=len(instance), sync_dist=True)
             self.log("train/prior_loss", prior.mean(), batch_size=len(prior), sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]), sync_dist=True)
+        self.loss_faults.append(~torch.isfinite(loss.detach()))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Before the weights change: a step whose loss or gradients are not finite ends the fit or is dropped
+        (``nonfinite``); ``train/skipped_steps`` counts the dropped steps, logged from the first one on."""
+        fault = self.nonfinite_fault()
+        if fault is not None and self.nonfinite == "stop":
+            raise UserError(nonfinite_step_message(self.global_step + 1, fault))
+        if fault is not None:
+            for group in optimizer.param_groups:  # a parameter without a gradient is left as it is
+                for param in group["params"]:
+                    param.grad = None
+            self.skipped_steps += 1
+            rank_zero_warn(f"step {self.global_step + 1}: {fault}; the step is skipped (nonfinite: skip)")
+        if self.skipped_steps:
+            self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def nonfinite_fault(self) -> str | None:
+        """What is not finite in the step about to update the weights, on any rank (every rank decides alike):
+        a training loss since the last optimizer step, or a gradient; None when all is finite."""
+        faults, self.loss_faults = self.loss_faults, []
+        fault = "the training loss is nan or inf" if faults and bool(torch.stack(faults).any()) else None
+        if fault is None and self.trainer.precision != "16-mixed":  # float16's grad scaler skips its overflows
+            name = first_nonfinite({n: p.grad for n, p in self.named_parameters() if p.grad is not None})
+            fault = None if name is None else f"the gradient of {name} holds nan or inf"
+        if self.trainer.strategy.reduce_boolean_decision(fault is not None, all=False):
+            return fault or "a loss or gradient on another rank holds nan or inf"
+        return None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Loss on fixed images at fixed, evenly spaced noise levels and fixed noise: comparable across steps."""
@@ -462,11 +513,17 @@ class DiffusionFineTuner(LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trained tensors, and refuse (on every rank) to write them when one is not finite."""
         trainable = self.trainable_state_dict()
+        name = first_nonfinite(trainable)
+        if self.trainer.strategy.reduce_boolean_decision(name is not None, all=False):
+            raise nonfinite_weights_error(name, "a checkpoint", self.trainer.global_step)
         checkpoint["state_dict"] = {key: value for key, value in checkpoint["state_dict"].items() if key in trainable}
+        checkpoint["skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.configure_model()
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
         if "state_dict" in checkpoint:  # (a sharding strategy loads the weights itself and checks them there)
             self.check_trained_tensors(checkpoint["state_dict"])
             trained = {key: checkpoint["state_dict"][key] for key in self.trainable_state_dict()}

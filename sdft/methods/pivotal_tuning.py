@@ -61,6 +61,7 @@ class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
         return [{"params": self.lora_parameters(), "name": "lora"}, embeddings]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
         # A parameter without a gradient is skipped by the optimizer: no update, no weight decay, no moments.
         if self.global_step < int(self.embedding_only_fraction * self.trainer.max_steps):
             for param in self.lora_parameters():

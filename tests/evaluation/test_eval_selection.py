@@ -80,3 +80,31 @@ def test_select_single_max_min_and_ties():
     assert "lowest" in select_single(rows, "val/loss", mode="min").reason
     with pytest.raises(ValueError, match="mode"):
         select_single(rows, "val/loss", mode="best")
+
+
+def test_a_step_with_a_non_finite_metric_is_never_chosen():
+    nan, inf = float("nan"), float("inf")
+    rows = [BASE, row(200, 0.60), row(400, nan), row(600, 0.62, clip_t=nan), row(800, inf)]
+    selection = select_step(rows)
+    assert selection.step == 200 and selection.candidates == (200,)
+    assert selection.rejected == {
+        400: "val/dino not finite (nan or inf)",
+        600: "val/clip_t not finite (nan or inf)",
+        800: "val/dino not finite (nan or inf)",
+    }
+    strict = select_step([BASE, row(200, 0.60, clip_t=0.10), row(400, nan)])  # no candidate: best finite step
+    assert strict.step == 200 and set(strict.rejected) == {200, 400}
+
+
+def test_the_baseline_is_kept_when_no_later_step_has_finite_metrics():
+    selection = select_step([BASE, row(200, float("nan")), row(400, 0.70, pres=float("inf"))])
+    assert selection.step == 0 and "no step after the baseline has finite metrics" in selection.reason
+    assert set(selection.rejected) == {200, 400}
+
+
+def test_select_single_skips_non_finite_values():
+    rows = [{"step": 0, "val/loss": 0.30}, {"step": 100, "val/loss": float("nan")}, {"step": 200, "val/loss": 0.25}]
+    assert select_single(rows, "val/loss", mode="min").step == 200
+    assert select_single(rows, "val/loss", mode="max").step == 0
+    with pytest.raises(ValueError, match="no evaluated step has a finite val/loss"):
+        select_single([{"step": 0, "val/loss": float("nan")}], "val/loss")
