@@ -3,6 +3,7 @@ captions.
 
     uv run python scripts/train_toyworld.py --output toyworld --seed 0 [--device cpu|cuda] [--examples 16384]
         [--vae-steps N] [--text-steps N] [--unet-steps N] [--vae-minutes M] [--text-minutes M] [--unet-minutes M]
+        [--ship sdft/toyworld/weights/base]
     uv run python scripts/train_toyworld.py --evaluate toyworld [--seed 0] [--samples 96] [--guidance-scale 4]
         [--inference-steps 25] [--grid samples.png]
 
@@ -30,6 +31,10 @@ machine. A ``--*-minutes`` budget ends its stage early when the time runs out, w
 folder (safetensors) that ``sdft.families.StableDiffusion`` loads, with ``training.json`` (seed, steps, losses, wall
 time, machine, versions, command, the text encoder's accuracy and the oracle's agreement with the autoencoder's
 reconstructions of held-out scenes) beside the weights.
+
+``--ship FOLDER`` also stores the trained folder as sdft ships it (:func:`sdft.toyworld.model.ship`: float16
+weights, no tokenizer); ``builtin:toyworld`` unpacks ``sdft/toyworld/weights/base``. The shipped model was made by
+``sdft.toyworld.model.TRAIN_COMMAND``.
 
 ``--evaluate`` samples ``--samples`` images for the captions of held-out scenes (``world_dataset(seed + 1000000)``,
 never trained on) through ``StableDiffusion``'s pipeline and prints how often :func:`sdft.toyworld.oracle.score`
@@ -73,7 +78,7 @@ from sdft.families.ddpm import DDPMSchedule
 from sdft.files import write_folder_atomic, write_json
 from sdft.tiny_models import clip_tokenizer, save_pipeline, seeded
 from sdft.toyworld import oracle, parse_caption, world_dataset
-from sdft.toyworld.model import IMAGE_SIZE, toyworld_modules, toyworld_pipeline
+from sdft.toyworld.model import IMAGE_SIZE, ship, toyworld_modules, toyworld_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the UNet's loss weights each example by min-SNR-gamma (Hang et al. 2023), which learns the coarse layout (what
@@ -229,6 +234,7 @@ def report(rates: dict[str, float]) -> str:
 def parse_options(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="the model folder to write")
+    parser.add_argument("--ship", type=Path, metavar="FOLDER", help="also store the model as sdft ships it")
     parser.add_argument("--evaluate", type=Path, metavar="FOLDER", help="measure a trained model instead")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -265,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         stage: Budget(getattr(options, f"{stage}_steps"), getattr(options, f"{stage}_minutes")) for stage in SETTINGS
     }
     record = train_model(options.output, options.seed, options.device, budgets, options.examples)
+    if options.ship is not None:
+        ship(options.output, options.ship)
     print(json.dumps({key: record[key] for key in ("wall_seconds", "text_encoder_accuracy", "autoencoder_oracle")}))
 
 

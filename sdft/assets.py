@@ -1,9 +1,10 @@
 """Built-in assets, named ``builtin:<name>``: tiny models and sample data that sdft generates instead of downloading.
 
 Wherever a model path or a data folder is expected, ``builtin:tiny-sd1``, ``builtin:toy-subject``,
-``builtin:toy-class`` or ``builtin:toy-captions`` (captioned toys, ``metadata.jsonl``) may stand instead; so may
-``builtin:toy-world`` (captioned scenes of :mod:`sdft.toyworld`) and ``builtin:toy-creature`` (photos of its novel
-subject, with its evaluation prompts in ``prompts.txt``).
+``builtin:toy-class`` or ``builtin:toy-captions`` (captioned toys, ``metadata.jsonl``) may stand instead; so may the
+toy world's (:mod:`sdft.toyworld`): ``builtin:toyworld``, the trained base model that sdft ships,
+``builtin:toyworld-scenes``, captioned scenes, and ``builtin:toyworld-creature``, photos of its novel subject with
+its evaluation prompts in ``prompts.txt``.
 :func:`resolve` builds the asset once into the cache folder (``$SDFT_CACHE``, default ``~/.cache/sdft``) and returns
 the ordinary folder, so the code that reads it is the code that reads real models and real photos.
 """
@@ -64,7 +65,19 @@ def _toy_creature(folder: Path) -> object:
     return subject_photos(folder)
 
 
-#: captioned scenes in ``builtin:toy-world``
+def _toyworld(folder: Path) -> object:
+    from sdft.toyworld.model import unpack_shipped
+
+    return unpack_shipped(folder)
+
+
+def _toyworld_version() -> str:
+    from sdft.toyworld.model import shipped_version
+
+    return shipped_version()
+
+
+#: captioned scenes in ``builtin:toyworld-scenes``
 TOY_WORLD_SIZE = 1024
 PREFIX = "builtin:"
 BUILDERS: dict[str, Callable[[Path], object]] = {
@@ -76,9 +89,12 @@ BUILDERS: dict[str, Callable[[Path], object]] = {
     "toy-subject": _toy("write_toy_subject"),
     "toy-class": _toy("write_toy_class", num_images=8),
     "toy-captions": _toy("write_toy_captions"),
-    "toy-world": _toy_world,
-    "toy-creature": _toy_creature,
+    "toyworld-scenes": _toy_world,
+    "toyworld-creature": _toy_creature,
+    "toyworld": _toyworld,
 }
+#: assets unpacked from files sdft ships: cached under a name that changes with those files
+VERSIONS: dict[str, Callable[[], str]] = {"toyworld": _toyworld_version}
 
 
 def cache_dir() -> Path:
@@ -98,7 +114,7 @@ def resolve(name_or_path: str) -> str:
     if name not in BUILDERS:
         available = ", ".join(sorted(PREFIX + known for known in BUILDERS))
         raise UserError(f"unknown built-in asset {name_or_path!r}; use one of {available}, or a path or hub id")
-    folder = cache_dir() / name
+    folder = cache_dir() / (f"{name}-{VERSIONS[name]()}" if name in VERSIONS else name)
     if not folder.is_dir():  # built once; concurrent builders (ranks on one node) race harmlessly
         write_folder_atomic(folder, BUILDERS[name], replace=False)
     return str(folder)

@@ -276,9 +276,9 @@ def test_the_oracle_judges_generated_images_of_another_size_and_empty_ones():
 
 
 def test_the_toy_world_and_its_creature_are_builtin_folders():
-    world = Path(resolve("builtin:toy-world"))
+    world = Path(resolve("builtin:toyworld-scenes"))
     rows = [json.loads(line) for line in (world / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == TOY_WORLD_SIZE and all((world / row["file_name"]).is_file() for row in rows)
     assert rows[0]["text"] == world_dataset(seed=0, count=TOY_WORLD_SIZE)[0].caption
-    creature = Path(resolve("builtin:toy-creature"))
+    creature = Path(resolve("builtin:toyworld-creature"))
     assert len(sorted(creature.glob("photo_*.png"))) == 5 and (creature / "prompts.txt").read_text().strip()

@@ -173,3 +173,33 @@ def test_evaluate_scores_samples_of_held_out_captions(scripts, untrained, capsys
     train.main(["--evaluate", str(untrained), "--samples", "2", "--inference-steps", "2"])
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split() == ["attribute", "agreement", "chance"] and len(printed) == 1 + len(train.SCORED)
+
+
+def test_shipped_form_is_half_precision_and_unpacks_to_an_equal_model(untrained, tmp_path):
+    from sdft.toyworld.model import ship, shipped_version, unpack_shipped
+
+    shipped = ship(untrained, tmp_path / "shipped")
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    assert not (shipped / "tokenizer").exists() and (shipped / "model_index.json").is_file()
+    assert {tensor.dtype for tensor in load_file(shipped / unet_file).values()} == {torch.float16}
+    unpacked = unpack_shipped(tmp_path / "unpacked", shipped)
+    original, restored = load_file(untrained / unet_file), load_file(unpacked / unet_file)
+    assert all(restored[key].dtype == torch.float32 for key in original)
+    assert all(torch.equal(restored[key], original[key].half().float()) for key in original)
+    family = loaded(unpacked)
+    assert family.tokenizer("a red circle").input_ids == loaded(untrained).tokenizer("a red circle").input_ids
+    version = shipped_version(shipped)
+    ship(build_untrained_toyworld(tmp_path / "other", seed=1), shipped)
+    assert shipped_version(shipped) != version  # a cached copy of the old weights is not reused
+
+
+def test_builtin_toyworld_names_the_command_when_nothing_is_shipped(tmp_path, monkeypatch):
+    from sdft import assets
+    from sdft.errors import UserError
+    from sdft.toyworld import model
+
+    monkeypatch.setattr(model, "SHIPPED", tmp_path / "nothing")
+    monkeypatch.setenv("SDFT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="scripts/train_toyworld.py .* --ship"):
+        assets.resolve("builtin:toyworld")
+    assert not any((tmp_path / "cache").glob("toyworld*"))  # nothing half-built left in the cache
