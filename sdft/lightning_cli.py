@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, StrategyRegistry
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from transformers.utils import logging as transformers_logging
 
@@ -87,6 +88,7 @@ class SdftCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
             check_trainer_options(self.config["fit"]["trainer"])
+            resolve_last_checkpoint(self.config["fit"])
             continue_run_folder(self.config["fit"], self.save_config_kwargs)
 
     def instantiate_trainer(self, **kwargs: Any):
@@ -177,6 +179,33 @@ def unsupported_strategy(name: str) -> str:
         f"trainer.strategy: {name} is not supported; shard with {{class_path: sdft.sharding.ShardedStrategy}}, or "
         "use ddp (every rank holds the whole model)"
     )
+
+
+def resolve_last_checkpoint(config) -> None:
+    """``--ckpt_path last``: resume the newest checkpoint of the run folders ``<save_dir>/<name>/version_*`` of the
+    configured logger, or start a new run when there is none, so that one command restarts a preempted job whatever
+    state it reached. A checkpoint file that exists is complete (they are renamed into place once written), so the
+    newest file is the newest complete checkpoint.
+    """
+    if config.get("ckpt_path") != "last":
+        return
+    init_args = getattr(config.get("trainer.logger"), "init_args", None) or {}
+    save_dir, name = init_args.get("save_dir"), init_args.get("name")
+    if save_dir is None or name is None:
+        raise UserError(
+            "--ckpt_path last resumes the newest checkpoint in <save_dir>/<name>/version_*: set trainer.logger's "
+            "save_dir and name, or give the checkpoint's path"
+        )
+    runs = Path(save_dir) / name
+    found = newest_checkpoint(runs)
+    config["ckpt_path"] = None if found is None else str(found)
+    rank_zero_info(f"--ckpt_path last: resuming {found}" if found else f"--ckpt_path last: no checkpoint in {runs}")
+
+
+def newest_checkpoint(runs: Path) -> Path | None:
+    """The most recently written checkpoint in ``runs/version_*/checkpoints/`` (staging files aside), or None."""
+    files = [path for path in runs.glob("version_*/checkpoints/*.ckpt") if not path.name.startswith(".")]
+    return max(files, key=lambda path: (path.stat().st_mtime_ns, path.name), default=None)
 
 
 def continue_run_folder(config, save_config_kwargs: dict[str, Any]) -> None:

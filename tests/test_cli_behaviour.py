@@ -31,7 +31,7 @@ def test_a_bad_setting_is_one_line_naming_the_key_before_any_model_loads(capsys,
     error = fit_error(
         capsys,
         "--config",
-        "configs/quickstart.yaml",
+        "configs/quickstart_tiny.yaml",
         f"--model.init_args.family.init_args.pretrained_model_name_or_path={missing_model}",
         "--trainer.max_steps=0",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
@@ -47,7 +47,7 @@ def test_sdft_debug_shows_the_traceback(monkeypatch, tmp_path):
     monkeypatch.setenv("SDFT_DEBUG", "1")
     with pytest.raises(ValueError, match="trainer.max_steps must be a positive"):
         main(
-            ["fit", "--config", "configs/quickstart.yaml", "--trainer.max_steps=0"]
+            ["fit", "--config", "configs/quickstart_tiny.yaml", "--trainer.max_steps=0"]
             + [f"--trainer.logger.init_args.save_dir={tmp_path}"]
         )
 
@@ -68,7 +68,7 @@ def test_tool_help_names_the_command_and_reads_as_plain_text(capsys):
 
 
 def test_a_run_shows_steps_and_no_expected_warnings(tmp_path, capsys, recwarn):
-    brief_fit("configs/quickstart.yaml", tmp_path, {}, "--trainer.enable_progress_bar=true", max_steps=2)
+    brief_fit("configs/quickstart_tiny.yaml", tmp_path, {}, "--trainer.enable_progress_bar=true", max_steps=2)
     printed = capsys.readouterr()
     printed = printed.out + printed.err
     assert "steps: 100%" in printed and "2/2" in printed
@@ -78,7 +78,7 @@ def test_a_run_shows_steps_and_no_expected_warnings(tmp_path, capsys, recwarn):
 
 
 def test_a_resumed_fit_continues_its_run_folder(tmp_path):
-    run = brief_fit("configs/quickstart.yaml", tmp_path, {}, max_steps=4)
+    run = brief_fit("configs/quickstart_tiny.yaml", tmp_path, {}, max_steps=4)
     (run / "best").rename(tmp_path / "best-before")
     main(
         ["fit", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "step=000002.ckpt")]
@@ -90,6 +90,24 @@ def test_a_resumed_fit_continues_its_run_folder(tmp_path):
     selection = json.loads((run / "evaluation" / "selection.json").read_text())
     assert (run / "best").is_dir() and selection["export"] == "best"
     assert yaml.safe_load((run / "config.yaml").read_text())["ckpt_path"].endswith("step=000002.ckpt")
+
+
+def test_ckpt_path_last_resumes_the_newest_checkpoint_or_starts_a_new_run(tmp_path, caplog):
+    fresh = brief_fit("configs/quickstart_tiny.yaml", tmp_path, {}, "--ckpt_path=last", evaluate=False, max_steps=2)
+    assert "no checkpoint in" in caplog.text and fresh.name == "version_0"
+    (fresh / "checkpoints" / ".step=000099.ckpt.partial").write_bytes(b"")  # a staging file is never resumed
+    main(
+        ["fit", "--config", str(fresh / "config.yaml"), "--ckpt_path", "last", "--trainer.max_steps=4"]
+        + ["--trainer.enable_progress_bar=false"]
+    )
+    assert sorted(path.name for path in fresh.parent.iterdir()) == ["version_0"]
+    assert (fresh / "checkpoints" / "step=000004.ckpt").is_file()
+    assert yaml.safe_load((fresh / "config.yaml").read_text())["ckpt_path"].endswith("step=000002.ckpt")
+
+
+def test_ckpt_path_last_needs_the_run_folders_it_searches(capsys):
+    error = fit_error(capsys, "--config", "configs/quickstart_tiny.yaml", "--ckpt_path=last", "--trainer.logger=false")
+    assert "--ckpt_path last" in error and "trainer.logger" in error
 
 
 @pytest.mark.parametrize(
@@ -111,7 +129,7 @@ def test_a_data_mistake_is_one_line_before_any_model_loads(option, message, caps
     error = fit_error(
         capsys,
         "--config",
-        "configs/quickstart.yaml",
+        "configs/quickstart_tiny.yaml",
         f"--model.init_args.family.init_args.pretrained_model_name_or_path={missing_model}",
         option.format(missing=tmp_path / "no-such-photos"),
         f"--trainer.logger.init_args.save_dir={tmp_path}",
@@ -186,7 +204,7 @@ def test_a_config_mistake_is_one_line_naming_the_key_before_any_model_loads(opti
     error = fit_error(
         capsys,
         "--config",
-        "configs/quickstart.yaml",
+        "configs/quickstart_tiny.yaml",
         f"--model.init_args.family.init_args.pretrained_model_name_or_path={missing_model}",
         *options,
         f"--trainer.logger.init_args.save_dir={tmp_path}",
@@ -197,7 +215,7 @@ def test_a_config_mistake_is_one_line_naming_the_key_before_any_model_loads(opti
 def quickstart_variant(tmp_path, change) -> str:
     """The quickstart config with a missing model, changed by ``change`` (a function of the parsed YAML); its
     path."""
-    config = yaml.safe_load(Path("configs/quickstart.yaml").read_text())
+    config = yaml.safe_load(Path("configs/quickstart_tiny.yaml").read_text())
     config["model"]["init_args"]["family"]["init_args"]["pretrained_model_name_or_path"] = str(tmp_path / "no-model")
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
     change(config)
