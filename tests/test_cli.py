@@ -48,7 +48,7 @@ def test_every_shipped_config_parses_and_builds_its_model(config, capsys):
 def quick_run(tmp_path_factory) -> Path:
     """The quickstart config for four steps at 32 px, with checkpoints, samples and evaluations every two."""
     lr = "--model.init_args.optimizer.init_args.lr=0.05"  # large enough that the evaluations differ between steps
-    return brief_fit("configs/quickstart.yaml", tmp_path_factory.mktemp("cli"), {}, lr, max_steps=4)
+    return brief_fit("configs/quickstart_tiny.yaml", tmp_path_factory.mktemp("cli"), {}, lr, max_steps=4)
 
 
 def test_fit_leaves_a_complete_run_folder(quick_run):

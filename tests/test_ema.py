@@ -95,7 +95,7 @@ def test_bad_options_name_the_key(options, message):
 
 
 def test_a_bad_decay_in_a_config_is_one_line(capsys, tmp_path):
-    arguments = ["fit", "--config", "configs/quickstart.yaml", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    arguments = ["fit", "--config", "configs/quickstart_tiny.yaml", f"--trainer.logger.init_args.save_dir={tmp_path}"]
     callback = ["--trainer.callbacks+=sdft.callbacks.ExponentialMovingAverage", "--trainer.callbacks.decay=1.5"]
     with pytest.raises(SystemExit) as exit_info:
         main([*arguments, *callback])
@@ -177,7 +177,7 @@ def test_an_interrupted_fit_writes_no_average(tiny_sd1, subject_dir, tmp_path):
 
 def test_the_command_line_adds_the_average_beside_the_final_export(tmp_path):
     callback = ["--trainer.callbacks+=sdft.callbacks.ExponentialMovingAverage", "--trainer.callbacks.decay=0.5"]
-    run = brief_fit("configs/quickstart.yaml", tmp_path, {}, *callback, evaluate=False, max_steps=2)
+    run = brief_fit("configs/quickstart_tiny.yaml", tmp_path, {}, *callback, evaluate=False, max_steps=2)
     average, final = load_file(run / "ema" / LORA_WEIGHTS), load_file(run / "final" / LORA_WEIGHTS)
     assert average.keys() == final.keys()
     assert any(not torch.equal(average[key], final[key]) for key in final)

@@ -127,7 +127,7 @@ def cli_run(tmp_path: Path, name: str, *options: str) -> list[dict]:
         [
             "fit",
             "--config",
-            "configs/quickstart.yaml",
+            "configs/quickstart_tiny.yaml",
             "--trainer.max_steps=1",
             "--trainer.callbacks=[]",
             "--trainer.enable_progress_bar=false",

@@ -179,7 +179,7 @@ def run(tmp_path_factory) -> Path:
         "--model.init_args.optimizer.init_args.lr=0.05",
         "--trainer.callbacks+=sdft.callbacks.ExponentialMovingAverage",
     )
-    return brief_fit("configs/quickstart.yaml", tmp_path_factory.mktemp("card"), {}, *options, max_steps=4)
+    return brief_fit("configs/quickstart_tiny.yaml", tmp_path_factory.mktemp("card"), {}, *options, max_steps=4)
 
 
 def metric_rows(run: Path) -> dict[int, dict]:

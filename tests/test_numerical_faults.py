@@ -96,7 +96,7 @@ def test_stop_names_the_step_and_keeps_the_checkpoints_before_it(tiny_sd1, subje
 def test_a_learning_rate_far_too_high_ends_the_command_in_one_line_naming_the_step(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         brief_fit(
-            "configs/quickstart.yaml", tmp_path, {}, "--model.init_args.optimizer.init_args.lr=1e30", evaluate=False
+            "configs/quickstart_tiny.yaml", tmp_path, {}, "--model.init_args.optimizer.init_args.lr=1e30", evaluate=False
         )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
