@@ -355,3 +355,11 @@ def test_a_short_lora_fit_lowers_the_loss_on_the_captioned_images(tiny_sd1, tmp_
     trainer.fit(model, datamodule=data)
     after = validation_loss(trainer, model, data)
     assert after < 0.9 * before, (before, after)
+
+
+@pytest.mark.parametrize("source", ["metadata", "txt"])
+def test_a_caption_file_that_is_not_utf8_is_named_with_the_fix(captioned, source):
+    broken = captioned / ("metadata.jsonl" if source == "metadata" else "green.txt")
+    broken.write_bytes('{"file_name": "red.png", "text": "caf\u00e9"}\n'.encode("latin-1"))  # a Windows editor's
+    with pytest.raises(CaptionDataError, match=rf"{broken.name} is not UTF-8 text .*re-save it as UTF-8"):
+        caption_data(captioned, caption_source=source).check()
