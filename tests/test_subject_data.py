@@ -176,6 +176,20 @@ def test_check_names_a_bad_class_image_and_a_class_dir_that_is_a_file(subject_di
         class_data(subject_dir, tmp_path / "file").check()
 
 
+def test_class_images_that_are_the_subjects_photos_are_refused_by_name(subject_dir, tmp_path):
+    with pytest.raises(UserError, match=r"data.class_dir is data.instance_dir .*a folder of its own"):
+        class_data(subject_dir, subject_dir).check()
+    write_toy_class(tmp_path / "classes", num_images=2, size=64)
+    before = {folder: sorted(folder.iterdir()) for folder in (subject_dir, tmp_path / "classes")}
+    photo = sorted(subject_dir.iterdir())[0]
+    shutil.copyfile(photo, tmp_path / "classes" / "copy.png")  # overlapping folders: a photo among the class images
+    with pytest.raises(UserError, match=rf"class image \S*copy.png is the subject's photo \S*{photo.name}"):
+        class_data(subject_dir, tmp_path / "classes").check()
+    (tmp_path / "classes" / "copy.png").unlink()
+    class_data(subject_dir, tmp_path / "classes").check()  # two folders apart are fine
+    assert {folder: sorted(folder.iterdir()) for folder in before} == before  # nothing written or moved
+
+
 def test_check_accepts_a_class_dir_that_does_not_exist_yet(subject_dir, tmp_path, decoded):
     data = class_data(subject_dir, tmp_path / "to-generate")
     data.check()

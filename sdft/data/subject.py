@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -193,6 +194,7 @@ class SubjectDataModule(LightningDataModule):
             if folder.exists():
                 check_folder(folder, "data.class_dir")
             paths = class_image_order(image_files(folder), self.num_class_images)
+            check_apart(Path(assets.resolve(self.instance_dir)), folder, paths)
         self.found_class_images = {path: self.read_image(path) for path in paths}
 
     def class_image_spec(self) -> ClassImageSpec:
@@ -249,3 +251,22 @@ class SubjectDataModule(LightningDataModule):
         return DataLoader(
             self.instance_dataset(augment=False), batch_size=self.batch_size, num_workers=self.num_workers
         )
+
+
+def check_apart(instance_dir: Path, class_dir: Path, class_paths: list[Path]) -> None:
+    """Refuse class images that are the subject's photos: ``class_dir`` being ``instance_dir``, or a class image
+    with the bytes of a photo. They would train the subject in as the class prior, which prior preservation exists
+    to keep apart (and generated class images would land among the photos).
+
+    Args:
+        instance_dir: the folder of the subject's photos (``data.instance_dir``).
+        class_dir: the folder of class images (``data.class_dir``).
+        class_paths: the class images training would use.
+    """
+    fix = "class images are other members of the class, never the subject; give data.class_dir a folder of its own"
+    if instance_dir.resolve() == class_dir.resolve():
+        raise UserError(f"data.class_dir is data.instance_dir ({instance_dir}): {fix}")
+    photos = {hashlib.sha256(path.read_bytes()).digest(): path for path in image_files(instance_dir)}
+    for path in class_paths:
+        if (photo := photos.get(hashlib.sha256(path.read_bytes()).digest())) is not None:
+            raise UserError(f"class image {path} is the subject's photo {photo}: {fix}, or remove the copy")
