@@ -212,7 +212,8 @@ def test_animated_gif_gives_first_frame(tmp_path: Path) -> None:
     frames = [Image.new("RGB", (4, 4), color) for color in ((255, 0, 0), (0, 0, 255))]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert Image.open(tmp_path / "anim.gif").n_frames == 2
-    assert load_rgb(tmp_path / "anim.gif").getpixel((2, 2)) == (255, 0, 0)
+    with pytest.warns(UserWarning, match=r"anim\.gif is animated \(2 frames\); its first frame is used"):
+        assert load_rgb(tmp_path / "anim.gif").getpixel((2, 2)) == (255, 0, 0)
 
 
 def test_exif_orientation_six_rotates_clockwise(tmp_path: Path) -> None:

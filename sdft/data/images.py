@@ -123,12 +123,15 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as opened:
             opened.load()
             image = ImageOps.exif_transpose(opened)
+            frames = getattr(opened, "n_frames", 1)
     except Image.DecompressionBombError as error:
         raise _too_many_pixels(path, error) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageDataError(
             f"{path} could not be read as an image ({error}); re-save it as PNG or JPEG, or remove it"
         ) from error
+    if frames > 1:
+        warnings.warn(f"{path} is animated ({frames} frames); its first frame is used", UserWarning, stacklevel=2)
     return _to_rgb(image, path)
 
 

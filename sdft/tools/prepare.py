@@ -16,6 +16,7 @@ complete or not at all; nothing is written when too few photos are usable.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -260,7 +261,9 @@ def decode(path: Path) -> tuple[Image.Image, list[str]]:
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise Rejected(f"unreadable: {error}") from error
     try:
-        return load_rgb(path), changes
+        with warnings.catch_warnings():  # the table says what decoding changed (an animation's first frame)
+            warnings.simplefilter("ignore", UserWarning)
+            return load_rgb(path), changes
     except ImageDataError as error:
         raise Rejected(f"unreadable: {error.__cause__ or error}") from error
 
