@@ -94,9 +94,10 @@ def write_folder_atomic(folder: Path, build: Callable[[Path], T], replace: bool 
             (several ranks on a node) race harmlessly.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
+    previous = folder.with_name(f".{folder.name}-previous")
+    recover_previous(folder, previous)
     staging = staging_path(folder)
     staging.mkdir()  # the mode mkdir gives (0o777 less the umask), unlike tempfile.mkdtemp's private 0o700
-    previous = folder.with_name(f".{folder.name}-previous")
     try:
         result = build(staging)
         if replace and folder.exists():
@@ -110,3 +111,14 @@ def write_folder_atomic(folder: Path, build: Callable[[Path], T], replace: bool 
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(previous, ignore_errors=True)
     return result
+
+
+def recover_previous(folder: Path, previous: Path) -> None:
+    """Finish a replacement that a killed process left half done: the old folder moved aside to ``previous`` and
+    the new one not yet in place puts the old one back (it was complete); both present drops the old one."""
+    if not previous.is_dir():
+        return
+    if folder.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(previous, folder)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,53 @@ def test_a_built_in_asset_is_as_readable_as_an_ordinary_folder(tmp_path: Path, u
     assert oct(mode(folder)) == oct(0o777 & ~umask)
     images = sorted(folder.glob("*.png"))
     assert len(images) == 8 and {oct(mode(image)) for image in images} == {oct(0o666 & ~umask)}
+
+
+KILLED_MID_REPLACE = """
+import os, signal, sys
+from pathlib import Path
+from sdft import files
+
+replace, moves = os.replace, []
+
+def replace_then_die(source, target):  # SIGKILL between moving the old folder aside and moving the new one in
+    replace(source, target)
+    moves.append(target)
+    if len(moves) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+files.os.replace = replace_then_die
+files.write_folder_atomic(Path(sys.argv[1]), lambda staging: (staging / "weights").write_text("new"))
+"""
+
+
+def test_a_replacement_killed_half_way_keeps_the_old_folder_and_the_next_write_lands(tmp_path: Path) -> None:
+    export = tmp_path / "best"
+    write_folder_atomic(export, lambda staging: (staging / "weights").write_text("old"))
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_REPLACE, str(export)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not export.exists()  # the kill landed in the window: the old folder is aside, the new one not in place
+    write_folder_atomic(export, lambda staging: (staging / "weights").write_text("newer"))
+    assert (export / "weights").read_text() == "newer"
+    assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith(".best.")) == ["best"]
+
+
+def test_a_reader_after_a_half_way_kill_finds_the_old_folder(tmp_path: Path) -> None:
+    export = tmp_path / "best"
+    write_folder_atomic(export, lambda staging: (staging / "weights").write_text("old"))
+    subprocess.run([sys.executable, "-c", KILLED_MID_REPLACE, str(export)], check=False)
+    built = write_folder_atomic(export, lambda staging: None, replace=False)  # e.g. a built-in asset's builder
+    assert built is None and (export / "weights").read_text() == "old"
+
+
+def test_an_export_killed_while_building_leaves_no_folder_a_later_run_would_trust(tmp_path: Path) -> None:
+    script = (
+        "import os, signal, sys\nfrom pathlib import Path\nfrom sdft.files import write_folder_atomic\n"
+        "def build(staging):\n    (staging / 'model.safetensors').write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "write_folder_atomic(Path(sys.argv[1]), build)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "final")], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "final").exists()
+    assert all(path.name.startswith(".final.") for path in tmp_path.iterdir())  # only a hidden staging folder
