@@ -320,3 +320,33 @@ def color_shares(pixels: np.ndarray, mask: np.ndarray, color: str) -> np.ndarray
             for group in groups
         ]
     )
+
+
+def subject_likeness(image: Image.Image, subject: Subject) -> dict[str, float]:
+    """How much of the novel subject the image's main object shows, feature by feature, each in [0, 1]: its body
+    colour and pattern (1 when read as the subject's), the creature's silhouette (intersection over union), and the
+    hat's and the eyes' colours (their shares against half a drawing's, capped at 1); ``likeness`` is their mean.
+    Unlike :func:`subject_present`, which wants every feature, a subject learnt in part (its striped orange body
+    without a hat) scores in part, as a partly learnt subject looks to a person.
+
+    Args:
+        image: a drawn or generated image.
+        subject: the subject to look for (its colour is the one asked for).
+    """
+    pixels = analysed(image)
+    objects = components(foreground(pixels))
+    if not objects:
+        return dict.fromkeys(("color", "pattern", "silhouette", "hat", "eyes", "likeness"), 0.0)
+    main = objects[0]
+    reference = render(subject.scene("grey"), ANALYSIS_SIZE)
+    expected = color_shares(analysed(reference.image), reference.mask, subject.color) / 2
+    hat, eyes, _ = np.minimum(1.0, color_shares(pixels, main, subject.color) / expected)
+    color = read_color(pixels, main)
+    features = {
+        "color": float(color == subject.color),
+        "pattern": float(read_pattern(pixels, main, subject.color) == subject.pattern),
+        "silhouette": max(read_shape(main, ("creature",))[1], 0.0),
+        "hat": float(hat),
+        "eyes": float(eyes),
+    }
+    return {**features, "likeness": float(np.mean(list(features.values())))}
