@@ -68,9 +68,10 @@ PHOTOS_PER_BATCH = 4
 SD1_SCRIPT = "train_dreambooth_lora.py"
 #: the real models' shapes with random weights (scripts/real_architectures.py)
 RANDOM = "shapes, random weights"
+TINY_CONFIG = "configs/quickstart_tiny.yaml"
 SIZES = {
-    "tiny": Size(build_tiny_sd1, "configs/quickstart_tiny.yaml", 64, SD1_SCRIPT, "`builtin:tiny-sd1` (UNet 32-64 channels)"),
-    "small": Size(build_small_sd1, "configs/quickstart_tiny.yaml", 128, SD1_SCRIPT, "`build_small_sd1` (UNet 64-256)"),
+    "tiny": Size(build_tiny_sd1, TINY_CONFIG, 64, SD1_SCRIPT, "`builtin:tiny-sd1` (UNet 32-64 channels)"),
+    "small": Size(build_small_sd1, TINY_CONFIG, 128, SD1_SCRIPT, "`build_small_sd1` (UNet 64-256)"),
     "sd15": Size(build_sd15, "configs/sd15/lora.yaml", 512, SD1_SCRIPT, f"SD 1.5 {RANDOM}"),
     "sdxl": Size(build_sdxl, "configs/sdxl/lora.yaml", 1024, "train_dreambooth_lora_sdxl.py", f"SDXL base {RANDOM}"),
     "sd3": Size(

@@ -178,7 +178,8 @@ def test_batched_seeds_match_seeds_sampled_alone_within_one_level(tiny_sd1, tmp_
 def run(tmp_path_factory) -> Path:
     """Four LoRA steps of the quickstart config, checkpoints and previews (seeds 0 and 1, 2 steps) every two."""
     lr = "--model.init_args.optimizer.init_args.lr=0.05"  # large enough that the checkpoints' images differ
-    return brief_fit("configs/quickstart_tiny.yaml", tmp_path_factory.mktemp("run"), {}, lr, evaluate=False, max_steps=4)
+    folder = tmp_path_factory.mktemp("run")
+    return brief_fit("configs/quickstart_tiny.yaml", folder, {}, lr, evaluate=False, max_steps=4)
 
 
 def test_a_run_s_checkpoints_give_the_images_its_previews_showed(run):

@@ -6,30 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger
-from training import brief_fit, checkpointer, cpu_trainer, lora_tuner, subject_data
+from training import MemoryLogger, brief_fit, checkpointer, cpu_trainer, lora_tuner, subject_data
 
 from sdft.errors import UserError
 from sdft.methods import LoRAFineTuner
 
 NAN = float("nan")
-
-
-class MemoryLogger(Logger):
-    """Every logged value, keyed by (step, name)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: dict[tuple[int, str], float] = {}
-
-    name = "memory"
-    version = 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.values.update({(step, key): float(value) for key, value in metrics.items()})
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
 
 
 def poison_loss(model: LoRAFineTuner, steps_done: int) -> None:
@@ -96,7 +78,11 @@ def test_stop_names_the_step_and_keeps_the_checkpoints_before_it(tiny_sd1, subje
 def test_a_learning_rate_far_too_high_ends_the_command_in_one_line_naming_the_step(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         brief_fit(
-            "configs/quickstart_tiny.yaml", tmp_path, {}, "--model.init_args.optimizer.init_args.lr=1e30", evaluate=False
+            "configs/quickstart_tiny.yaml",
+            tmp_path,
+            {},
+            "--model.init_args.optimizer.init_args.lr=1e30",
+            evaluate=False,
         )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()

@@ -7,27 +7,9 @@ import warnings
 
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger
-from training import checkpointer, cpu_trainer, lora_tuner, subject_data
+from training import MemoryLogger, checkpointer, cpu_trainer, lora_tuner, subject_data
 
 MAX_STEPS = 8
-
-
-class MemoryLogger(Logger):
-    """Every logged value, keyed by (step, name)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: dict[tuple[int, str], float] = {}
-
-    name = "memory"
-    version = 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.values.update({(step, key): float(value) for key, value in metrics.items()})
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
 
 
 def scheduled_tuner(model_dir):

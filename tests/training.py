@@ -13,6 +13,7 @@ import yaml
 from diffusers import DiffusionPipeline
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 
 from sdft.cli import main
 from sdft.data import SubjectDataModule
@@ -273,3 +274,20 @@ def fit_shipped_config(config: str, tmp_path: Path, builtin: str, evaluate: bool
         "--trainer.accumulate_grad_batches=1",
     ]
     return brief_fit(config, tmp_path, data, *options, evaluate=evaluate)
+
+
+class MemoryLogger(Logger):
+    """Every logged value, keyed by (step, name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[tuple[int, str], float] = {}
+
+    name = "memory"
+    version = 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.values.update({(step, key): float(value) for key, value in metrics.items()})
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
