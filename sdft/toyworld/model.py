@@ -135,20 +135,8 @@ def ship(trained: str | Path, target: str | Path) -> Path:
         trained: the folder ``scripts/train_toyworld.py`` wrote.
         target: the folder to write, normally ``SHIPPED``.
     """
-    trained, target = Path(trained), Path(target)
-
-    def build(staging: Path) -> None:
-        for path in sorted(trained.rglob("*")):
-            relative = path.relative_to(trained)
-            if path.is_dir() or relative.parts[0] == "tokenizer":
-                continue
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            if path.suffix == ".safetensors":
-                save_file(_cast(load_file(path), torch.float16), staging / relative, metadata={"format": "pt"})
-            else:
-                shutil.copyfile(path, staging / relative)
-
-    write_folder_atomic(target, build)
+    target = Path(target)
+    write_folder_atomic(target, lambda staging: _copy_cast(Path(trained), staging, torch.float16, skip="tokenizer"))
     return target
 
 
@@ -163,15 +151,7 @@ def unpack_shipped(folder: str | Path, shipped: str | Path | None = None) -> Pat
     folder, shipped = Path(folder), Path(shipped or SHIPPED)
     if not (shipped / "model_index.json").is_file():
         raise UserError(f"the toy world's base model is not in {shipped}; train and ship it with: {TRAIN_COMMAND}")
-    for path in sorted(shipped.rglob("*")):
-        relative = path.relative_to(shipped)
-        if path.is_dir():
-            continue
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".safetensors":
-            save_file(_cast(load_file(path), torch.float32), folder / relative, metadata={"format": "pt"})
-        else:
-            shutil.copyfile(path, folder / relative)
+    _copy_cast(shipped, folder, torch.float32)
     clip_tokenizer(folder / "tokenizer")
     return folder
 
@@ -184,6 +164,20 @@ def shipped_version(shipped: str | Path | None = None) -> str:
         digest.update(path.relative_to(shipped).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def _copy_cast(source: Path, target: Path, dtype: torch.dtype, skip: str | None = None) -> None:
+    """Copy the files of ``source`` into ``target``, safetensors with their floating-point tensors in ``dtype``,
+    leaving out the top-level folder ``skip``."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if path.is_dir() or relative.parts[0] == skip:
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".safetensors":
+            save_file(_cast(load_file(path), dtype), target / relative, metadata={"format": "pt"})
+        else:
+            shutil.copyfile(path, target / relative)
 
 
 def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
