@@ -31,23 +31,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | Path, map_location: Callable | None = lambda storage, loc: storage, weights_only=None
     ) -> dict[str, Any]:
-        return read_checkpoint(Path(path), map_location, weights_only=weights_only)
+        return read_checkpoint(Path(path), map_location, weights_only=weights_only is not False)
 
 
-def read_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False, weights_only=False) -> dict[str, Any]:
-    """Load a ``.ckpt`` file; a missing, truncated or foreign file is a :class:`UserError` naming it.
+def read_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False, weights_only=True) -> dict[str, Any]:
+    """Load a ``.ckpt`` file; a missing, truncated or foreign file, or one that would run code when unpickled, is a
+    :class:`UserError` naming it.
 
     Args:
         path: the checkpoint file.
         map_location: where tensors go (``torch.load``'s argument).
         mmap: map the file instead of reading it (cheap when only a few fields are needed).
-        weights_only: restrict unpickling to tensors and plain containers.
+        weights_only: restrict unpickling to tensors and plain containers (sdft's checkpoints hold nothing else);
+            False only for a file the user trusts.
     """
     if not Path(path).is_file():
         raise UserError(f"checkpoint {path} not found; pass an existing .ckpt file (e.g. from <run>/checkpoints/)")
     try:
         return torch.load(path, map_location=map_location, mmap=mmap, weights_only=weights_only)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        if "Weights only load failed" in str(error):
+            raise UserError(
+                f"checkpoint {path} holds objects that unpickling would build by running code, so it was not loaded "
+                "(sdft's checkpoints hold only tensors and plain values); use a checkpoint written by sdft fit"
+            ) from None
         raise UserError(
             f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is truncated or not a "
             "checkpoint: delete it and resume from an earlier one"

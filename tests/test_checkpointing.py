@@ -78,3 +78,25 @@ def test_saved_checkpoints_get_the_mode_of_an_ordinary_file(tmp_path):
     AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "a.ckpt")
     (tmp_path / "b.ckpt").write_bytes(b"")
     assert (tmp_path / "a.ckpt").stat().st_mode == (tmp_path / "b.ckpt").stat().st_mode
+
+
+class Payload:
+    """Unpickling this calls ``open(marker, "w")``: a stand-in for any code a malicious file could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.marker), "w")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    path, marker = tmp_path / "step=5.ckpt", tmp_path / "pwned"
+    torch.save({"global_step": 5, "state_dict": {"w": torch.ones(2)}, "payload": Payload(marker)}, path)
+    for load in (read_checkpoint, AtomicCheckpointIO().load_checkpoint):  # sdft's commands, and Lightning's resume
+        with pytest.raises(UserError, match=r"step=5\.ckpt holds objects that unpickling would build by running code"):
+            load(path)
+    assert not marker.exists()
+    safe = tmp_path / "step=6.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 6, "state_dict": {"w": torch.ones(2)}, "name": "x"}, safe)
+    assert read_checkpoint(safe)["global_step"] == 6
