@@ -139,7 +139,7 @@ def run_config(run: Run, photos: Path, work: Path, models: Models) -> dict:
     if run.prior:
         data |= {
             "class_prompt": f"a photo of a {subject.class_noun}",
-            "class_dir": str(work / "class_images"),
+            "class_dir": str(work / f"class_images_seed{run.seed}"),  # generated with the run's seed
             "num_class_images": 20,
             "class_generation_steps": INFERENCE_STEPS,
         }
@@ -203,10 +203,9 @@ def execute(run: Run, work: Path, models: Models) -> Path:
         started = time.perf_counter()
         command([str(SDFT), "fit", "--config", str(config)], work / "logs" / f"{run.name}.fit.log")
         say(f"{run.name}: fit in {time.perf_counter() - started:.0f} s")
-    judged = run_dir / "judge"
-    if not (judged / "generation.json").is_file():
+    judged, steps = run_dir / "judge", [row["step"] for row in read_metrics(run_dir)]
+    if not judge_complete(judged, steps, len(subject_prompts(run.subject))):
         shutil.rmtree(judged, ignore_errors=True)  # an interrupted judge's images
-        steps = [row["step"] for row in read_metrics(run_dir)]
         started = time.perf_counter()
         command(
             [str(SDFT), "generate", json.dumps(subject_prompts(run.subject)), "--run", str(run_dir),
@@ -217,6 +216,15 @@ def execute(run: Run, work: Path, models: Models) -> Path:
         )  # fmt: skip
         say(f"{run.name}: judged in {time.perf_counter() - started:.0f} s")
     return run_dir
+
+
+def judge_complete(judged: Path, steps: list[int], prompts: int) -> bool:
+    """Whether ``sdft generate`` finished sampling every step: it records the images made so far after each step,
+    and the grids only at the end."""
+    if not (judged / "generation.json").is_file():
+        return False
+    index = json.loads((judged / "generation.json").read_text())
+    return bool(index["grids"]) and len(index["images"]) == len(steps) * prompts * len(JUDGE_SEEDS)
 
 
 def command(arguments: list[str], log: Path) -> None:
@@ -449,7 +457,8 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in sorted({run.seed for run in runs}):
         if not (work / "subjects" / f"seed{seed}").is_dir():
             subject_photos(work / "subjects" / f"seed{seed}", SUBJECTS[seed % len(SUBJECTS)], seed=seed)
-    first = [run for run in runs if run.prior][:1]  # generates the class images the other prior runs share
+    # one prior run per seed first, alone: it generates the class images the seed's other prior runs share
+    first = list({run.seed: run for run in reversed(runs) if run.prior}.values())
     folders = {run: execute(run, work, options.models) for run in first}
     with ThreadPoolExecutor(options.jobs) as pool:
         rest = [run for run in runs if run not in folders]
