@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from training import checkpointer, cpu_trainer, lora_tuner, subject_data
 
 from sdft.callbacks import SubjectEvaluator
+from sdft.errors import UserError
 from sdft.methods.lora import LORA_WEIGHTS
 from sdft.reporting import write_report
 from sdft.runs import apply_checkpoint
@@ -82,3 +83,23 @@ def test_a_resume_without_the_earlier_folders_says_no_best_was_written(first_run
     text = write_report(run).read_text()
     assert "Exported checkpoint" not in text and "No export of the chosen step" in text
     assert "not found, not shown: step 0 (evaluation/step_000000.png), step 2" in text
+
+
+def test_keep_last_n_deletes_old_checkpoints_but_never_the_chosen_step(tiny_sd1, subject_dir, tmp_path):
+    run = tmp_path / "kept" / "version_0"
+    evaluator = SubjectEvaluator(
+        every_n_steps=2, num_prompts=1, images_per_prompt=1, class_images=1, keep_last_n=1, **TINY, **EARLIEST
+    )
+    logger = TensorBoardLogger(tmp_path, name="kept", version=0)
+    trainer = cpu_trainer(tmp_path, 8, [evaluator, checkpointer(run, 2)], logger=logger)
+    trainer.fit(lora_tuner(tiny_sd1, lr=2e-2), datamodule=subject_data(subject_dir), ckpt_path=None)
+    chosen = read_json(run / "evaluation" / "selection.json")["step"]
+    assert chosen == 2  # every step tied: the earliest trained step, long before the last one
+    kept = sorted(path.name for path in (run / "checkpoints").glob("*.ckpt"))
+    assert kept == ["step=2.ckpt", "step=8.ckpt"], kept  # the chosen step and the last one
+    assert (run / "best" / LORA_WEIGHTS).is_file()
+
+
+def test_keep_last_n_must_keep_one():
+    with pytest.raises(UserError, match="keep_last_n must be at least 1"):
+        SubjectEvaluator(keep_last_n=0)

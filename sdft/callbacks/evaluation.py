@@ -68,6 +68,7 @@ class SubjectEvaluator(Callback):
         pres_margin: float | None = 0.05,
         tie_tolerance: float = 0.02,
         export_best: bool = True,
+        keep_last_n: int | None = None,
     ) -> None:
         """
         Args:
@@ -92,8 +93,14 @@ class SubjectEvaluator(Callback):
             pres_margin: a step is rejected if its PRES is above the base model's by more; None: no limit.
             tie_tolerance: steps this close to the best fidelity count as tied; the earliest wins.
             export_best: export the chosen step to ``<run>/best/`` at the end of training.
+            keep_last_n: after each evaluation, delete the checkpoints of evaluated steps other than the last
+                ``keep_last_n`` and the step the rule chooses so far (steps not yet evaluated, and interruption
+                checkpoints, are kept); None keeps every checkpoint.
         """
         check_options(every_n_steps, identifier, class_images, fidelity, pres_margin, tie_tolerance)
+        if keep_last_n is not None and keep_last_n < 1:
+            raise UserError(f"SubjectEvaluator.keep_last_n must be at least 1 (or null to keep all), got {keep_last_n}")
+        self.keep_last_n = keep_last_n
         self.every_n_steps, self.identifier, self.class_noun, self.live = every_n_steps, identifier, class_noun, live
         self.prompts, self.num_prompts, self.images_per_prompt = prompts, num_prompts, images_per_prompt
         self.class_images, self.seed, self.resolution, self.batch_size = class_images, seed, resolution, batch_size
@@ -239,6 +246,19 @@ class SubjectEvaluator(Callback):
             logger.log_metrics(values, step=step)
         log_grid(trainer, "evaluation/grid", grid_image, step)
         rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        if self.keep_last_n is not None:
+            self.prune_checkpoints(trainer)
+
+    def prune_checkpoints(self, trainer: Trainer) -> None:
+        """Delete the checkpoints ``keep_last_n`` lets go: of evaluated steps, all but the last ``keep_last_n`` and
+        the step the rule chooses among the rows so far (rank 0, this run's checkpoint folders only)."""
+        evaluated = sorted(int(row["step"]) for row in self.rows)
+        keep = set(evaluated[-self.keep_last_n :]) | {select_step(self.rows, **self.rule).step}
+        for folder in current_checkpoint_dirs(trainer):
+            if folder.is_dir():
+                for step, path in checkpoints_by_step(folder):
+                    if step in evaluated and step not in keep:
+                        path.unlink(missing_ok=True)
 
     # -- selection ------------------------------------------------------------------------------------------------
 
