@@ -8,6 +8,7 @@ checkpoint and renames it, so a checkpoint that exists is complete.
 
 from __future__ import annotations
 
+import errno
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        write_atomic(Path(path), lambda file: torch.save(checkpoint, file))
+        try:
+            write_atomic(Path(path), lambda file: torch.save(checkpoint, file))
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise UserError(
+                f"no space left to write checkpoint {path} ({error.strerror}); nothing was replaced and the "
+                "checkpoints already written are intact: free disk space (or set SubjectEvaluator.keep_last_n) and "
+                "resume from the last of them with --ckpt_path last"
+            ) from None
 
     def load_checkpoint(
         self, path: str | Path, map_location: Callable | None = lambda storage, loc: storage, weights_only=None

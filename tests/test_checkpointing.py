@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import signal
@@ -100,3 +101,19 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     safe = tmp_path / "step=6.ckpt"
     AtomicCheckpointIO().save_checkpoint({"global_step": 6, "state_dict": {"w": torch.ones(2)}, "name": "x"}, safe)
     assert read_checkpoint(safe)["global_step"] == 6
+
+
+def test_running_out_of_disk_during_a_save_keeps_the_checkpoint_that_was_there(tmp_path, monkeypatch):
+    path = tmp_path / "step=7.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 7, "w": torch.ones(3)}, path)
+    original = path.read_bytes()
+
+    def full_disk(obj, file) -> None:  # half the bytes land, then the filesystem is full
+        file.write(b"x" * 4096)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"no space left to write checkpoint \S*step=7\.ckpt .*--ckpt_path last"):
+        AtomicCheckpointIO().save_checkpoint({"global_step": 7, "w": torch.zeros(3)}, path)
+    assert path.read_bytes() == original
+    assert [entry.name for entry in tmp_path.iterdir()] == ["step=7.ckpt"]  # no temporary left behind
