@@ -50,7 +50,14 @@ PREVIEW = {
     "init_args": {"prompts": ["a toy"], "every_n_steps": 2, "num_images_per_prompt": 1, "num_inference_steps": 2},
 }
 #: the trainer.strategy of each way of running
-STRATEGIES = {"single": "auto", "ddp": "ddp_spawn", "sharded": {"class_path": "sdft.sharding.ShardedStrategy"}}
+STRATEGIES = {
+    "single": "auto",
+    "ddp": "ddp_spawn",
+    "sharded": {"class_path": "sdft.sharding.ShardedStrategy"},
+    "ddp_launched": "ddp",  # the other rank started by running the command again, as under torchrun
+}
+#: strategies whose launcher runs the command again for the other rank: they run as an ``sdft fit`` subprocess
+LAUNCHED = ("sharded", "ddp_launched")
 
 
 @pytest.fixture(autouse=True)
@@ -108,11 +115,11 @@ def write_config(folder: Path, method: str, strategy: str, family: dict = FAMILY
 
 
 def run(folder: Path, method: str, strategy: str, *options: str, family: dict = FAMILY, **trainer) -> Path:
-    """Fit into ``folder``: in this process, or for the sharded strategy (whose launcher starts the other rank by
-    running the command again) as an ``sdft fit`` subprocess."""
+    """Fit into ``folder``: in this process, or for a strategy whose launcher starts the other rank by running the
+    command again (``LAUNCHED``) as an ``sdft fit`` subprocess."""
     folder.mkdir(exist_ok=True)
     command = ["fit", "--config", str(write_config(folder, method, strategy, family, **trainer)), *options]
-    if strategy == "sharded":
+    if strategy in LAUNCHED:
         subprocess.run([sys.executable, "-m", "sdft.cli", *command], check=True, env=os.environ.copy())
     else:
         main(command)
@@ -219,3 +226,30 @@ def test_a_rank_that_receives_its_shards_reads_no_denoiser_weights(case: FamilyC
     assert type(family.denoiser) is type(loaded.denoiser)
     shapes = {name: tensor.shape for name, tensor in loaded.denoiser.state_dict().items()}
     assert {name: tensor.shape for name, tensor in family.denoiser.state_dict().items()} == shapes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", LAUNCHED)
+def test_sigterm_on_two_processes_saves_the_step_and_resumes_to_the_uninterrupted_run(strategy, tmp_path):
+    """Both ranks get SIGTERM after step 2 (as a scheduler sends it): the ranks agree on the step, save it, exit 143,
+    and ``--ckpt_path last`` continues to the uninterrupted run's losses and export."""
+    whole = run(tmp_path / "whole", "lora", strategy)
+    signal = {"class_path": "test_interruption.SendSignal", "init_args": {"number": 15, "step": 2}}
+    folder = tmp_path / "interrupted"
+    folder.mkdir()
+    config = write_config(folder, "lora", strategy, callbacks=[PREVIEW, signal])
+    environment = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    command = [sys.executable, "-m", "sdft.cli", "fit", "--config", str(config)]
+    stopped = subprocess.run(command, env=environment, check=False, capture_output=True, text=True)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    interrupted = folder / "run" / "version_0"
+    saved = [path.name for path in (interrupted / "checkpoints").glob("*.ckpt")]
+    assert len(saved) == 1 and saved[0].endswith("step=2.ckpt"), saved  # Lightning's default name for the step
+    write_config(folder, "lora", strategy, callbacks=[PREVIEW])  # the same run without the signal
+    subprocess.run([*command, "--ckpt_path", "last"], env=environment, check=True)
+    assert sorted(path.name for path in (folder / "run").iterdir()) == ["version_0"]
+    losses = {
+        name: dict(read_curves(run_dir)["train/loss"]) for name, run_dir in (("whole", whole), ("resumed", interrupted))
+    }
+    assert losses["resumed"][STEPS - 1] == pytest.approx(losses["whole"][STEPS - 1], rel=1e-5)
+    check_equal_exports(interrupted, whole)
