@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -172,3 +175,42 @@ def test_two_processes_split_the_work_and_make_the_single_process_images(generat
     assert [p.name for p in made] == [generated_name(i) for i in range(3)]
     assert [int((tmp_path / f"made-by-rank-{rank}").read_text()) for rank in (0, 1)] == [2, 1]
     assert np.abs(pixels(made) - pixels(generated[:3])).max() <= 1  # batching differs, the seeds do not
+
+
+KILLED_GENERATION = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from PIL import Image
+from sdft.data.class_images import ClassImageSpec, ensure_class_images
+from sdft.families import StableDiffusion
+
+save, saves = Image.Image.save, []
+
+def killed_on_third_save(image, file, *args, **kwargs):  # SIGKILL half-way through writing the third image
+    saves.append(file)
+    if len(saves) == 3:
+        file.write(b"\\x89PNG half an image")
+        file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(image, file, *args, **kwargs)
+
+Image.Image.save = killed_on_third_save
+family = StableDiffusion(sys.argv[1])
+spec = ClassImageSpec("a photo of a toy", count=4, resolution=32, seed=0, num_inference_steps=2)
+ensure_class_images(Path(sys.argv[2]), spec, family.source(), lambda: family.base_pipeline(torch.device("cpu")),
+                    key="data.class_dir", device=torch.device("cpu"), batch_size=2)
+"""
+
+
+def test_a_generation_killed_mid_image_leaves_only_complete_images_and_resumes(generated, tiny_sd1, tmp_path):
+    folder = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILLED_GENERATION, str(tiny_sd1), str(folder)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in folder.glob("*.png")) == [generated_name(0), generated_name(1)]
+    for path in folder.glob("*.png"):
+        Image.open(path).load()  # complete
+    factory = CountingFactory(tiny_sd1)
+    resumed = ensure(folder, factory)
+    assert factory.images == 2  # the half-written third image (a hidden temporary) was not trusted
+    assert np.abs(pixels(resumed) - pixels(generated)).max() == 0
