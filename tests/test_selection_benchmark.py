@@ -94,3 +94,19 @@ def test_run_configs_are_what_sdft_fit_reads(bench, tmp_path):
     assert full["data"]["init_args"]["class_prompt"] == "a photo of a creature"
     assert full["data"]["init_args"]["instance_prompt"] == "a photo of zwx creature"  # seed 1's own subject
     assert yaml.safe_load(yaml.safe_dump(full)) == full
+
+
+def test_components_and_reading_name_the_base_model_and_the_runs_the_rule_loses(bench):
+    judge = {
+        "0": {"score": 0.2, "presence": 0.2, "context": 1.0},
+        "50": {"score": 0.3, "presence": 0.5, "context": 0.6},
+        "100": {"score": 0.1, "presence": 0.4, "context": 0.25},
+    }
+    choices = {"sdft": 50, "last": 100, "train loss": 100, "val loss": 100, "oracle": 50}
+    results = [{"name": "won", "run": {"steps": 100}, "judge": judge, "choices": choices,
+                "scores": {rule: judge[str(step)]["score"] for rule, step in choices.items()}}]  # fmt: skip
+    parts = bench.components(results)
+    assert parts["base model (step 0)"] == {"score": 0.2, "presence": 0.2, "context": 1.0}
+    assert parts["last"]["context"] == 0.25 and parts["sdft"]["presence"] == 0.5
+    text = bench.reading(bench.summarize(results), parts, results)
+    assert "loses to the last step in 0 runs (none)" in text and "against 0.200 for the base model" in text
