@@ -26,21 +26,28 @@ def fit_error(capsys, *arguments: str) -> str:
     return capsys.readouterr().err
 
 
-def test_a_bad_setting_is_one_line_naming_the_key_before_any_model_loads(capsys, tmp_path):
-    missing_model = tmp_path / "no-such-model"  # loading it would fail with another error
+def config_error(capsys, tmp_path, *options: str) -> str:
+    """The error of a quickstart fit with ``options`` and a model path that does not exist (loading it would fail
+    with another error, so the error shows the check ran before any model loads)."""
+    missing_model = tmp_path / "no-such-model"
     error = fit_error(
         capsys,
         "--config",
         "configs/quickstart_tiny.yaml",
         f"--model.init_args.family.init_args.pretrained_model_name_or_path={missing_model}",
-        "--trainer.max_steps=0",
+        *options,
         f"--trainer.logger.init_args.save_dir={tmp_path}",
     )
+    assert not missing_model.exists()
+    return error
+
+
+def test_a_bad_setting_is_one_line_naming_the_key_before_any_model_loads(capsys, tmp_path):
+    error = config_error(capsys, tmp_path, "--trainer.max_steps=0")
     assert error.strip().splitlines() == [
         "sdft: error: trainer.max_steps must be a positive number of optimizer steps, got 0; sdft trains for a "
         "number of steps, e.g. --trainer.max_steps 1000"
     ]
-    assert not missing_model.exists()
 
 
 def test_sdft_debug_shows_the_traceback(monkeypatch, tmp_path):
@@ -200,15 +207,7 @@ def test_a_data_mistake_is_one_line_before_any_model_loads(option, message, caps
     ],
 )
 def test_a_config_mistake_is_one_line_naming_the_key_before_any_model_loads(options, message, capsys, tmp_path):
-    missing_model = tmp_path / "no-such-model"  # loading it would fail with another error
-    error = fit_error(
-        capsys,
-        "--config",
-        "configs/quickstart_tiny.yaml",
-        f"--model.init_args.family.init_args.pretrained_model_name_or_path={missing_model}",
-        *options,
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-    )
+    error = config_error(capsys, tmp_path, *options)
     assert len(error.strip().splitlines()) == 1 and re.match("sdft: error: " + message, error), error
 
 
