@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from families import FAMILY_CASES, FamilyCase
+from lightning.pytorch import Callback
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -58,6 +59,18 @@ STRATEGIES = {
 }
 #: strategies whose launcher runs the command again for the other rank: they run as an ``sdft fit`` subprocess
 LAUNCHED = ("sharded", "ddp_launched")
+
+
+class PoisonGradients(Callback):
+    """Fills one rank's first gradient with nan before the optimizer step that makes ``step`` steps (after DDP
+    has averaged the gradients), as an overflow on one device would."""
+
+    def __init__(self, step: int, rank: int = 0) -> None:
+        self.step, self.rank = step, rank
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step + 1 == self.step and trainer.global_rank == self.rank:
+            next(param for param in pl_module.parameters() if param.grad is not None).grad.fill_(float("nan"))
 
 
 @pytest.fixture(autouse=True)
@@ -253,3 +266,29 @@ def test_sigterm_on_two_processes_saves_the_step_and_resumes_to_the_uninterrupte
     }
     assert losses["resumed"][STEPS - 1] == pytest.approx(losses["whole"][STEPS - 1], rel=1e-5)
     check_equal_exports(interrupted, whole)
+
+
+@pytest.mark.slow
+def test_a_fault_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    """nonfinite: skip under DDP, a nan gradient on rank 1 alone: both ranks drop step 2, so rank 0's weights are
+    those of one process that dropped it (had rank 0 stepped, its export would differ)."""
+
+    def poisoned(rank: int) -> list[dict]:
+        return [
+            PREVIEW,
+            {"class_path": "test_parallel_training.PoisonGradients", "init_args": {"step": 2, "rank": rank}},
+        ]
+
+    skip = "--model.init_args.nonfinite=skip"
+    single = run(tmp_path / "single", "lora", "single", skip, callbacks=poisoned(0))
+    parallel = run(tmp_path / "ddp", "lora", "ddp", skip, callbacks=poisoned(1))
+    for run_dir in (single, parallel):
+        assert (
+            dict(read_curves(run_dir)["train/skipped_steps"])
+            and max(value for _, value in read_curves(run_dir)["train/skipped_steps"]) == 1.0
+        )
+    losses = {
+        name: dict(read_curves(run_dir)["train/loss"]) for name, run_dir in (("single", single), ("ddp", parallel))
+    }
+    assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-5)
+    check_equal_exports(parallel, single)
