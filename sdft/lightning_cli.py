@@ -151,6 +151,8 @@ def check_before_loading(trainer, model: LightningModule, datamodule: LightningD
         datamodule.check()
     if isinstance(model, DiffusionFineTuner) and isinstance(datamodule, SizedData):
         model.family.check_resolution(datamodule.resolution)
+    if isinstance(model, DiffusionFineTuner):  # last: the settings above are named even with a model still missing
+        model.family.check_source()
 
 
 def check_strategy(trainer: Trainer) -> None:

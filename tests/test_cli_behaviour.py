@@ -244,3 +244,38 @@ def test_evaluations_off_the_checkpoint_steps_are_refused_before_any_model_loads
         "the best step could have no checkpoint; make it a multiple"
     )
     assert not (tmp_path / "quickstart" / "version_0" / "evaluation").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ("--model.init_args.rnak=8", "rnak"),
+        ("--model.init_args.rank=eight", "rank"),
+        ("--trainer.max_stpes=5", "max_stpes"),
+    ],
+    ids=["unknown-key", "wrong-type", "unknown-trainer-key"],
+)
+def test_unknown_keys_and_wrong_types_are_named_before_any_model_loads(option, named, capsys, tmp_path):
+    missing_model = tmp_path / "no-such-model"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/quickstart_tiny.yaml", option,
+              f"--model.init_args.family.init_args.pretrained_model_name_or_path={missing_model}"])  # fmt: skip
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert named in error and "no-such-model" not in error.split(named)[0][-200:], error[-600:]
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_model_path_that_is_not_a_model_folder_is_named_in_one_line(kind, capsys, tmp_path):
+    model = tmp_path / "models" / "sd15"
+    if kind == "file":
+        model.parent.mkdir()
+        model.write_text("not a model")
+    error = fit_error(
+        capsys, "--config", "configs/quickstart_tiny.yaml",
+        f"--model.init_args.family.init_args.pretrained_model_name_or_path={model}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    )  # fmt: skip
+    expected = "does not exist; give a diffusers model folder" if kind == "missing" else "is a file; give the base"
+    assert error.strip().splitlines() == [error.strip()] and "pretrained_model_name_or_path" in error
+    assert expected in error and not (tmp_path / "run").exists() and not (tmp_path / "quickstart").exists()

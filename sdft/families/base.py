@@ -6,6 +6,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -207,6 +208,21 @@ class ModelFamily(nn.Module, ABC):
             encoder: getattr(self, name)
             for encoder, name in zip(self.text_encoder_names, self.tokenizer_names, strict=True)
         }
+
+    def check_source(self) -> None:
+        """Refuse, before anything loads, a model path that is a local path but not a folder (a hub id has one
+        ``/``; a path starts with ``.``, ``/`` or ``~`` or has more)."""
+        source, key = (
+            self.pretrained_model_name_or_path,
+            "model.init_args.family.init_args.pretrained_model_name_or_path",
+        )
+        path = Path(source).expanduser()
+        if path.is_file():
+            raise UserError(f"{key}: {source} is a file; give the base model's diffusers folder or hub id")
+        if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+            raise UserError(
+                f"{key}: {source} does not exist; give a diffusers model folder, a hub id or a builtin: model"
+            )
 
     def check_resolution(self, resolution: int) -> None:
         """Refuse a training resolution that the family's latents cannot tile (``capabilities.pixel_multiple``),
