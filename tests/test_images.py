@@ -121,6 +121,21 @@ def test_corrupt_png_is_named(tmp_path: Path) -> None:
         load_rgb(path)
 
 
+def test_zero_byte_and_text_named_png_are_named(tmp_path: Path) -> None:
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("this is text, not an image\n")
+    for name in ("empty.jpg", "notes.png"):
+        with pytest.raises(
+            ImageDataError, match=rf"{name.replace('.', '[.]')} could not be read as an image.*re-save it"
+        ):
+            load_rgb(tmp_path / name)
+
+
+def test_webp_is_decoded(tmp_path: Path) -> None:
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(tmp_path / "red.webp", lossless=True)
+    assert load_rgb(tmp_path / "red.webp").getpixel((8, 8)) == (255, 0, 0)
+
+
 def test_truncated_jpeg_is_named(tmp_path: Path) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     full = tmp_path / "full.jpg"
