@@ -69,6 +69,8 @@ STEPS, EVERY = 400, 50
 #: the evaluator's probes: seeds 0 and 1; the judge's: others
 JUDGE_SEEDS = (100, 101)
 GUIDANCE, INFERENCE_STEPS = 4.0, 20
+#: the evaluator's probes at each checkpoint: prompts (of the subject's 8, evenly spread) x images per prompt
+PROBE_PROMPTS, PROBE_IMAGES = 4, 2
 #: judge scores this close count as a tie
 TIE = 0.01
 RULES = ("sdft", "last", "train loss", "val loss", "oracle")
@@ -147,8 +149,8 @@ def run_config(run: Run, photos: Path, work: Path, models: Models) -> dict:
     evaluator = {
         "every_n_steps": EVERY,
         "prompts": str(photos / "prompts.txt"),
-        "num_prompts": 4,
-        "images_per_prompt": 2,
+        "num_prompts": PROBE_PROMPTS,
+        "images_per_prompt": PROBE_IMAGES,
         "class_images": 2,
         "num_inference_steps": INFERENCE_STEPS,
         "guidance_scale": GUIDANCE,
@@ -406,7 +408,8 @@ def reading(summary: dict, parts: dict[str, dict[str, float]], results: list[dic
         f"choice and {parts['oracle']['presence']:.3f} at the oracle's, against {base['presence']:.3f} for the "
         f"base model, whose samples keep every prompt's context; so the base model (score {base['score']:.3f}) "
         f"scores about as well as the trained steps any rule but the oracle picks. The rule loses to the last "
-        f"step in {len(lost)} runs ({', '.join(lost) or 'none'}); the evaluator scores 16 probe images a step, "
+        f"step in {len(lost)} runs ({', '.join(lost) or 'none'}); the evaluator scores "
+        f"{PROBE_PROMPTS * PROBE_IMAGES} probe images a step, "
         f"so its DINO and CLIP-T are noisy at this scale."
     )
 
