@@ -8,6 +8,7 @@ import argparse
 import importlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -176,20 +177,31 @@ def test_evaluate_scores_samples_of_held_out_captions(scripts, untrained, capsys
 
 
 def test_shipped_form_is_half_precision_and_unpacks_to_an_equal_model(untrained, tmp_path):
-    from sdft.toyworld.model import ship, shipped_version, unpack_shipped
+    from safetensors.torch import save_file
 
-    shipped = ship(untrained, tmp_path / "shipped")
+    from sdft.toyworld.model import TEXT_ENCODER_WEIGHTS, TOKEN_TABLE, ship, shipped_version, unpack_shipped
+
+    trained = tmp_path / "trained"
+    shutil.copytree(untrained, trained)
+    text_encoder = load_file(trained / TEXT_ENCODER_WEIGHTS)
+    text_encoder[TOKEN_TABLE][[320, 49407]] += 0.5  # two tokens "trained"; the other 49,406 rows as initialised
+    save_file(text_encoder, trained / TEXT_ENCODER_WEIGHTS)
+    shipped = ship(trained, tmp_path / "shipped", seed=0)
     unet_file = "unet/diffusion_pytorch_model.safetensors"
     assert not (shipped / "tokenizer").exists() and (shipped / "model_index.json").is_file()
     assert {tensor.dtype for tensor in load_file(shipped / unet_file).values()} == {torch.float16}
+    stored = load_file(shipped / TEXT_ENCODER_WEIGHTS)
+    assert TOKEN_TABLE not in stored and stored[f"{TOKEN_TABLE}.rows"].tolist() == [320, 49407]
+    assert (shipped / TEXT_ENCODER_WEIGHTS).stat().st_size < (untrained / TEXT_ENCODER_WEIGHTS).stat().st_size / 10
     unpacked = unpack_shipped(tmp_path / "unpacked", shipped)
-    original, restored = load_file(untrained / unet_file), load_file(unpacked / unet_file)
-    assert all(restored[key].dtype == torch.float32 for key in original)
-    assert all(torch.equal(restored[key], original[key].half().float()) for key in original)
+    for name in (unet_file, TEXT_ENCODER_WEIGHTS):
+        original, restored = load_file(trained / name), load_file(unpacked / name)
+        assert restored.keys() == original.keys() and all(restored[key].dtype == torch.float32 for key in original)
+        assert all(torch.equal(restored[key], original[key].half().float()) for key in original), name
     family = loaded(unpacked)
     assert family.tokenizer("a red circle").input_ids == loaded(untrained).tokenizer("a red circle").input_ids
     version = shipped_version(shipped)
-    ship(build_untrained_toyworld(tmp_path / "other", seed=1), shipped)
+    ship(build_untrained_toyworld(tmp_path / "other", seed=1), shipped, seed=1)
     assert shipped_version(shipped) != version  # a cached copy of the old weights is not reused
 
 

@@ -23,6 +23,7 @@ writes it back out as an ordinary diffusers folder, which is what ``builtin:toyw
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,8 @@ UNET_HEADS = 4
 NORM_GROUPS = 8
 #: the trained base model shipped with sdft (see :func:`ship`)
 SHIPPED = Path(__file__).resolve().parent / "weights" / "base"
+#: the text encoder's weights in a model folder, and its token table (one row per CLIP token)
+TEXT_ENCODER_WEIGHTS, TOKEN_TABLE = "text_encoder/model.safetensors", "embeddings.token_embedding.weight"
 #: the command that trains and ships it
 TRAIN_COMMAND = (
     "uv run python scripts/train_toyworld.py --output toyworld --seed 0 --vae-steps 1000 --unet-steps 5000 --threads 2 "
@@ -126,17 +129,37 @@ def build_untrained_toyworld(directory: str | Path, seed: int = 0) -> Path:
     return save_pipeline(toyworld_pipeline(modules, clip_tokenizer(directory / "tokenizer")), directory)
 
 
-def ship(trained: str | Path, target: str | Path) -> Path:
+def ship(trained: str | Path, target: str | Path, seed: int | None = None) -> Path:
     """Store a trained model folder in the form sdft ships: every floating-point weight in float16 (half the bytes;
     the rounding, 2^-11 of a weight, changes no sample visibly), the configs, the scheduler and ``training.json``; no
-    tokenizer, which :func:`unpack_shipped` writes from sdft's own CLIP vocabulary. ``target`` is replaced whole.
+    tokenizer, which :func:`unpack_shipped` writes from sdft's own CLIP vocabulary; and of the text encoder's
+    49,408-row token table only the rows training changed (the world's captions use a few dozen tokens, and AdamW
+    without weight decay leaves the others at their seeded initial values, which unpacking draws again).
+    ``target`` is replaced whole.
 
     Args:
         trained: the folder ``scripts/train_toyworld.py`` wrote.
         target: the folder to write, normally ``SHIPPED``.
+        seed: the seed the weights were initialised from; None reads it from ``training.json``.
     """
-    target = Path(target)
-    write_folder_atomic(target, lambda staging: _copy_cast(Path(trained), staging, torch.float16, skip="tokenizer"))
+    trained, target = Path(trained), Path(target)
+    if seed is None:
+        seed = int(json.loads((trained / "training.json").read_text())["seed"])
+
+    def build(staging: Path) -> None:
+        _copy_cast(trained, staging, torch.float16, skip="tokenizer")
+        file = staging / TEXT_ENCODER_WEIGHTS
+        state = load_file(file)
+        table = state.pop(TOKEN_TABLE)
+        rows = (table != _initial_token_table(seed).to(table.dtype)).any(dim=1).nonzero().flatten()
+        state |= {
+            f"{TOKEN_TABLE}.rows": rows,
+            f"{TOKEN_TABLE}.trained": table[rows],
+            f"{TOKEN_TABLE}.seed": torch.tensor(seed),
+        }
+        save_file(state, file, metadata={"format": "pt"})
+
+    write_folder_atomic(target, build)
     return target
 
 
@@ -152,6 +175,12 @@ def unpack_shipped(folder: str | Path, shipped: str | Path | None = None) -> Pat
     if not (shipped / "model_index.json").is_file():
         raise UserError(f"the toy world's base model is not in {shipped}; train and ship it with: {TRAIN_COMMAND}")
     _copy_cast(shipped, folder, torch.float32)
+    file = folder / TEXT_ENCODER_WEIGHTS
+    state = load_file(file)
+    rows, trained = state.pop(f"{TOKEN_TABLE}.rows"), state.pop(f"{TOKEN_TABLE}.trained")
+    table = _initial_token_table(int(state.pop(f"{TOKEN_TABLE}.seed"))).half().float()  # as shipped, then unpacked
+    table[rows] = trained
+    save_file(state | {TOKEN_TABLE: table}, file, metadata={"format": "pt"})
     clip_tokenizer(folder / "tokenizer")
     return folder
 
@@ -164,6 +193,11 @@ def shipped_version(shipped: str | Path | None = None) -> str:
         digest.update(path.relative_to(shipped).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def _initial_token_table(seed: int) -> torch.Tensor:
+    """The text encoder's token table as :func:`toyworld_modules` initialises it from ``seed``."""
+    return seeded(seed, toyworld_modules)[2].state_dict()[TOKEN_TABLE]
 
 
 def _copy_cast(source: Path, target: Path, dtype: torch.dtype, skip: str | None = None) -> None:
