@@ -77,6 +77,7 @@ from sdft.families import StableDiffusion
 from sdft.families.ddpm import DDPMSchedule
 from sdft.files import write_folder_atomic, write_json
 from sdft.tiny_models import clip_tokenizer, save_pipeline, seeded
+from sdft.tools.grids import image_grid
 from sdft.toyworld import oracle, parse_caption, world_dataset
 from sdft.toyworld.model import IMAGE_SIZE, ship, toyworld_modules, toyworld_pipeline
 
@@ -215,15 +216,6 @@ def evaluate(folder: Path, seed: int, samples: int, guidance_scale: float, steps
     return agreement(images, captions), images
 
 
-def grid(images: list[Image.Image], columns: int = 8) -> Image.Image:
-    """The images in rows of ``columns``."""
-    side, rows = images[0].width, -(-len(images) // columns)
-    sheet = Image.new("RGB", (columns * side, rows * side), "white")
-    for index, image in enumerate(images):
-        sheet.paste(image, ((index % columns) * side, (index // columns) * side))
-    return sheet
-
-
 def report(rates: dict[str, float]) -> str:
     """The agreement rates beside chance, one attribute a line."""
     lines = [f"{'attribute':<12}{'agreement':>10}{'chance':>8}"]
@@ -264,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             options.device,
         )  # fmt: skip
         if options.grid is not None:
-            grid(images).save(options.grid)
+            image_grid(images, columns=8).save(options.grid)
         print(report(rates))
         return
     budgets = {
