@@ -19,6 +19,8 @@ from sdft.callbacks import SubjectEvaluator
 from sdft.callbacks.evaluation import export_step
 from sdft.cli import main
 from sdft.errors import UserError
+from sdft.evaluation.selection import select_step
+from sdft.evaluation.uncertainty import standard_error
 from sdft.methods.lora import LORA_WEIGHTS
 from sdft.runs import apply_checkpoint
 
@@ -47,6 +49,10 @@ def read_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "evaluation" / "metrics.jsonl").read_text().splitlines()]
 
 
+def read_scores(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "evaluation" / "scores.jsonl").read_text().splitlines()]
+
+
 def test_every_checkpoint_step_and_the_base_model_are_scored(evaluated_run):
     rows = read_rows(evaluated_run)
     assert [row["step"] for row in rows] == [0, 2, 4]
@@ -60,6 +66,24 @@ def test_every_checkpoint_step_and_the_base_model_are_scored(evaluated_run):
     events.Reload()
     assert [e.step for e in events.Scalars("val/dino")] == [0, 2, 4]
     assert [e.value for e in events.Scalars("val/dino")] == pytest.approx([row["val/dino"] for row in rows])
+
+
+def test_every_probe_score_is_kept_and_gives_each_step_its_mean_and_standard_error(evaluated_run):
+    rows, scores = read_rows(evaluated_run), read_scores(evaluated_run)
+    probes = json.loads((evaluated_run / "evaluation" / "probes.json").read_text())["scored"]
+    subject = [probe for probe in probes if not probe["class_prompt"]]
+    assert [score["step"] for score in scores] == [row["step"] for row in rows]
+    for row, score in zip(rows, scores, strict=True):
+        assert len(score["val/dino"]) == len(score["val/clip_t"]) == len(subject) == 4
+        assert len(score["val/pres"]) == 2 and len(score["val/div"]) == 2  # 2 class images; 2 prompts of 2 images
+        for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres", "val/div"):
+            assert row[key] == pytest.approx(sum(score[key]) / len(score[key]), abs=1e-5)
+            assert row["se"][key] == pytest.approx(standard_error(score[key]), abs=1e-5)
+    # the recorded choice is the rule applied with those scores
+    selection = json.loads((evaluated_run / "evaluation" / "selection.json").read_text())
+    rule = {key: selection["rule"][key] for key in selection["rule"]}
+    by_step = {score.pop("step"): score for score in scores}
+    assert selection["step"] == select_step(rows, **rule, scores=by_step).step
 
 
 def export_of(checkpoint: Path, model_dir: Path, directory: Path) -> dict[str, torch.Tensor]:
@@ -108,6 +132,8 @@ def test_a_chosen_step_below_the_base_model_on_fidelity_is_warned_about():
         ({"fidelity": "val/clip_t"}, "SubjectEvaluator.fidelity must be val/dino or val/clip_i"),
         ({"class_images": 0}, "class_images=0 turns PRES off, but pres_margin=0.05 limits it; set pres_margin: null"),
         ({"tie_tolerance": -0.1}, "SubjectEvaluator.tie_tolerance must be >= 0"),
+        ({"confidence": 1.0}, r"SubjectEvaluator.confidence must be in \[0.5, 1\)"),
+        ({"images_per_prompt": 1, "div_margin": 0.1}, "div_margin=0.1 limits DIV, which needs two images of a prompt"),
     ],
 )
 def test_a_bad_option_is_a_user_error_naming_it(options, message):
@@ -148,12 +174,22 @@ def cli_run(tmp_path: Path, name: str, *options: str) -> list[dict]:
 
 
 def test_ddp_splits_the_probes_and_logs_the_single_process_numbers(tmp_path):
-    single = cli_run(tmp_path, "single")
-    ddp = cli_run(tmp_path, "ddp", "--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu")
+    # 3 prompts x 2 images and 1 class image: 7 probes, dealt 4 and 3 to the ranks
+    pairs = "--trainer.callbacks.images_per_prompt=2"
+    single = cli_run(tmp_path, "single", pairs)
+    ddp = cli_run(
+        tmp_path, "ddp", pairs, "--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"
+    )
     assert single[0]["step"] == ddp[0]["step"] == 0
-    for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres"):
+    for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres", "val/div"):
         assert ddp[0][key] == pytest.approx(single[0][key], abs=1e-5)
-    # each rank generated only its share: rank 0's grid (one probe per row) has half the rows
+        assert ddp[0]["se"][key] == pytest.approx(single[0]["se"][key], abs=1e-5)
+    # every probe's score is gathered from both ranks, in probe order
+    scores = {name: read_scores(tmp_path / name / "version_0")[0] for name in ("single", "ddp")}
+    assert [len(scores["ddp"][key]) for key in ("val/dino", "val/pres", "val/div")] == [6, 1, 3]
+    for key in ("val/clip_i", "val/clip_t", "val/dino", "val/pres", "val/div"):
+        assert scores["ddp"][key] == pytest.approx(scores["single"][key], abs=1e-5)
+    # each rank generated only its share: rank 0's grid (two probes a row) has 2 rows of 4 probes against 4 of 7
     rows = {
         name: Image.open(tmp_path / name / "version_0/evaluation/step_000000.png").height for name in ("single", "ddp")
     }

@@ -200,3 +200,18 @@ def test_a_malformed_selection_names_the_file(tmp_path: Path) -> None:
     run = make_run(tmp_path, selection={"reason": "no step"})
     with pytest.raises(UserError, match=r"selection\.json is malformed"):
         write_report(run)
+
+
+def test_standard_errors_are_shown_beside_each_value_and_the_plot_draws_them(tmp_path: Path) -> None:
+    errors = {"val/clip_i": 0.011, "val/clip_t": 0.021, "val/dino": 0.031, "val/pres": 0.041}
+    rows = [{**row, "se": errors} for row in ROWS]
+    output = tmp_path / "out"
+    text = write_report(make_run(tmp_path, rows), output).read_text()
+    line = table_row(text, "300")
+    for key, error in errors.items():
+        assert f"{ROWS[3][key]:.3f} ± {error:.3f}" in line
+    assert "± is the standard error of the mean over the probe images" in text
+    plain = write_report(make_run(tmp_path / "plain"), tmp_path / "plain_out").read_text()
+    assert "±" not in table_row(plain, "300") and "standard error" not in plain
+    with Image.open(output / "val_dino.png") as drawn, Image.open(tmp_path / "plain_out" / "val_dino.png") as bare:
+        assert drawn.tobytes() != bare.tobytes()  # the error bars change the picture

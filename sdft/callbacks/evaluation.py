@@ -2,12 +2,17 @@
 
 At step 0 (the base model), every ``every_n_steps`` and at the end of training, :class:`SubjectEvaluator`
 generates a fixed-seed probe set with the weights in training, scores it against the subject photos and logs
-``val/clip_i``, ``val/clip_t``, ``val/dino`` and ``val/pres``. After the last evaluation it applies the selection
-rule to the whole table and exports the chosen step to ``<run>/best/``. Files, under ``<run>/evaluation/``:
+``val/clip_i``, ``val/clip_t``, ``val/dino``, ``val/pres`` and ``val/div`` (the diversity of the images of one
+prompt). After the last evaluation it applies the selection rule to the whole table, comparing steps probe by probe,
+and exports the chosen step to ``<run>/best/``. Files, under ``<run>/evaluation/``:
 
-- ``metrics.jsonl``: one row per evaluation (``step``, the four metrics, ``grid``, wall ``seconds``);
+- ``metrics.jsonl``: one row per evaluation (``step``, the metrics, ``se``: each metric's standard error, ``grid``,
+  wall ``seconds``);
+- ``scores.jsonl``: one row per evaluation (``step``, and for each metric every probe's score in the order of
+  ``probes.json``'s ``scored`` list: subject probes for CLIP-I, CLIP-T and DINO, class probes for PRES, one value
+  per prompt for DIV);
 - ``step_<N>.png``: the probe images of the evaluation (this rank's share under DDP);
-- ``probes.json``: the probes of the grids, in grid order (``columns`` per row);
+- ``probes.json``: the probes of the grids, in grid order (``columns`` per row), and every ``scored`` probe;
 - ``reference.json``: the real-real ceilings of CLIP-I and DINO (null with a single photo: no distinct pairs);
 - ``selection.json``: the chosen step, the reason, the candidates, the rejected steps, the rule, the checkpoint
   file the export came from and ``export`` (``best`` only when ``<run>/best/`` was written).
@@ -27,14 +32,13 @@ from typing import Any
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image
 
 from sdft.callbacks.export import live_weights_kept
 from sdft.callbacks.samples import log_grid
 from sdft.errors import UserError
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
 from sdft.evaluation.probes import Probe, build_probes, infer_subject, subject_prompts
-from sdft.evaluation.scoring import ProbeScorer
+from sdft.evaluation.scoring import ProbeResult, ProbeScorer
 from sdft.evaluation.selection import Selection, select_step
 from sdft.files import write_atomic, write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
@@ -67,6 +71,8 @@ class SubjectEvaluator(Callback):
         clip_t_margin: float | None = 0.03,
         pres_margin: float | None = 0.05,
         tie_tolerance: float = 0.02,
+        div_margin: float | None = None,
+        confidence: float = 0.95,
         export_best: bool = True,
         keep_last_n: int | None = None,
     ) -> None:
@@ -89,15 +95,22 @@ class SubjectEvaluator(Callback):
             clip_model: CLIP for CLIP-I and CLIP-T (``open_clip:<model>/<pretrained>``, ``transformers:<path>``).
             dino_model: DINO ViT for DINO and PRES (a transformers name or path).
             fidelity: the metric the selection rule maximises (``val/dino`` or ``val/clip_i``).
-            clip_t_margin: a step is rejected if its CLIP-T is below the base model's by more; None: no limit.
-            pres_margin: a step is rejected if its PRES is above the base model's by more; None: no limit.
-            tie_tolerance: steps this close to the best fidelity count as tied; the earliest wins.
+            clip_t_margin: a step is rejected if its CLIP-T is below the base model's by more, beyond the noise;
+                None: no limit.
+            pres_margin: a step is rejected if its PRES is above the base model's by more, beyond the noise;
+                None: no limit.
+            tie_tolerance: steps the best fidelity does not clearly lead by more count as tied; the earliest wins.
+            div_margin: a step is rejected if its DIV is below the base model's by more, beyond the noise (a
+                collapse onto the photos); None: no limit.
+            confidence: the one-sided level at which a paired difference between steps counts as beyond the noise
+                (0.5 compares the means alone).
             export_best: export the chosen step to ``<run>/best/`` at the end of training.
             keep_last_n: after each evaluation, delete the checkpoints of evaluated steps other than the last
                 ``keep_last_n`` and the step the rule chooses so far (steps not yet evaluated, and interruption
                 checkpoints, are kept); None keeps every checkpoint.
         """
         check_options(every_n_steps, identifier, class_images, fidelity, pres_margin, tie_tolerance)
+        check_noise_options(images_per_prompt, div_margin, confidence)
         if keep_last_n is not None and keep_last_n < 1:
             raise UserError(f"SubjectEvaluator.keep_last_n must be at least 1 (or null to keep all), got {keep_last_n}")
         self.keep_last_n = keep_last_n
@@ -111,8 +124,11 @@ class SubjectEvaluator(Callback):
             "clip_t_margin": clip_t_margin,
             "pres_margin": pres_margin,
             "tie_tolerance": tie_tolerance,
+            "div_margin": div_margin,
+            "confidence": confidence,
         }
         self.rows: list[dict[str, Any]] = []
+        self.scores: dict[int, dict[str, list[float]]] = {}  # step -> metric -> every probe's score
         self.run_dir = Path()
         self.earlier_run_dirs: list[Path] = []  # run folders of the run this one resumed, from the checkpoint
         self.checkpoint_dirs: list[Path] = []  # every checkpoint folder of this run and the runs it resumed
@@ -194,7 +210,9 @@ class SubjectEvaluator(Callback):
             world_size: the number of ranks the probes are split across.
         """
         probes = [probe_record(probe) for probe in self.scorer.probes[::world_size]]
-        write_json(self.run_dir / "evaluation" / "probes.json", {"columns": self.images_per_prompt, "probes": probes})
+        scored = [probe_record(probe) for probe in self.scorer.probes]
+        record = {"columns": self.images_per_prompt, "probes": probes, "scored": scored}
+        write_json(self.run_dir / "evaluation" / "probes.json", record)
 
     def carry_history(self) -> None:
         """On resume: copy in the earlier grids this folder lacks and write the table up to the resume (rank 0)."""
@@ -207,7 +225,13 @@ class SubjectEvaluator(Callback):
             if not target.is_file() and source is not None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
+        self.write_tables()
+
+    def write_tables(self) -> None:
+        """Write ``metrics.jsonl`` and ``scores.jsonl`` from the rows and scores so far (rank 0)."""
         write_jsonl(self.run_dir / "evaluation" / "metrics.jsonl", self.rows)
+        scores = [{"step": step, **self.scores[step]} for step in sorted(self.scores)]
+        write_jsonl(self.run_dir / "evaluation" / "scores.jsonl", scores)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
 
@@ -219,8 +243,11 @@ class SubjectEvaluator(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> None:
         if not self.evaluated(trainer.global_step):
             self.evaluate(trainer, pl_module)
-        selection = select_step(self.rows, **self.rule)
-        self.record_selection(trainer, pl_module, selection)
+        self.record_selection(trainer, pl_module, self.select())
+
+    def select(self) -> Selection:
+        """The rule applied to the table so far, comparing steps probe by probe."""
+        return select_step(self.rows, **self.rule, scores=self.scores)
 
     def evaluated(self, step: int) -> bool:
         return bool(self.rows) and self.rows[-1]["step"] == step
@@ -229,23 +256,26 @@ class SubjectEvaluator(Callback):
         """Generate this rank's share of the probes, score them, reduce across ranks, record the row."""
         started = time.perf_counter()
         with whole_model(pl_module):
-            values, images = self.scorer.score(pl_module, trainer.global_rank, trainer.world_size)
-        self.record_row(trainer, values, images, time.perf_counter() - started)
-        return values
+            result = self.scorer.score(pl_module, trainer.global_rank, trainer.world_size)
+        self.record_row(trainer, result, time.perf_counter() - started)
+        return result.values
 
-    def record_row(self, trainer: Trainer, values: dict[str, float], images: list[Image.Image], seconds: float) -> None:
+    def record_row(self, trainer: Trainer, result: ProbeResult, seconds: float) -> None:
         step = trainer.global_step
         grid = f"evaluation/step_{step:06d}.png"
-        self.rows.append({"step": step, **values, "grid": grid, "seconds": round(seconds, 3)})
+        errors = {key: round(value, 6) for key, value in result.errors.items()}
+        self.rows.append({"step": step, **result.values, "se": errors, "grid": grid, "seconds": round(seconds, 3)})
+        self.scores[step] = result.scores
         if not trainer.is_global_zero:
             return
-        grid_image = image_grid(images, columns=self.images_per_prompt)
+        grid_image = image_grid(result.images, columns=self.images_per_prompt)
         write_atomic(self.run_dir / grid, lambda file: grid_image.save(file, format="PNG"))
-        write_jsonl(self.run_dir / "evaluation" / "metrics.jsonl", self.rows)
+        self.write_tables()
         for logger in trainer.loggers:
-            logger.log_metrics(values, step=step)
+            logger.log_metrics(result.values, step=step)
         log_grid(trainer, "evaluation/grid", grid_image, step)
-        rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        shown = (f"{key} {value:.3f} ± {result.errors[key]:.3f}" for key, value in result.values.items())
+        rank_zero_info(f"step {step}: " + ", ".join(shown))
         if self.keep_last_n is not None:
             self.prune_checkpoints(trainer)
 
@@ -253,7 +283,7 @@ class SubjectEvaluator(Callback):
         """Delete the checkpoints ``keep_last_n`` lets go: of evaluated steps, all but the last ``keep_last_n`` and
         the step the rule chooses among the rows so far (rank 0, this run's checkpoint folders only)."""
         evaluated = sorted(int(row["step"]) for row in self.rows)
-        keep = set(evaluated[-self.keep_last_n :]) | {select_step(self.rows, **self.rule).step}
+        keep = set(evaluated[-self.keep_last_n :]) | {self.select().step}
         for folder in current_checkpoint_dirs(trainer):
             if folder.is_dir():
                 for step, path in checkpoints_by_step(folder):
@@ -327,12 +357,14 @@ class SubjectEvaluator(Callback):
         run_dirs = unique_paths([*self.earlier_run_dirs, self.run_dir.resolve()])
         return {
             "rows": self.rows,
+            "scores": {str(step): scores for step, scores in self.scores.items()},
             "run_dirs": [str(folder) for folder in run_dirs],
             "checkpoint_dirs": [str(folder) for folder in self.checkpoint_dirs],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict["rows"])
+        self.scores = {int(step): scores for step, scores in state_dict.get("scores", {}).items()}
         self.earlier_run_dirs = [Path(folder) for folder in state_dict.get("run_dirs", [])]
         self.checkpoint_dirs = [Path(folder) for folder in state_dict.get("checkpoint_dirs", [])]
         self.restored = True
@@ -360,6 +392,17 @@ def check_options(
         )
     if tie_tolerance < 0:
         raise UserError(f"SubjectEvaluator.tie_tolerance must be >= 0, got {tie_tolerance}")
+
+
+def check_noise_options(images_per_prompt: int, div_margin: float | None, confidence: float) -> None:
+    """Raise a :class:`UserError` naming the first bad noise-related SubjectEvaluator option."""
+    if not 0.5 <= confidence < 1.0:
+        raise UserError(f"SubjectEvaluator.confidence must be in [0.5, 1) (e.g. 0.95), got {confidence}")
+    if div_margin is not None and images_per_prompt < 2:
+        raise UserError(
+            f"SubjectEvaluator.div_margin={div_margin} limits DIV, which needs two images of a prompt; set "
+            f"images_per_prompt to 2 or more (got {images_per_prompt}), or div_margin: null"
+        )
 
 
 def probe_record(probe: Probe) -> dict[str, Any]:

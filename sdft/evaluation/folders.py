@@ -181,7 +181,7 @@ def score_subject(
     metrics.set_reference(real)
     for images, entries in generated_batches(subject_images + class_images, batch_size):
         metrics.update(images, [entry.prompt for entry in entries], [entry.class_prompt for entry in entries])
-    scores = metrics.compute()
+    scores = metrics.compute().values
     ceilings = {name.replace("val/", "ceiling/"): value for name, value in metrics.ceilings().items()}
     scores.update({name: value for name, value in ceilings.items() if value is not None})
     return {**scores, "num_generated": len(subject_images), "num_real": len(real)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from sdft.evaluation.features import ClipFeatures
 from sdft.evaluation.similarity import cosine_matrix, mean_distinct_pair_similarity
@@ -152,3 +153,51 @@ def mean_of(total: Tensor, count: Tensor, name: str) -> Tensor:
     if int(count) == 0:
         raise RuntimeError(f"{name} scored no image: update it with at least one image before compute")
     return (total / count).float()
+
+
+class ProbeScores(Metric):
+    """Per-probe rows gathered from every rank: each update adds (N,) probe indices and (N, K) values, and
+    :meth:`compute` returns all of them ordered by probe index, whatever the split of probes across ranks.
+
+    The per-image scores behind a step's mean (its standard error, and paired comparisons between steps) and the
+    embeddings behind DIV travel this way. Every rank must update at least once (with empty tensors if its share
+    holds nothing of this kind), so that each rank's state has a tensor to gather.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, width: int | None = None) -> None:
+        """
+        Args:
+            width: K, the values per probe (e.g. 3 scores); None takes the width of the first update (an
+                embedding's size).
+        """
+        super().__init__()
+        self.width = width
+        self.add_state("indices", [], dist_reduce_fx="cat")
+        self.add_state("values", [], dist_reduce_fx="cat")
+
+    def update(self, indices: Tensor, values: Tensor) -> None:
+        """Add the rows of ``N`` probes.
+
+        Args:
+            indices: (N,) the probes' global indices.
+            values: (N, K) their values.
+        """
+        if values.ndim != 2 or len(values) != len(indices) or values.shape[1] != (self.width or values.shape[1]):
+            raise ValueError(f"expected ({len(indices)}, {self.width or 'K'}) values, got {tuple(values.shape)}")
+        self.width = values.shape[1]
+        self.indices.append(indices.to(self.device, torch.long))
+        self.values.append(values.to(self.device, torch.float32))
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """The (P,) probe indices, ascending, and their (P, K) values (read them through :meth:`rows`)."""
+        indices, values = dim_zero_cat(self.indices), dim_zero_cat(self.values)
+        order = indices.argsort()
+        return indices[order], values[order]
+
+    def rows(self) -> tuple[Tensor, Tensor]:
+        """:meth:`compute` with its shapes kept: torchmetrics squeezes a one-element result to a scalar."""
+        indices, values = self.compute()
+        return indices.reshape(-1), values.reshape(indices.numel(), self.width)

@@ -43,12 +43,13 @@ def score_run(run_dir: Path, clip_model: str | None = None, dino_model: str | No
     model = instantiate(config["model"], DiffusionFineTuner)
     model.configure_model()
     scorer.set_reference(data.images)
-    rows = [{"step": 0, **scorer.score(model)[0]}]
+    base = scorer.score(model)
+    rows, scores = [{"step": 0, **base.values, "se": base.errors}], {0: base.scores}
     for step, checkpoint in checkpoints_by_step(run_dir / "checkpoints"):
-        rows.append(
-            {"step": step, **scorer.score(apply_checkpoint(model, checkpoint))[0], "checkpoint": checkpoint.name}
-        )
-    selection = select_step(rows, **evaluator.rule)
+        result = scorer.score(apply_checkpoint(model, checkpoint))
+        rows.append({"step": step, **result.values, "se": result.errors, "checkpoint": checkpoint.name})
+        scores[step] = result.scores
+    selection = select_step(rows, **evaluator.rule, scores=scores)
     write_jsonl(run_dir / "evaluation" / "posthoc.jsonl", rows)
     write_json(run_dir / "evaluation" / "posthoc_selection.json", {"step": selection.step, "reason": selection.reason})
     print(format_rows(rows), f"\nselected step {selection.step}: {selection.reason}", sep="")

@@ -6,6 +6,12 @@ drop, and whose prior preservation (PRES) did not rise, by more than a margin fr
 the earlier step, which has drifted less. The DreamBooth user study finds DINO gaps of ~0.1 and CLIP-T gaps of
 ~0.05 noticeable (arXiv 2208.12242), hence the default margins.
 
+A step's metrics are means over a few probe images, with standard errors often larger than those margins. Given
+every probe's score (the evaluator keeps them), the rule compares steps probe by probe, on identical prompts and
+seeds (:func:`~sdft.evaluation.uncertainty.paired_difference`): a step is rejected only when its change from the
+base model is beyond the margin with the chosen one-sided confidence, and a step is "near the best" unless the best
+leads it clearly by more than the tie tolerance.
+
 Each row is a mapping ``{"step": int, "val/clip_i": ..., "val/clip_t": ..., "val/dino": ..., "val/pres": ...}``;
 the row with the lowest step (normally step 0, the base model) is the baseline.
 """
@@ -17,12 +23,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sdft.errors import UserError
+from sdft.evaluation.uncertainty import Difference, one_sided_z, paired_difference
 
 CLIP_T = "val/clip_t"
 PRES = "val/pres"
+DIV = "val/div"
 EPSILON = 1e-9
 
 Row = Mapping[str, float]
+#: step -> metric key -> the score of every probe image, in probe order (identical probes at every step)
+Scores = Mapping[int, Mapping[str, Sequence[float]]]
 
 
 @dataclass(frozen=True)
@@ -41,11 +51,19 @@ def select_step(
     clip_t_margin: float | None = 0.03,
     pres_margin: float | None = 0.05,
     tie_tolerance: float = 0.02,
+    div_margin: float | None = None,
+    confidence: float = 0.95,
+    scores: Scores | None = None,
 ) -> Selection:
-    """Max ``fidelity`` s.t. CLIP-T >= base - clip_t_margin and PRES <= base + pres_margin; ties go earlier.
+    """Max ``fidelity`` s.t. CLIP-T did not clearly drop by more than ``clip_t_margin`` from the base model, nor PRES
+    clearly rise by more than ``pres_margin`` (nor DIV clearly drop by more than ``div_margin``); ties go earlier.
 
-    Only steps after the baseline compete. Among the candidates, the earliest step whose fidelity is within
-    ``tie_tolerance`` of the best wins. If no step meets the constraints, nothing is raised: the same tie rule is
+    With ``scores`` (every probe's score at every step), steps are compared probe by probe: a constraint rejects a
+    step only when the paired difference is beyond the margin at the one-sided ``confidence`` level, and a step ties
+    with the best one unless the best is clearly ahead by more than ``tie_tolerance``; the earliest tied step wins.
+    Without scores the differences of the means are taken as exact, which is the same rule with no noise.
+
+    Only steps after the baseline compete. If no step meets the constraints, nothing is raised: the tie rule is
     applied to all steps after the baseline and the reason says that no step met them, so a run always yields a
     checkpoint and the report shows the warning. A step with a nan or infinite metric is never chosen: it is
     rejected, and when every step after the baseline has one, the baseline is kept.
@@ -56,26 +74,120 @@ def select_step(
         clip_t_margin: allowed CLIP-T drop from the baseline; None disables the constraint.
         pres_margin: allowed PRES rise from the baseline; None disables the constraint.
         tie_tolerance: fidelity gap within which an earlier step is preferred to the best one.
+        div_margin: allowed DIV (``val/div``) drop from the baseline; None disables the constraint.
+        confidence: one-sided level at which a difference counts as clear (0.5 compares the means alone).
+        scores: step -> metric -> per-probe scores in probe order (``evaluation/scores.jsonl``); None for means.
     """
-    keys = [fidelity] + [key for key, margin in ((CLIP_T, clip_t_margin), (PRES, pres_margin)) if margin is not None]
-    baseline, *evaluated = sorted_rows(rows, keys, tie_tolerance)
+    rule = Rule(fidelity, clip_t_margin, pres_margin, div_margin, tie_tolerance, one_sided_z(confidence), scores or {})
+    baseline, *evaluated = sorted_rows(rows, rule.keys(), tie_tolerance)
     if not evaluated:
         return Selection(int(baseline["step"]), f"only the baseline step {baseline['step']} was evaluated")
-    nonfinite = nonfinite_steps(evaluated, keys)
+    nonfinite = nonfinite_steps(evaluated, rule.keys())
     trained = [row for row in evaluated if int(row["step"]) not in nonfinite]
     if not trained:
         reason = f"no step after the baseline has finite metrics; keeping the baseline step {baseline['step']}"
         return Selection(int(baseline["step"]), reason, (), nonfinite)
-    rejected = {**nonfinite, **rejected_steps(trained, baseline, clip_t_margin, pres_margin)}
+    rejected = {**nonfinite, **rule.rejected_steps(trained, baseline)}
     candidates = [row for row in trained if int(row["step"]) not in rejected]
-    constraints = describe_constraints(baseline, clip_t_margin, pres_margin)
+    constraints = rule.describe_constraints(baseline)
     if not candidates:
-        chosen = earliest_near_best(trained, fidelity, "max", tie_tolerance)
-        choice = describe_choice(chosen, trained, fidelity, "max", tie_tolerance)
+        chosen, choice = rule.earliest_near_best(trained)
         return Selection(int(chosen["step"]), f"no step after the baseline met {constraints}; {choice}", (), rejected)
-    chosen = earliest_near_best(candidates, fidelity, "max", tie_tolerance)
-    reason = describe_choice(chosen, candidates, fidelity, "max", tie_tolerance) + f", subject to {constraints}"
+    chosen, choice = rule.earliest_near_best(candidates)
+    reason = f"{choice}, subject to {constraints}"
     return Selection(int(chosen["step"]), reason, tuple(int(row["step"]) for row in candidates), rejected)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The constraint rule of :func:`select_step`, with the probe scores its comparisons read."""
+
+    fidelity: str
+    clip_t_margin: float | None
+    pres_margin: float | None
+    div_margin: float | None
+    tie_tolerance: float
+    z: float
+    scores: Scores
+
+    def limits(self) -> list[tuple[str, float, int]]:
+        """(metric, margin, direction) of each active constraint: -1 must not drop, +1 must not rise."""
+        limits = [(CLIP_T, self.clip_t_margin, -1), (PRES, self.pres_margin, 1), (DIV, self.div_margin, -1)]
+        return [(key, margin, direction) for key, margin, direction in limits if margin is not None]
+
+    def keys(self) -> list[str]:
+        """The metric keys every row must have."""
+        return [self.fidelity] + [key for key, _, _ in self.limits()]
+
+    def difference(self, row: Row, other: Row, key: str) -> Difference:
+        """``row - other`` on ``key``: paired over the probes when both steps have scores, else of the means."""
+        a, b = (self.scores.get(int(r["step"]), {}).get(key) for r in (row, other))
+        if a and b and len(a) == len(b):
+            return paired_difference(a, b)
+        return Difference(row[key] - other[key])
+
+    def rejected_steps(self, rows: Sequence[Row], baseline: Row) -> dict[int, str]:
+        """Step -> why it breaks the constraints, for the rows that break them."""
+        violations = {int(row["step"]): self.violations(row, baseline) for row in rows}
+        return {step: "; ".join(reasons) for step, reasons in violations.items() if reasons}
+
+    def violations(self, row: Row, baseline: Row) -> list[str]:
+        """Why ``row`` clearly moved beyond a margin from the baseline; empty if it did not."""
+        found = []
+        for key, margin, direction in self.limits():
+            change = self.difference(row, baseline, key)
+            if direction * (change.lower(self.z) if direction > 0 else change.upper(self.z)) > margin + EPSILON:
+                found.append(self.describe_violation(row, baseline, key, margin, direction, change))
+        return found
+
+    def describe_violation(
+        self, row: Row, baseline: Row, key: str, margin: float, direction: int, change: Difference
+    ) -> str:
+        """E.g. ``val/clip_t 0.2500 < 0.2700 (base 0.3000 - 0.03)``, with the paired change when it is known."""
+        limit = baseline[key] + direction * margin
+        sign, relation = ("-", "<") if direction < 0 else ("+", ">")
+        text = f"{key} {row[key]:.4f} {relation} {limit:.4f} (base {baseline[key]:.4f} {sign} {margin})"
+        if change.count < 2:
+            return text
+        return text + f", a change of {change.describe()}: beyond the margin at z = {self.z:.2f}"
+
+    def describe_constraints(self, baseline: Row) -> str:
+        """E.g. ``val/clip_t >= 0.2900 (base 0.3200 - 0.03) and val/pres <= 0.5500 (base 0.5000 + 0.05)``."""
+        parts = []
+        for key, margin, direction in self.limits():
+            relation, sign = (">=", "-") if direction < 0 else ("<=", "+")
+            limit = baseline[key] + direction * margin
+            parts.append(f"{key} {relation} {limit:.4f} (base {baseline[key]:.4f} {sign} {margin})")
+        if not parts:
+            return "no constraints"
+        noise = f" (a step breaks them only beyond the noise, at z = {self.z:.2f})" if self.scores else ""
+        return " and ".join(parts) + noise
+
+    def earliest_near_best(self, rows: Sequence[Row]) -> tuple[Row, str]:
+        """The earliest row the best one is not clearly ahead of by more than ``tie_tolerance``, and why."""
+        best = max(rows, key=lambda row: row[self.fidelity])
+        chosen = next(row for row in rows if self.tied(best, row))
+        return chosen, self.describe_choice(chosen, best, rows)
+
+    def tied(self, best: Row, row: Row) -> bool:
+        """Whether ``best`` leads ``row`` by no more than the tie tolerance, or not clearly more."""
+        return self.difference(best, row, self.fidelity).lower(self.z) <= self.tie_tolerance + EPSILON
+
+    def describe_choice(self, chosen: Row, best: Row, rows: Sequence[Row]) -> str:
+        """A sentence naming the chosen step, its value, and the best value among ``rows``."""
+        key = self.fidelity
+        steps = ", ".join(str(int(row["step"])) for row in rows)
+        text = f"step {int(chosen['step'])} has {key} {chosen[key]:.4f}"
+        if best is chosen or best[key] == chosen[key]:
+            return text + f", the highest among steps [{steps}]"
+        lead = self.difference(best, chosen, key)
+        near = f"within {self.tie_tolerance} of the best {best[key]:.4f} at step {int(best['step'])}"
+        if lead.mean > self.tie_tolerance + EPSILON:
+            near = (
+                f"not clearly below the best {best[key]:.4f} at step {int(best['step'])} (which leads by "
+                f"{lead.describe()}, within {self.tie_tolerance} at z = {self.z:.2f})"
+            )
+        return text + f", {near}, and is earlier, among steps [{steps}]"
 
 
 def select_single(rows: Sequence[Row], monitor: str, mode: str = "max", tie_tolerance: float = 0.0) -> Selection:
@@ -131,40 +243,6 @@ def nonfinite_steps(rows: Sequence[Row], keys: Sequence[str]) -> dict[int, str]:
     return {step: f"{', '.join(bad)} not finite (nan or inf)" for step, bad in found.items() if bad}
 
 
-def rejected_steps(
-    rows: Sequence[Row], baseline: Row, clip_t_margin: float | None, pres_margin: float | None
-) -> dict[int, str]:
-    """Step -> why it breaks the constraints, for the rows that break them.
-
-    Args:
-        rows: the steps after the baseline.
-        baseline: the base model's row.
-        clip_t_margin: allowed CLIP-T drop, or None.
-        pres_margin: allowed PRES rise, or None.
-    """
-    violations = {int(row["step"]): constraint_violations(row, baseline, clip_t_margin, pres_margin) for row in rows}
-    return {step: "; ".join(reasons) for step, reasons in violations.items() if reasons}
-
-
-def constraint_violations(row: Row, baseline: Row, clip_t_margin: float | None, pres_margin: float | None) -> list[str]:
-    """Human-readable reasons why ``row`` breaks the CLIP-T floor or the PRES ceiling; empty if it does not.
-
-    Args:
-        row: the step under test.
-        baseline: the base model's row.
-        clip_t_margin: allowed CLIP-T drop, or None.
-        pres_margin: allowed PRES rise, or None.
-    """
-    violations = []
-    if clip_t_margin is not None and row[CLIP_T] < baseline[CLIP_T] - clip_t_margin - EPSILON:
-        floor = baseline[CLIP_T] - clip_t_margin
-        violations.append(f"{CLIP_T} {row[CLIP_T]:.4f} < {floor:.4f} (base {baseline[CLIP_T]:.4f} - {clip_t_margin})")
-    if pres_margin is not None and row[PRES] > baseline[PRES] + pres_margin + EPSILON:
-        ceiling = baseline[PRES] + pres_margin
-        violations.append(f"{PRES} {row[PRES]:.4f} > {ceiling:.4f} (base {baseline[PRES]:.4f} + {pres_margin})")
-    return violations
-
-
 def earliest_near_best(rows: Sequence[Row], key: str, mode: str, tie_tolerance: float) -> Row:
     """The earliest row whose ``key`` is within ``tie_tolerance`` of the best value.
 
@@ -176,24 +254,6 @@ def earliest_near_best(rows: Sequence[Row], key: str, mode: str, tie_tolerance: 
     """
     best = (max if mode == "max" else min)(row[key] for row in rows)
     return next(row for row in rows if abs(row[key] - best) <= tie_tolerance + EPSILON)
-
-
-def describe_constraints(baseline: Row, clip_t_margin: float | None, pres_margin: float | None) -> str:
-    """E.g. ``val/clip_t >= 0.2900 (base 0.3200 - 0.03) and val/pres <= 0.5500 (base 0.5000 + 0.05)``.
-
-    Args:
-        baseline: the base model's row.
-        clip_t_margin: allowed CLIP-T drop, or None.
-        pres_margin: allowed PRES rise, or None.
-    """
-    parts = []
-    if clip_t_margin is not None:
-        floor = baseline[CLIP_T] - clip_t_margin
-        parts.append(f"{CLIP_T} >= {floor:.4f} (base {baseline[CLIP_T]:.4f} - {clip_t_margin})")
-    if pres_margin is not None:
-        ceiling = baseline[PRES] + pres_margin
-        parts.append(f"{PRES} <= {ceiling:.4f} (base {baseline[PRES]:.4f} + {pres_margin})")
-    return " and ".join(parts) if parts else "no constraints"
 
 
 def describe_choice(chosen: Row, rows: Sequence[Row], key: str, mode: str, tie_tolerance: float) -> str:

@@ -16,13 +16,16 @@ ARROWS = {"higher": "↑", "lower": "↓"}
 # -- formatting -------------------------------------------------------------------------------------------------
 
 
-def format_value(value: Any) -> str:
-    """A metric value with 3 decimals, or an em dash when it is missing.
+def format_value(value: Any, error: Any = None) -> str:
+    """A metric value with 3 decimals (and its standard error, ``0.412 ± 0.031``), or an em dash when missing.
 
     Args:
         value: a number or None.
+        error: its standard error, or None.
     """
-    return f"{value:.3f}" if _is_number(value) else "—"
+    if not _is_number(value):
+        return "—"
+    return f"{value:.3f} ± {error:.3f}" if _is_number(error) else f"{value:.3f}"
 
 
 def metric_label(metric: str) -> str:
@@ -116,12 +119,16 @@ def metrics_table(evaluation: Evaluation, metrics: Sequence[str]) -> list[str]:
     header = " | ".join(metric_label(metric) for metric in metrics)
     lines = [f"| step | {header} | note |", "|---:|" + "---:|" * len(metrics) + ":---|"]
     for row in evaluation.rows:
-        cells = [str(row["step"])] + [format_value(row.get(metric)) for metric in metrics]
+        errors = row.get("se") or {}
+        cells = [str(row["step"])] + [format_value(row.get(metric), errors.get(metric)) for metric in metrics]
         if row["step"] == chosen:
             cells = [f"**{cell}**" for cell in cells]
         marks = _step_marks(row["step"], base_step, evaluation.selection)
         lines.append("| " + " | ".join(cells) + f" | {_escape_cell('; '.join(marks))} |")
-    return [*lines, *ceiling_row(evaluation, metrics), "", "↑ higher is better, ↓ lower is better."]
+    legend = "↑ higher is better, ↓ lower is better."
+    if any(row.get("se") for row in evaluation.rows):
+        legend += " ± is the standard error of the mean over the probe images (over the prompts for val/div)."
+    return [*lines, *ceiling_row(evaluation, metrics), "", legend]
 
 
 def ceiling_row(evaluation: Evaluation, metrics: Sequence[str]) -> list[str]:

@@ -118,9 +118,14 @@ def plot_metric(evaluation: Evaluation, metric: str, path: Path) -> None:
         metric: the metric key to plot.
         path: the PNG file to write.
     """
-    points = [(row["step"], row[metric]) for row in evaluation.rows if _is_number(row.get(metric))]
+    rows = [row for row in evaluation.rows if _is_number(row.get(metric))]
     figure, axes = new_axes(plot_title(metric), metric)
-    axes.plot([step for step, _ in points], [value for _, value in points], marker="o", label=metric)
+    steps, values = [row["step"] for row in rows], [row[metric] for row in rows]
+    errors = [(row.get("se") or {}).get(metric) for row in rows]
+    if all(_is_number(error) for error in errors):
+        axes.errorbar(steps, values, yerr=errors, marker="o", capsize=3, label=f"{metric} ± standard error")
+    else:
+        axes.plot(steps, values, marker="o", label=metric)
     base = evaluation.rows[0].get(metric)
     if _is_number(base):
         axes.axhline(base, linestyle="--", color="tab:gray", label=f"base model ({base:.3f})")

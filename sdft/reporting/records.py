@@ -19,7 +19,13 @@ Points = list[tuple[int, float]]
 
 CEILING_EXTRA_KEYS = frozenset({"num_reference_images"})
 #: which direction is better, for the metrics sdft logs; other keys ending in ``loss`` are lower-is-better too
-BETTER = {"val/clip_i": "higher", "val/clip_t": "higher", "val/dino": "higher", "val/pres": "lower"}
+BETTER = {
+    "val/clip_i": "higher",
+    "val/clip_t": "higher",
+    "val/dino": "higher",
+    "val/pres": "lower",
+    "val/div": "higher",
+}
 SKIPPED_SCALARS = frozenset({"epoch"})  # Lightning's epoch counter: not a curve anyone reads
 SAMPLE_FILE = re.compile(r"(\d+)_(\d+)\.png")
 NOT_A_RUN = "pass a run folder made by `sdft fit` (runs/<name>/version_N)"

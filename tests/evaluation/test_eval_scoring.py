@@ -51,7 +51,7 @@ def test_scores_split_across_ranks_equal_one_process_without_compute_before_upda
         ranks[1].update(images[[1, 3]], [PROMPTS[1], PROMPTS[3]], [True, True])
         for name, metric in ranks[0].metrics.items():
             metric.merge_state(ranks[1].metrics[name])
-        values = ranks[0].compute()
+        values = ranks[0].compute().values
     subject, bare = images[[0, 2]], images[[1, 3]]
     assert values["val/dino"] == pytest.approx(cosine_matrix(dino(subject), dino(photos)).mean().item(), abs=1e-6)
     assert values["val/pres"] == pytest.approx(cosine_matrix(dino(bare), dino(photos)).mean().item(), abs=1e-6)
@@ -65,3 +65,30 @@ def test_a_metric_that_scored_no_image_anywhere_is_an_error(backbones):
     metrics.update(random_images(1, seed=4), ["a sks dog"], [False])
     with pytest.raises(RuntimeError, match="SubjectSimilarity scored no image"):
         metrics.compute()
+
+
+def test_every_probe_score_is_kept_in_probe_order_whatever_the_split_across_ranks(backbones):
+    # probes 0..3 dealt round-robin to two ranks, as the evaluator deals them; rank 1 holds both class images
+    clip, dino = backbones
+    photos, images = random_images(3, seed=5), random_images(4, seed=6)
+    ranks = [subject_metrics(backbones, photos) for _ in range(2)]
+    ranks[0].update(images[[0, 2]], [PROMPTS[0], PROMPTS[2]], [False, False], indices=[0, 2])
+    ranks[1].update(images[[1, 3]], [PROMPTS[1], PROMPTS[3]], [True, True], indices=[1, 3])
+    merged = ranks[0]
+    for name in ("probe_scores", "class_scores", "dino_embeddings"):
+        getattr(merged, name).merge_state(getattr(ranks[1], name))
+    for name, metric in merged.metrics.items():
+        metric.merge_state(ranks[1].metrics[name])
+    scored = merged.compute()
+    subject, bare = images[[0, 2]], images[[1, 3]]
+    dino_per_image = cosine_matrix(dino(subject), dino(photos)).mean(1)
+    assert scored.subject_indices == [0, 2]
+    assert scored.scores["val/dino"] == pytest.approx(dino_per_image.tolist(), abs=1e-6)
+    assert scored.scores["val/clip_i"] == pytest.approx(cosine_matrix(clip(subject), clip(photos)).mean(1).tolist())
+    texts = clip.encode_texts(["a dog", "a dog in the snow"])
+    assert scored.scores["val/clip_t"] == pytest.approx((clip.encode_images(subject) * texts).sum(-1).tolist())
+    assert scored.scores["val/pres"] == pytest.approx(cosine_matrix(dino(bare), dino(photos)).mean(1).tolist())
+    # each mean is the mean of its probes' scores
+    for key in ("val/dino", "val/clip_i", "val/clip_t", "val/pres"):
+        assert scored.values[key] == pytest.approx(sum(scored.scores[key]) / 2, abs=1e-6)
+    assert torch.allclose(scored.dino_embeddings, dino(subject), atol=1e-6)

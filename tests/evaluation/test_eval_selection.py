@@ -108,3 +108,80 @@ def test_select_single_skips_non_finite_values():
     assert select_single(rows, "val/loss", mode="max").step == 0
     with pytest.raises(ValueError, match="no evaluated step has a finite val/loss"):
         select_single([{"step": 0, "val/loss": float("nan")}], "val/loss")
+
+
+# -- with every probe's scores: differences beyond the noise ------------------------------------------------------
+
+
+def scored(steps_to_values):
+    """step -> metric -> per-probe scores, and the rows of their means."""
+    rows = [
+        {"step": step, **{key: sum(values) / len(values) for key, values in metrics.items()}}
+        for step, metrics in steps_to_values.items()
+    ]
+    return rows, steps_to_values
+
+
+NOISY_DROP = [0.30, 0.10, 0.50, 0.14]  # CLIP-T per probe, the base's [0.30, 0.30, 0.30, 0.30]: mean -0.04, se 0.09
+STEADY_DROP = [0.26, 0.255, 0.265, 0.26]  # every probe 0.035-0.045 lower: clearly beyond a 0.03 margin
+FLAT = [0.30] * 4
+PRES = [0.5] * 4
+
+
+def test_a_clip_t_drop_within_the_noise_does_not_reject_and_a_steady_one_does():
+    rows, scores = scored(
+        {
+            0: {"val/dino": [0.40] * 4, "val/clip_t": FLAT, "val/pres": PRES},
+            100: {"val/dino": [0.60] * 4, "val/clip_t": NOISY_DROP, "val/pres": PRES},
+            200: {"val/dino": [0.70] * 4, "val/clip_t": STEADY_DROP, "val/pres": PRES},
+        }
+    )
+    with_noise = select_step(rows, scores=scores)
+    assert set(with_noise.rejected) == {200}
+    assert "a change of -0.0400 ± 0.0020 (paired, 4 probes): beyond the margin at z = 1.64" in with_noise.rejected[200]
+    assert with_noise.step == 100
+    # the same means without the scores: both drops exceed the margin
+    assert set(select_step(rows).rejected) == {100, 200}
+
+
+def test_the_best_step_wins_only_when_it_leads_clearly_by_more_than_the_tie_tolerance():
+    steady = {"val/clip_t": FLAT, "val/pres": PRES}
+    rows, scores = scored(
+        {
+            0: {"val/dino": [0.40] * 4, **steady},
+            100: {"val/dino": [0.50, 0.50, 0.50, 0.50], **steady},
+            200: {"val/dino": [0.80, 0.50, 0.54, 0.56], **steady},  # leads step 100 by 0.10 in mean, se 0.067
+            300: {"val/dino": [0.62, 0.60, 0.61, 0.61], **steady},  # leads step 100 by 0.11 on every probe
+        }
+    )
+    noisy = {step: metrics for step, metrics in scores.items() if step != 300}
+    chosen = select_step([row for row in rows if row["step"] != 300], scores=noisy)
+    assert chosen.step == 100
+    assert "not clearly below the best 0.6000 at step 200 (which leads by +0.1000 ± 0.0678" in chosen.reason
+    clear = select_step([rows[0], rows[1], rows[3]], scores={step: scores[step] for step in (0, 100, 300)})
+    assert clear.step == 300 and "the highest among steps [100, 300]" in clear.reason
+
+
+def test_confidence_one_half_compares_the_means_alone():
+    rows, scores = scored(
+        {
+            0: {"val/dino": [0.40] * 4, "val/clip_t": FLAT, "val/pres": PRES},
+            100: {"val/dino": [0.60] * 4, "val/clip_t": NOISY_DROP, "val/pres": PRES},
+        }
+    )
+    assert set(select_step(rows, scores=scores, confidence=0.5).rejected) == set(select_step(rows).rejected) == {100}
+    assert select_step(rows, scores=scores).rejected == {}
+
+
+def test_a_div_drop_rejects_a_collapsed_step_when_div_margin_is_set():
+    keep = {"val/clip_t": FLAT, "val/pres": PRES}
+    rows, scores = scored(
+        {
+            0: {"val/dino": [0.40] * 4, "val/div": [0.30, 0.32, 0.28, 0.30], **keep},
+            100: {"val/dino": [0.60] * 4, "val/div": [0.25, 0.27, 0.24, 0.26], **keep},
+            200: {"val/dino": [0.75] * 4, "val/div": [0.05, 0.04, 0.06, 0.05], **keep},
+        }
+    )
+    assert select_step(rows, scores=scores).step == 200
+    guarded = select_step(rows, scores=scores, div_margin=0.1)
+    assert guarded.step == 100 and "val/div 0.0500 < 0.2000" in guarded.rejected[200]
