@@ -3,7 +3,8 @@ asked.
 
 Example ``i`` of a dataset depends only on the seed, ``i`` and the vocabulary: its scene and caption template come
 from the generator seeded ``[seed, i, 0]``, its jitter and background texture from ``[seed, i, 1]``, so any example
-can be redrawn alone, in any order, in any process.
+can be redrawn alone, in any order, in any process. :class:`ClutterDataset` draws uncaptioned clutter
+(:mod:`sdft.toyworld.clutter`) the same way, example ``i`` from the generator seeded ``[seed, i, 2]``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from sdft.files import write_atomic, write_folder_atomic, write_jsonl
+from sdft.toyworld.clutter import draw_clutter
 from sdft.toyworld.draw import Drawing, render
 from sdft.toyworld.scenes import TEMPLATES, Scene, Vocabulary, caption, sample_scene
 
@@ -69,6 +71,30 @@ class WorldDataset(Sequence[WorldExample]):
         if not -self.count <= index < self.count:
             raise IndexError(f"example {index} is out of range for a dataset of {self.count}")
         return index % self.count
+
+
+class ClutterDataset(Sequence[Drawing]):
+    """``count`` clutter drawings (see :mod:`sdft.toyworld.clutter`) with the masks of what is drawn, drawn when
+    indexed: content the world never draws, for training an autoencoder.
+
+    Args:
+        seed: the dataset's seed; equal seeds give equal drawings.
+        count: the number of drawings.
+        size: the side of the images in pixels.
+    """
+
+    def __init__(self, seed: int, count: int, size: int = 64) -> None:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        self.seed, self.count, self.size = seed, count, size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Drawing:
+        if not -self.count <= index < self.count:
+            raise IndexError(f"drawing {index} is out of range for a dataset of {self.count}")
+        return draw_clutter(self.size, np.random.default_rng([self.seed, index % self.count, 2]))
 
 
 def world_dataset(seed: int, count: int, vocabulary: Vocabulary | None = None, size: int = 64) -> WorldDataset:
