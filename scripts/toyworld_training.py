@@ -1,18 +1,15 @@
 """The three stages that train the toy world's base model (see scripts/train_toyworld.py), as plain PyTorch loops.
 
-Each stage holds its module, its data and its batch size, and draws every batch from the ``torch.Generator`` it is
-given, so a stage is a function of its seed; :func:`fit` runs any of them for a step or time budget with AdamW, a
-linear warm-up and gradient clipping, and records the loss.
+Each stage holds its module, its data (on the module's device) and its batch size, and draws every batch from the
+``torch.Generator`` it is given (on the CPU, so equal seeds draw equal batches on any device), so a stage is a
+function of its seed; ``toyworld_loop.fit`` runs any of them for a step or time budget and saves and restores its
+state (:meth:`state_dict`, :meth:`load_state_dict`: what training changes).
 """
 
 from __future__ import annotations
 
-import math
-import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +23,7 @@ from sdft.families.ddpm import DDPMSchedule
 from sdft.objectives import per_example_mse
 from sdft.tiny_models import seeded
 from sdft.toyworld import Scene, WorldDataset
+from sdft.toyworld.datasets import ClutterDataset
 from sdft.toyworld.scenes import BACKGROUNDS, COLORS, PATTERNS, POSITIONS, RELATIONS, SHAPES, SIZES
 
 #: every attribute of a scene and its values (None: the scene has no second object), the text encoder's targets
@@ -66,6 +64,31 @@ def draw_examples(dataset: WorldDataset) -> Examples:
         captions.append(text)
         scenes.append(scene)
     return Examples(torch.stack(images), torch.stack(objects), captions, scenes)
+
+
+class Pictures(NamedTuple):
+    """What the autoencoder learns from: images (N, 3, H, W) uint8 and the pixels of what is drawn on their
+    backgrounds (N, 1, H, W) bool (:class:`Examples` are pictures too)."""
+
+    images: torch.Tensor
+    objects: torch.Tensor
+
+
+def draw_clutter(dataset: ClutterDataset) -> Pictures:
+    """Every clutter drawing of ``dataset`` with the mask of what is drawn on its background."""
+    drawings = [dataset[index] for index in range(len(dataset))]
+    images = [torch.from_numpy(np.array(drawing.image.convert("RGB"))).permute(2, 0, 1) for drawing in drawings]
+    return Pictures(torch.stack(images), torch.stack([torch.from_numpy(drawing.mask)[None] for drawing in drawings]))
+
+
+def mixed(*parts: Pictures) -> Pictures:
+    """The pictures of every part, in order."""
+    return Pictures(torch.cat([part.images for part in parts]), torch.cat([part.objects for part in parts]))
+
+
+def standard_normal(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU from ``generator`` (equal on every device), then moved to ``device``."""
+    return torch.randn(shape, generator=generator).to(device)
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -118,85 +141,6 @@ def vae_loss(
     return squared.sum() / (weights.sum() * pixels.shape[1]) + kl_weight * gaussian_kl(mean, logvar).mean()
 
 
-# -- the loop ---------------------------------------------------------------------------------------------------------
-
-
-class Stage(Protocol):
-    """One stage of training: its trainable parameters, the loss of a batch it draws, and hooks around the steps."""
-
-    name: str
-
-    def parameters(self) -> list[nn.Parameter]: ...
-
-    def loss(self, generator: torch.Generator) -> torch.Tensor: ...
-
-    def after_step(self) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long a stage trains: ``steps`` optimizer steps, or fewer if ``minutes`` run out first.
-
-    Args:
-        steps: the most optimizer steps.
-        minutes: the most wall-clock minutes; None for no limit (a run stopped by time is not reproducible).
-    """
-
-    steps: int
-    minutes: float | None = None
-
-    def allows(self, step: int, seconds: float) -> bool:
-        return step < self.steps and (self.minutes is None or seconds < 60 * self.minutes)
-
-
-def rate_factor(step: int, warmup: int, steps: int, final: float = 0.1) -> float:
-    """The learning rate of optimizer step ``step`` (from 0) as a share of the peak: a linear warm-up over
-    ``warmup`` steps, then a half cosine down to ``final`` at step ``steps`` (Loshchilov & Hutter 2017)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def fit(
-    stage: Stage, budget: Budget, learning_rate: float, generator: torch.Generator, warmup: int = 100, every: int = 50
-) -> dict:
-    """Train ``stage`` with AdamW (no weight decay), the learning rate of :func:`rate_factor` and gradients clipped
-    at norm 1; return its record: steps, seconds, learning rate and, every ``every`` steps, ``[step, mean loss of those
-    steps, seconds since the start]`` (the fastest stretches tell a busy machine's step time from a quiet one's)."""
-    parameters = stage.parameters()
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate_factor(step, warmup, budget.steps))
-    losses, window, step, start = [], [], 0, time.perf_counter()
-    while budget.allows(step, time.perf_counter() - start):
-        loss = stage.loss(generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
-        stage.after_step()
-        window.append(loss.item())
-        step += 1
-        if step % every == 0 or not budget.allows(step, time.perf_counter() - start):
-            losses.append(progress(stage.name, step, window, time.perf_counter() - start, losses))
-            window = []
-    stage.finish()
-    seconds = time.perf_counter() - start
-    return {"stage": stage.name, "steps": step, "seconds": round(seconds, 1), "learning_rate": learning_rate,
-            "losses": losses}  # fmt: skip
-
-
-def progress(name: str, step: int, window: list[float], seconds: float, earlier: list[list[float]]) -> list[float]:
-    """The loss record ``[step, mean loss, seconds]`` of the steps in ``window``, also printed with their pace."""
-    last_step, last_seconds = earlier[-1][0::2] if earlier else (0, 0.0)
-    pace = (seconds - last_seconds) / (step - last_step)
-    print(f"{name}: step {step}, loss {np.mean(window):.4f}, {pace:.3f} s/step", file=sys.stderr, flush=True)
-    return [step, round(float(np.mean(window)), 5), round(seconds, 1)]
-
-
 # -- stage 1: the autoencoder -----------------------------------------------------------------------------------------
 
 
@@ -207,7 +151,7 @@ class AutoencoderStage:
 
     Args:
         vae: the autoencoder to train.
-        examples: the training scenes.
+        pictures: the training images and their objects' pixels (world scenes, clutter, or both).
         batch_size: images per step.
         object_weight: the weight of an object's pixel, the background's being 1.
         kl_weight: see :func:`vae_loss`.
@@ -218,24 +162,25 @@ class AutoencoderStage:
     def __init__(
         self,
         vae: AutoencoderKL,
-        examples: Examples,
+        pictures: Pictures | Examples,
         batch_size: int,
         object_weight: float = 4.0,
         kl_weight: float = 1e-6,
     ) -> None:
-        self.vae, self.examples, self.batch_size = vae, examples, batch_size
+        self.vae, self.batch_size = vae, batch_size
         self.object_weight, self.kl_weight = object_weight, kl_weight
         self.device = next(vae.parameters()).device
+        self.images, self.objects = pictures.images.to(self.device), pictures.objects.to(self.device)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.vae.parameters())
 
     def loss(self, generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(len(self.examples.images), (self.batch_size,), generator=generator)
-        pixels = to_pixels(self.examples.images[index]).to(self.device)
-        weights = 1.0 + self.object_weight * self.examples.objects[index].float().to(self.device)
+        index = torch.randint(len(self.images), (self.batch_size,), generator=generator).to(self.device)
+        pixels = to_pixels(self.images[index])
+        weights = 1.0 + self.object_weight * self.objects[index].float()
         posterior = self.vae.encode(pixels).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(pixels)
+        latents = posterior.mean + posterior.std * standard_normal(posterior.mean.shape, generator, self.device)
         reconstruction = self.vae.decode(latents).sample
         return vae_loss(reconstruction, pixels, weights, posterior.mean, posterior.logvar, self.kl_weight)
 
@@ -244,6 +189,12 @@ class AutoencoderStage:
 
     def finish(self) -> None:
         self.vae.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vae": self.vae.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["vae"])
 
 
 @torch.no_grad()
@@ -292,9 +243,9 @@ class TextStage:
         batch_size: int,
         seed: int = 0,
     ) -> None:
-        self.text_encoder, self.token_ids, self.labels = text_encoder, token_ids, labels
-        self.end_id, self.batch_size = end_id, batch_size
         self.device = next(text_encoder.parameters()).device
+        self.text_encoder, self.end_id, self.batch_size = text_encoder, end_id, batch_size
+        self.token_ids, self.labels = token_ids.to(self.device), labels.to(self.device)
         width, classes = text_encoder.config.hidden_size, sum(map(len, ATTRIBUTE_VALUES.values()))
         self.head = seeded(seed, lambda: nn.Linear(width, classes)).to(self.device)
 
@@ -307,9 +258,9 @@ class TextStage:
         return self.head(states).split([len(values) for values in ATTRIBUTE_VALUES.values()], dim=-1)
 
     def loss(self, generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(len(self.token_ids), (self.batch_size,), generator=generator)
-        token_ids, labels = self.token_ids[index], self.labels[index].to(self.device)
-        read = from_end_token(token_ids, self.end_id).to(self.device)
+        index = torch.randint(len(self.token_ids), (self.batch_size,), generator=generator).to(self.device)
+        token_ids, labels = self.token_ids[index], self.labels[index]
+        read = from_end_token(token_ids, self.end_id)
         losses = [
             F.cross_entropy(logits[read], labels[:, column, None].expand_as(read)[read])
             for column, logits in enumerate(self.logits(token_ids))
@@ -319,10 +270,11 @@ class TextStage:
     @torch.no_grad()
     def accuracy(self, token_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """The share of captions whose every attribute the head reads right at the end token."""
+        token_ids, labels = token_ids.to(self.device), labels.to(self.device)
         end = from_end_token(token_ids, self.end_id).long().argmax(dim=1)
-        rows = torch.arange(len(token_ids))
+        rows = torch.arange(len(token_ids), device=self.device)
         return {
-            key: float((logits[rows, end].argmax(-1).cpu() == labels[:, column]).float().mean())
+            key: float((logits[rows, end].argmax(-1) == labels[:, column]).float().mean())
             for column, (key, logits) in enumerate(zip(ATTRIBUTE_VALUES, self.logits(token_ids), strict=True))
         }
 
@@ -331,6 +283,13 @@ class TextStage:
 
     def finish(self) -> None:
         self.text_encoder.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"text_encoder": self.text_encoder.state_dict(), "head": self.head.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.text_encoder.load_state_dict(state["text_encoder"])
+        self.head.load_state_dict(state["head"])
 
 
 # -- stage 3: the UNet ------------------------------------------------------------------------------------------------
@@ -371,9 +330,10 @@ class DenoiserStage:
         ema: float = 0.999,
     ) -> None:
         self.unet, self.text_encoder, self.schedule = unet, text_encoder, schedule
-        self.latents, self.token_ids, self.empty_ids = latents, token_ids, empty_ids
         self.batch_size, self.caption_dropout, self.ema = batch_size, caption_dropout, ema
         self.device = next(unet.parameters()).device
+        self.latents = tuple(part.to(self.device) for part in latents)
+        self.token_ids, self.empty_ids = token_ids.to(self.device), empty_ids.to(self.device)
         self.average = [parameter.detach().clone().float() for parameter in unet.parameters()]
         self.updates = 0
 
@@ -382,18 +342,18 @@ class DenoiserStage:
 
     def conditions(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The text states (B, L, width) of the examples' captions, some dropped to the empty prompt."""
-        dropped = torch.rand(len(index), generator=generator) < self.caption_dropout
+        dropped = (torch.rand(len(index), generator=generator) < self.caption_dropout).to(self.device)
         token_ids = torch.where(dropped[:, None], self.empty_ids, self.token_ids[index])
         with torch.no_grad():
-            return self.text_encoder(token_ids.to(self.device))[0]
+            return self.text_encoder(token_ids)[0]
 
     def loss(self, generator: torch.Generator) -> torch.Tensor:
         means, stds = self.latents
-        index = torch.randint(len(means), (self.batch_size,), generator=generator)
-        latents = means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        levels = torch.rand(len(index), generator=generator)
-        noised = self.schedule.noise_latents(latents.to(self.device), noise, levels.to(self.device))
+        index = torch.randint(len(means), (self.batch_size,), generator=generator).to(self.device)
+        latents = means[index] + stds[index] * standard_normal(means[index].shape, generator, self.device)
+        noise = standard_normal(latents.shape, generator, self.device)
+        levels = torch.rand(len(index), generator=generator).to(self.device)
+        noised = self.schedule.noise_latents(latents, noise, levels)
         prediction = self.unet(noised.noisy, noised.timesteps, self.conditions(index, generator)).sample
         return (noised.weight * per_example_mse(prediction, noised.target)).mean()
 
@@ -408,3 +368,13 @@ class DenoiserStage:
         for parameter, average in zip(self.unet.parameters(), self.average, strict=True):
             parameter.copy_(average)
         self.unet.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"unet": self.unet.state_dict(), "average": self.average, "updates": self.updates}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.unet.load_state_dict(state["unet"])
+        for average, saved in zip(self.average, state["average"], strict=True):
+            average.copy_(saved)
+        self.updates = state["updates"]

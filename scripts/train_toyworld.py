@@ -2,18 +2,23 @@
 captions.
 
     uv run python scripts/train_toyworld.py --output toyworld --seed 0 [--device cpu|cuda] [--examples 16384]
+        [--geometry factor4|factor2] [--clutter 0] [--save-every 200]
         [--vae-steps N] [--text-steps N] [--unet-steps N] [--vae-minutes M] [--text-minutes M] [--unet-minutes M]
         [--ship sdft/toyworld/weights/base]
     uv run python scripts/train_toyworld.py --evaluate toyworld [--seed 0] [--samples 96] [--guidance-scale 4]
         [--inference-steps 25] [--grid samples.png]
 
-The model is :mod:`sdft.toyworld.model`'s SD 1.x architecture at 64 px (a factor-4 autoencoder, 16x16x4 latents).
-It learns from ``--examples`` scenes of ``world_dataset(seed, examples)``, drawn once, in three stages, each a plain
-PyTorch loop (scripts/toyworld_training.py) with AdamW, a warm-up and clipped gradients:
+The model is :mod:`sdft.toyworld.model`'s SD 1.x architecture at 64 px in one of its ``GEOMETRIES``: ``factor4``
+(the shipped one: a factor-4 autoencoder, 16x16x4 latents) or ``factor2`` (32x32x4 latents, fine enough for a
+novel subject's eyes). It learns from ``--examples`` scenes of ``world_dataset(seed, examples)``, drawn once, in
+three stages, each a plain PyTorch loop (scripts/toyworld_training.py, scripts/toyworld_loop.py) with AdamW, a
+warm-up and clipped gradients:
 
 1. the autoencoder reconstructs whole 64 px images (squared error, an object's pixels weighing five times the
-   background's, and a small KL term); its ``scaling_factor`` is then measured as the inverse standard deviation of
-   the training set's latents;
+   background's, and a small KL term): the scenes and ``--clutter`` drawings of what the world never draws
+   (:mod:`sdft.toyworld.clutter`: overlapping shapes in any colour, specks, strokes and eye-like discs, near-black
+   and near-white among them), without which no autoencoder draws a subject's small parts; its ``scaling_factor``
+   is then measured as the inverse standard deviation of the training set's latents (the scenes');
 2. the text encoder (width 64, two layers, the real CLIP tokenizer) learns to read every attribute of the scene back
    from its states at and after the caption's end token, through a linear head dropped afterwards. This stands in
    for a pretrained CLIP: trained jointly with the UNet from scratch, a text encoder gets only the weak gradient
@@ -24,10 +29,16 @@ PyTorch loop (scripts/toyworld_training.py) with AdamW, a warm-up and clipped gr
    to the empty prompt with probability 0.1 (for classifier-free guidance), and keeps the moving average of its
    weights (decay 0.999).
 
-Everything random comes from ``--seed``: the weights (:func:`sdft.tiny_models.seeded`), the scenes, and one
-``torch.Generator`` that draws every batch, crop and noise; equal seeds and step budgets give equal models on one
-machine. A ``--*-minutes`` budget ends its stage early when the time runs out, which no longer reproduces;
-``training.json`` records the steps each stage ran. The output is written whole or not at all: an ordinary diffusers
+Everything random comes from ``--seed``: the weights (:func:`sdft.tiny_models.seeded`), the scenes, the clutter,
+and one ``torch.Generator`` (on the CPU, whatever ``--device``) that draws every batch, crop and noise; equal seeds
+and step budgets give equal models on one machine. A ``--*-minutes`` budget ends its stage early when the time runs
+out, which no longer reproduces; ``training.json`` records the steps each stage ran.
+
+Training resumes: every ``--save-every`` steps and at its end each stage saves its whole state (weights,
+optimizer, moving average, generator, step, losses) in ``<output>.work/``, and the same command run again after an
+interruption continues from the newest state, to the weights an uninterrupted run ends with. The folder holds the
+run's settings, and a command with other settings is refused until it is deleted; it is deleted once the model is
+written. The output is written whole or not at all: an ordinary diffusers
 folder (safetensors) that ``sdft.families.StableDiffusion`` loads, with ``training.json`` (seed, steps, losses, wall
 time, machine, versions, command, the text encoder's accuracy and the oracle's agreement with the autoencoder's
 reconstructions of held-out scenes) beside the weights.
@@ -48,6 +59,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,27 +71,32 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
+from toyworld_loop import Budget, StateFolder, fit
 from toyworld_training import (
     ATTRIBUTE_VALUES,
     AutoencoderStage,
-    Budget,
     DenoiserStage,
+    Examples,
+    Pictures,
     TextStage,
     attribute_labels,
+    draw_clutter,
     draw_examples,
     encode_images,
-    fit,
     latent_scale,
+    mixed,
 )
 from transformers import CLIPTokenizer
 
+from sdft.errors import UserError
 from sdft.families import StableDiffusion
 from sdft.families.ddpm import DDPMSchedule
 from sdft.files import write_folder_atomic, write_json
 from sdft.tiny_models import clip_tokenizer, save_pipeline, seeded
 from sdft.tools.grids import image_grid
 from sdft.toyworld import oracle, parse_caption, world_dataset
-from sdft.toyworld.model import IMAGE_SIZE, ship, toyworld_modules, toyworld_pipeline
+from sdft.toyworld.datasets import ClutterDataset
+from sdft.toyworld.model import GEOMETRIES, IMAGE_SIZE, ship, toyworld_modules, toyworld_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the UNet's loss weights each example by min-SNR-gamma (Hang et al. 2023), which learns the coarse layout (what
@@ -87,6 +104,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MIN_SNR_GAMMA = 5.0
 #: held-out scenes come from the dataset of this seed plus the training seed
 HELD_OUT = 1_000_000
+#: held-out captions the text encoder's accuracy is measured on, and scenes the autoencoder's reconstructions are
+HELD_OUT_CAPTIONS, HELD_OUT_SCENES = 256, 64
 #: the main object's attributes the oracle checks in ``--evaluate``; the first three say whether captions are followed
 SCORED = ("shape", "color", "background", "pattern", "size", "position")
 #: per stage: examples per step, learning rate, default steps (about an hour on two CPU cores in all)
@@ -103,21 +122,45 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
 
 
-def train_model(output: Path, seed: int, device: str, budgets: dict[str, Budget], examples: int) -> dict:
-    """Train the three stages on ``examples`` scenes of ``world_dataset(seed)`` and write the model folder with its
-    ``training.json``; return that record."""
+def train_model(
+    output: Path,
+    seed: int,
+    device: str,
+    budgets: dict[str, Budget],
+    examples: int,
+    geometry: str = "factor4",
+    clutter: int = 0,
+    save_every: int = 200,
+) -> dict:
+    """Train the three stages on ``examples`` scenes of ``world_dataset(seed)`` (the autoencoder also on ``clutter``
+    clutter drawings) and write the model folder with its ``training.json``; return that record. Each stage resumes
+    from the state it saved in ``<output>.work`` (see the module docstring).
+
+    Args:
+        output: the model folder to write.
+        seed: the seed of the weights, the data and every draw.
+        device: where the modules train.
+        budgets: each stage's (``SETTINGS``' keys) budget.
+        examples: the number of training scenes.
+        geometry: a key of :data:`sdft.toyworld.model.GEOMETRIES`.
+        clutter: the number of clutter drawings the autoencoder also learns from.
+        save_every: steps between saved states.
+    """
     start, generator = time.perf_counter(), torch.Generator().manual_seed(seed)
-    modules = seeded(seed, toyworld_modules)
+    settings = {"seed": seed, "examples": examples, "geometry": geometry, "clutter": clutter,
+                "steps": {stage: budget.steps for stage, budget in budgets.items()}, "stages": SETTINGS}  # fmt: skip
+    states = StateFolder(claim_work_folder(work_folder(output), settings), save_every)
+    modules = seeded(seed, lambda: toyworld_modules(GEOMETRIES[geometry]))
     unet, vae, text_encoder = (module.to(device) for module in modules)
     with tempfile.TemporaryDirectory() as scratch:
         pipeline = toyworld_pipeline(modules, clip_tokenizer(Path(scratch)))
     drawn = draw_examples(world_dataset(seed, examples, size=IMAGE_SIZE))
-    vae_stage = AutoencoderStage(vae, drawn, SETTINGS["vae"]["batch_size"])
-    stages = [fit(vae_stage, budgets["vae"], SETTINGS["vae"]["learning_rate"], generator)]
+    vae_stage = AutoencoderStage(vae, autoencoder_pictures(drawn, seed, clutter), SETTINGS["vae"]["batch_size"])
+    stages = [fit(vae_stage, budgets["vae"], SETTINGS["vae"]["learning_rate"], generator, states=states)]
     token_ids, end_id = tokenize(pipeline.tokenizer, drawn.captions), pipeline.tokenizer.eos_token_id
     labels = attribute_labels(drawn.scenes)
     text = TextStage(text_encoder, token_ids, labels, end_id, SETTINGS["text"]["batch_size"], seed)
-    stages.append(fit(text, budgets["text"], SETTINGS["text"]["learning_rate"], generator))
+    stages.append(fit(text, budgets["text"], SETTINGS["text"]["learning_rate"], generator, states=states))
     text_encoder.requires_grad_(False)
     means, stds = encode_images(vae, drawn.images)
     scale = latent_scale(means, stds, generator)
@@ -126,17 +169,44 @@ def train_model(output: Path, seed: int, device: str, budgets: dict[str, Budget]
     schedule = DDPMSchedule(dict(pipeline.scheduler.config), min_snr_gamma=MIN_SNR_GAMMA).to(device)
     latents, batch_size = (means * scale, stds * scale), SETTINGS["unet"]["batch_size"]
     denoiser = DenoiserStage(unet, text_encoder, schedule, latents, token_ids, empty_ids, batch_size)
-    stages.append(fit(denoiser, budgets["unet"], SETTINGS["unet"]["learning_rate"], generator))
-    held_out = world_dataset(seed + HELD_OUT, 256, size=IMAGE_SIZE)
+    stages.append(fit(denoiser, budgets["unet"], SETTINGS["unet"]["learning_rate"], generator, states=states))
+    held_out = world_dataset(seed + HELD_OUT, HELD_OUT_CAPTIONS, size=IMAGE_SIZE)
     record = {
         **run_facts(seed, device, examples, time.perf_counter() - start),
+        "geometry": geometry,
+        "clutter": clutter,
         "stages": stages,
         "scaling_factor": scale,
         "text_encoder_accuracy": held_out_accuracy(text, pipeline.tokenizer, held_out),
-        "autoencoder_oracle": reconstruction_agreement(vae, held_out, count=64),
+        "autoencoder_oracle": reconstruction_agreement(vae, held_out, count=HELD_OUT_SCENES),
     }
     write_folder_atomic(output, lambda staging: save_model(pipeline, record, staging))
+    shutil.rmtree(states.folder, ignore_errors=True)
     return record
+
+
+def autoencoder_pictures(drawn: Examples, seed: int, clutter: int) -> Pictures | Examples:
+    """The scenes, followed by ``clutter`` clutter drawings of ``ClutterDataset(seed)`` when there are any."""
+    return mixed(drawn, draw_clutter(ClutterDataset(seed, clutter, size=IMAGE_SIZE))) if clutter else drawn
+
+
+def work_folder(output: Path) -> Path:
+    """Where a run writing ``output`` keeps its stages' states: ``<output>.work`` beside it."""
+    return output.with_name(output.name + ".work")
+
+
+def claim_work_folder(folder: Path, settings: dict) -> Path:
+    """``folder`` with ``settings`` (what a run's states depend on) written in it, or checked against those it holds:
+    states saved by a run of other settings are never resumed."""
+    path = folder / "settings.json"
+    settings = json.loads(json.dumps(settings))  # as JSON reads it back
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise UserError(
+            f"{folder} holds the saved states of a run with other settings than this command's; delete the folder "
+            "to start afresh, or give the other run's settings to resume it"
+        )
+    write_json(path, settings)
+    return folder
 
 
 def save_model(pipeline: diffusers.StableDiffusionPipeline, record: dict, folder: Path) -> None:
@@ -232,6 +302,9 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="CPU threads; fewer than the cores on a machine others share")
     parser.add_argument("--examples", type=int, default=16384, help="training scenes, drawn once")
+    parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="factor4", help="autoencoder and UNet")
+    parser.add_argument("--clutter", type=int, default=0, help="clutter drawings the autoencoder also learns from")
+    parser.add_argument("--save-every", type=int, default=200, help="steps between saved training states")
     for stage, settings in SETTINGS.items():
         parser.add_argument(f"--{stage}-steps", type=int, default=settings["steps"])
         parser.add_argument(f"--{stage}-minutes", type=float, help="end the stage early when this time runs out")
@@ -262,7 +335,13 @@ def main(argv: list[str] | None = None) -> None:
     budgets = {
         stage: Budget(getattr(options, f"{stage}_steps"), getattr(options, f"{stage}_minutes")) for stage in SETTINGS
     }
-    record = train_model(options.output, options.seed, options.device, budgets, options.examples)
+    try:
+        record = train_model(
+            options.output, options.seed, options.device, budgets, options.examples, options.geometry,
+            options.clutter, options.save_every,
+        )  # fmt: skip
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
     if options.ship is not None:
         ship(options.output, options.ship)
     print(json.dumps({key: record[key] for key in ("wall_seconds", "text_encoder_accuracy", "autoencoder_oracle")}))

@@ -20,7 +20,14 @@ from sdft.families import StableDiffusion
 from sdft.families.ddpm import DDPMSchedule
 from sdft.tiny_models import SD_BETAS, clip_tokenizer, seeded
 from sdft.toyworld import Scene, world_dataset
-from sdft.toyworld.model import IMAGE_SIZE, LATENT_SIZE, build_untrained_toyworld, toyworld_modules
+from sdft.toyworld.model import (
+    GEOMETRIES,
+    IMAGE_SIZE,
+    LATENT_SIZE,
+    Geometry,
+    build_untrained_toyworld,
+    toyworld_modules,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 END = 49407
@@ -31,7 +38,7 @@ def scripts():
     """The training script's modules, imported from scripts/ as the script itself imports them."""
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(ROOT / "scripts"))
-        modules = ("train_toyworld", "toyworld_training")
+        modules = ("train_toyworld", "toyworld_training", "toyworld_loop")
         yield argparse.Namespace(**{name: importlib.import_module(name) for name in modules})
 
 
@@ -72,6 +79,23 @@ def test_sd1_block_layout_with_cross_attention_in_every_level_but_the_last(untra
     )
 
 
+def test_factor2_geometry_gives_32x32_latents_that_its_unet_denoises():
+    geometry = GEOMETRIES["factor2"]
+    unet, vae, text_encoder = seeded(0, lambda: toyworld_modules(geometry))
+    assert (geometry.factor, geometry.latent_size) == (2, 32)
+    with torch.no_grad():
+        latents = vae.encode(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)).latent_dist.mean
+        assert latents.shape == (2, 4, 32, 32)
+        assert vae.decode(latents).sample.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+        states = text_encoder(torch.full((2, 77), END))[0]
+        assert unet(latents, torch.tensor([10, 900]), states).sample.shape == (2, 4, 32, 32)
+    attends = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    assert unet.config.down_block_types == attends  # attention at 16x16 and 8x8, none at 32x32 and 4x4
+    assert not vae.config.mid_block_add_attention  # no attention over the 32x32 latent
+    with pytest.raises(ValueError, match="unet_attention has 2 levels and unet_channels 3"):
+        Geometry((32, 64), False, (32, 64, 128), (True, False))
+
+
 def test_gaussian_kl_and_vae_loss_by_hand(scripts):
     training = scripts.toyworld_training
     kl = training.gaussian_kl(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, math.log(2.0), 0.0]))
@@ -84,7 +108,7 @@ def test_gaussian_kl_and_vae_loss_by_hand(scripts):
 
 
 def test_learning_rate_warms_up_then_falls_on_a_half_cosine(scripts):
-    factor = scripts.toyworld_training.rate_factor
+    factor = scripts.toyworld_loop.rate_factor
     assert [factor(step, warmup=4, steps=12) for step in (0, 3, 4, 8, 12, 20)] == pytest.approx(
         [0.25, 1.0, 1.0, 0.55, 0.1, 0.1]
     )
@@ -109,12 +133,12 @@ def test_latent_scale_gives_unit_variance(scripts):
     assert scale == pytest.approx(1 / 3, rel=0.05)
 
 
-def lowers_its_loss(training, stage, steps: int = 8, learning_rate: float = 1e-3) -> tuple[float, float, dict]:
+def lowers_its_loss(loop, stage, steps: int = 8, learning_rate: float = 1e-3) -> tuple[float, float, dict]:
     """The stage's loss on one fixed batch before and after ``steps`` steps, and the stage's record."""
     with torch.no_grad():
         before = float(stage.loss(torch.Generator().manual_seed(123)))
-    budget = training.Budget(steps)
-    record = training.fit(stage, budget, learning_rate, torch.Generator().manual_seed(0), warmup=1, every=4)
+    budget = loop.Budget(steps)
+    record = loop.fit(stage, budget, learning_rate, torch.Generator().manual_seed(0), warmup=1, every=4)
     with torch.no_grad():
         after = float(stage.loss(torch.Generator().manual_seed(123)))
     return before, after, record
@@ -131,14 +155,14 @@ def test_each_stage_lowers_its_loss_in_a_few_steps(scripts, examples, tmp_path):
         training.TextStage(text_encoder, token_ids, labels, END, batch_size=8),
     ]
     for stage in stages:
-        before, after, record = lowers_its_loss(training, stage)
+        before, after, record = lowers_its_loss(scripts.toyworld_loop, stage)
         assert after < before and record["steps"] == 8 and [row[0] for row in record["losses"]] == [4, 8]
     means, stds = training.encode_images(vae, examples.images)
     assert means.shape == stds.shape == (8, 4, LATENT_SIZE, LATENT_SIZE)
     schedule = DDPMSchedule(dict(DDIMScheduler(**SD_BETAS).config))
     empty = scripts.train_toyworld.tokenize(tokenizer, [""])[0]
     denoiser = training.DenoiserStage(unet, text_encoder, schedule, (means, stds), token_ids, empty, batch_size=8)
-    before, after, _ = lowers_its_loss(training, denoiser)
+    before, after, _ = lowers_its_loss(scripts.toyworld_loop, denoiser)
     assert after < before
 
 
@@ -146,11 +170,13 @@ def test_each_stage_lowers_its_loss_in_a_few_steps(scripts, examples, tmp_path):
 def small_settings(scripts, monkeypatch):
     for stage, batch_size in (("vae", 2), ("text", 4), ("unet", 2)):
         monkeypatch.setitem(scripts.train_toyworld.SETTINGS[stage], "batch_size", batch_size)
+    monkeypatch.setattr(scripts.train_toyworld, "HELD_OUT_CAPTIONS", 16)
+    monkeypatch.setattr(scripts.train_toyworld, "HELD_OUT_SCENES", 4)
 
 
 def test_training_writes_a_folder_the_family_loads_equal_for_equal_seeds(scripts, small_settings, tmp_path):
     train = scripts.train_toyworld
-    budgets = {stage: scripts.toyworld_training.Budget(2) for stage in train.SETTINGS}
+    budgets = {stage: scripts.toyworld_loop.Budget(2) for stage in train.SETTINGS}
     record = train.train_model(tmp_path / "first", 5, "cpu", budgets, examples=8)
     train.train_model(tmp_path / "again", 5, "cpu", budgets, examples=8)
     written = json.loads((tmp_path / "first" / "training.json").read_text())
@@ -201,8 +227,13 @@ def test_shipped_form_is_half_precision_and_unpacks_to_an_equal_model(untrained,
     family = loaded(unpacked)
     assert family.tokenizer("a red circle").input_ids == loaded(untrained).tokenizer("a red circle").input_ids
     version = shipped_version(shipped)
-    ship(build_untrained_toyworld(tmp_path / "other", seed=1), shipped, seed=1)
+    other = build_untrained_toyworld(tmp_path / "other", seed=1, geometry=GEOMETRIES["factor2"])
+    ship(other, shipped, seed=1)
     assert shipped_version(shipped) != version  # a cached copy of the old weights is not reused
+    # the token table is drawn after the UNet and autoencoder of the shipped folder's own geometry
+    assert load_file(shipped / TEXT_ENCODER_WEIGHTS)[f"{TOKEN_TABLE}.rows"].numel() == 0
+    table = load_file(unpack_shipped(tmp_path / "other-unpacked", shipped) / TEXT_ENCODER_WEIGHTS)[TOKEN_TABLE]
+    assert torch.equal(table, load_file(other / TEXT_ENCODER_WEIGHTS)[TOKEN_TABLE].half().float())
 
 
 def test_builtin_toyworld_names_the_command_when_nothing_is_shipped(tmp_path, monkeypatch):
