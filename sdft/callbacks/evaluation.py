@@ -58,7 +58,7 @@ class SubjectEvaluator(Callback):
         live: bool = False,
         prompts: list[str] | str | None = None,
         num_prompts: int | None = 4,
-        images_per_prompt: int = 2,
+        images_per_prompt: int = 4,
         class_images: int = 4,
         seed: int = 0,
         num_inference_steps: int = 25,
@@ -85,7 +85,8 @@ class SubjectEvaluator(Callback):
             live: DreamBench's live-subject (pet) prompts instead of the object prompts.
             prompts: probe prompts (list or text file, ``{identifier}``/``{class_noun}`` filled); None: DreamBench.
             num_prompts: keep this many prompts, evenly spread; None keeps all 25 (slow during training).
-            images_per_prompt: images per probe prompt, seeds ``seed, seed + 1, ...``.
+            images_per_prompt: images per probe prompt, seeds ``seed, seed + 1, ...`` (4: reports/probe_count.md weighs
+                the standard errors against the time).
             class_images: images of the bare class prompt (``a dog``) for PRES; 0 disables PRES.
             seed: first seed of every prompt; the same at each evaluation.
             num_inference_steps: denoising steps per probe image.
