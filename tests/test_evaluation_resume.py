@@ -59,6 +59,10 @@ def test_a_run_resumed_into_another_folder_exports_the_earlier_best_step(
     assert steps_of(run) == [0, 2, 4]
     rows = [json.loads(line) for line in (run / "evaluation" / "metrics.jsonl").read_text().splitlines()]
     assert all((run / row["grid"]).is_file() for row in rows)
+    # every probe's scores travel with the checkpoint: the resumed run's table holds the earlier steps' too
+    scores = [json.loads(line) for line in (run / "evaluation" / "scores.jsonl").read_text().splitlines()]
+    earlier = [json.loads(line) for line in (first_run / "evaluation" / "scores.jsonl").read_text().splitlines()]
+    assert [score["step"] for score in scores] == [0, 2, 4] and scores[:2] == earlier[:2]
     selection = read_json(run / "evaluation" / "selection.json")
     assert selection["step"] == 2 and selection["export"] == "best"
     assert Path(selection["checkpoint"]) == checkpoint.resolve()
