@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from sdft.toyworld.backgrounds import draw_background
 from sdft.toyworld.scenes import COLORS, SUBJECT_SHAPES, Scene, shade
-from sdft.toyworld.shapes import Outline, Part, creature_parts, outline, pattern_marks
+from sdft.toyworld.shapes import Outline, Part, outline, pattern_marks, subject_parts
 
 SUPERSAMPLE = 4
 #: object radius (centroid to farthest point) by size, as a fraction of the image side
@@ -79,18 +79,23 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
 
 
-def draw(scene: Scene, size: int = 64, rng: np.random.Generator | None = None) -> Image.Image:
-    """The scene as an RGB image (see :func:`render` for its masks).
+def draw(
+    scene: Scene, size: int = 64, rng: np.random.Generator | None = None, parts: tuple[Part, ...] | None = None
+) -> Image.Image:
+    """The scene as an RGB image (see :func:`render` for its masks and ``parts``).
 
     Args:
         scene: what to draw.
         size: the side of the square image in pixels.
         rng: the source of the jitter and the background texture; None draws the scene unjittered.
+        parts: a subject's parts (see :func:`render`).
     """
-    return render(scene, size, rng).image
+    return render(scene, size, rng, parts).image
 
 
-def render(scene: Scene, size: int = 64, rng: np.random.Generator | None = None) -> Drawing:
+def render(
+    scene: Scene, size: int = 64, rng: np.random.Generator | None = None, parts: tuple[Part, ...] | None = None
+) -> Drawing:
     """The scene drawn, with the exact mask of each object.
 
     Args:
@@ -98,6 +103,9 @@ def render(scene: Scene, size: int = 64, rng: np.random.Generator | None = None)
         size: the side of the square image in pixels.
         rng: the source of the jitter and the background texture; None draws the scene unjittered (and the
             textures from seed 0).
+        parts: when the main object is a subject's figure (a shape of ``SUBJECT_SHAPES``), its coloured parts
+            (:func:`sdft.toyworld.shapes.subject_parts`, or :meth:`sdft.toyworld.subjects.Subject.parts`); None
+            for the figure in its top hat.
     """
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
@@ -108,7 +116,8 @@ def render(scene: Scene, size: int = 64, rng: np.random.Generator | None = None)
     if scene.relation is not None:
         second_mask = paint_object(canvas, outline(scene.second_shape), scene.second_color, "plain", placements[1])
     if scene.shape in SUBJECT_SHAPES:
-        mask = paint_parts(canvas, creature_parts(), scene.color, scene.pattern, placements[0])
+        parts = subject_parts(scene.shape) if parts is None else parts
+        mask = paint_parts(canvas, parts, scene.color, scene.pattern, placements[0])
     else:
         mask = paint_object(canvas, outline(scene.shape), scene.color, scene.pattern, placements[0])
     return Drawing(canvas, mask, second_mask, placements)
@@ -188,7 +197,7 @@ class Window:
         rotation = np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
         pixels = unit @ rotation * (self.placement.radius * self.side)
         pixels += (self.placement.x * self.side - self.left, self.placement.y * self.side - self.top)
-        return [tuple(point) for point in pixels * SUPERSAMPLE]
+        return [tuple(point) for point in (pixels * SUPERSAMPLE).tolist()]
 
     def supersampled(self, mode: str, color: int | RGB) -> Image.Image:
         return Image.new(mode, (self.width * SUPERSAMPLE, self.height * SUPERSAMPLE), color)
@@ -222,6 +231,22 @@ def rasterize(shape: Outline, placement: Placement, side: int) -> np.ndarray:
     return window.mask(window.silhouette(shape).reduce(SUPERSAMPLE))
 
 
+def unit_coordinates(mask: np.ndarray, placement: Placement) -> np.ndarray:
+    """(N, 2): the centres of a (side, side) mask's pixels in the unit coordinates of an object drawn at
+    ``placement`` (the inverse of :meth:`Window.points`).
+
+    Args:
+        mask: (side, side) bool.
+        placement: where the object lies.
+    """
+    side = mask.shape[0]
+    rows, columns = np.nonzero(mask)
+    pixels = np.stack([columns + 0.5 - placement.x * side, rows + 0.5 - placement.y * side], axis=1)
+    angle = math.radians(placement.angle)
+    rotation = np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
+    return pixels @ rotation.T / (placement.radius * side)
+
+
 def paint_object(canvas: Image.Image, shape: Outline, color: str, pattern: str, placement: Placement) -> np.ndarray:
     """Draw one patterned world object onto ``canvas`` in place and return its (H, W) bool mask.
 
@@ -239,7 +264,7 @@ def paint_object(canvas: Image.Image, shape: Outline, color: str, pattern: str, 
 def paint_parts(
     canvas: Image.Image, parts: tuple[Part, ...], color: str, pattern: str, placement: Placement
 ) -> np.ndarray:
-    """Draw a many-coloured shape (the subject's creature) onto ``canvas`` and return its (H, W) bool mask.
+    """Draw a many-coloured shape (a subject's figure) onto ``canvas`` and return its (H, W) bool mask.
 
     Args:
         canvas: the RGB image to draw on.

@@ -15,35 +15,77 @@ them) and generated ones alike:
   turned a little, covers it best (intersection over union); its size is its radius; its position its centroid;
 - the relation is the direction from the second object's centroid to the main object's.
 
+A novel subject (:class:`sdft.toyworld.subjects.Subject`) is read feature by feature on the main object
+(:func:`read_subject`, strict; :func:`subject_likeness`, graded): its silhouette is the object less the pixels of
+any accessory's colour, matched against the world's outlines and the subjects' figures; the best-fitting figure,
+placed where it fits, says where the body, the accessory and the eyes should be; the body's pattern is the pattern
+whose marks, at their known spacing in that frame, predict its inked pixels best; the accessory and the eyes are
+read from how much of where they belong has their colour. No world object has an accessory's or the eyes' colour.
+
 Images of another size are analysed at 64 pixels. Accuracy on drawn scenes is pinned by ``tests/test_toyworld.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from sdft.toyworld.backgrounds import typical_color
-from sdft.toyworld.draw import Placement, bounding_box, rasterize, render
-from sdft.toyworld.scenes import BACKGROUNDS, COLORS, SHAPES, SUBJECT_SHAPES, Scene, shade
-from sdft.toyworld.shapes import EYE_WHITE, HAT, outline
+from sdft.toyworld.draw import Placement, rasterize, render, unit_coordinates
+from sdft.toyworld.masks import (
+    ANALYSIS_SIZE,
+    ANGLES,
+    analysed,
+    centroid_of,
+    components,
+    dilated,
+    eroded,
+    filled,
+    foreground,
+    nearest_distance,
+    radius_of,
+    shape_fits,
+)
+from sdft.toyworld.scenes import BACKGROUNDS, COLORS, PATTERNS, SHAPES, SUBJECT_SHAPES, Scene, shade
+from sdft.toyworld.shapes import (
+    ACCESSORY_COLORS,
+    EYE_WHITE,
+    HAT,
+    PATTERN_PERIODS,
+    Outline,
+    body_parts,
+    body_to_figure,
+    pattern_ink,
+)
 
 if TYPE_CHECKING:
     from sdft.toyworld.subjects import Subject
 
-ANALYSIS_SIZE = 64
-#: RGB distance beyond which a pixel is unlike a background colour, or unlike a named colour
-FOREGROUND_DISTANCE, COLOR_DISTANCE = 40.0, 60.0
-#: RGB distance within which a pixel has the colour of a subject's part (world shades come no closer than 60 to the
-#: hat's near-black)
+#: RGB distance beyond which a pixel is unlike a named colour
+COLOR_DISTANCE = 60.0
+#: RGB distance within which a pixel has the colour of a subject's part (world colours, shades and backgrounds come
+#: no closer than 50 to any of them; see ``sdft.toyworld.shapes.HAT``)
 PART_DISTANCE = 45.0
-#: components of fewer pixels are noise
-MIN_PIXELS = 4
+#: the colours of subjects' parts
+PART_COLORS = (HAT, EYE_WHITE, *ACCESSORY_COLORS.values())
+#: the features of a subject the oracle reads
+SUBJECT_FEATURES = ("color", "pattern", "silhouette", "accessory", "eyes")
+#: the overlap with its figure's outline from which a silhouette is a subject's: the subjects' photos overlap theirs
+#: by 0.78 or more on the photos' backgrounds and 0.66 or more on any (384 each, measured); below 0.6 an object is
+#: no figure, whichever outline fits it best
+SILHOUETTE_IOU = 0.6
+#: the share of an unjittered drawing's pixels in a part's colour where the part belongs (:func:`part_share`) from
+#: which the part is worn: the subjects' photos reach 0.5 or more for their accessory and eyes, world scenes and
+#: subjects without the part 0.0 (measured; see ``tests/test_toyworld_subjects.py``)
+PART_SHARE = 0.4
+#: the offsets per period at which a subject's body pattern is tried
+PATTERN_PHASES = 6
 #: a radius above this fraction of the side is large (small objects reach 0.13, large ones start at 0.19)
 LARGE_RADIUS = 0.16
 #: shares of pattern-coloured pixels: below the first the object is plain, below the second (and not striped) dotted
@@ -51,69 +93,7 @@ PLAIN_SHARE, DOTTED_SHARE = 0.08, 0.38
 #: the stripe test: the largest variance of the pattern share across bands, over the angles tried (drawn stripes
 #: reach 0.15 or more, checks and dots 0.12 or less)
 STRIPE_VARIANCE = 0.12
-ANGLES = (-12.0, -6.0, 0.0, 6.0, 12.0)
 ATTRIBUTE_KEYS = tuple(field.name for field in fields(Scene))
-
-
-def analysed(image: Image.Image) -> np.ndarray:
-    """The image as (64, 64, 3) float RGB, resized (box filter) when it has another size."""
-    image = image.convert("RGB")
-    if image.size != (ANALYSIS_SIZE, ANALYSIS_SIZE):
-        image = image.resize((ANALYSIS_SIZE, ANALYSIS_SIZE), Image.Resampling.BOX)
-    return np.asarray(image, dtype=np.float32)
-
-
-def nearest_distance(pixels: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """(H, W) distance from each pixel of (H, W, 3) ``pixels`` to its nearest colour of (K, 3) ``colors``."""
-    flat = pixels.reshape(-1, 3)
-    squared = (flat**2).sum(1)[:, None] - 2 * flat @ colors.T + (colors**2).sum(1)[None, :]
-    return np.sqrt(np.maximum(squared.min(axis=1), 0.0)).reshape(pixels.shape[:2])
-
-
-def foreground(pixels: np.ndarray) -> np.ndarray:
-    """(H, W) bool: the pixels farther than ``FOREGROUND_DISTANCE`` from every colour of the outermost ring."""
-    ring = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    ring = np.unique(np.round(ring / 2) * 2, axis=0).astype(np.float32)
-    return nearest_distance(pixels, ring) > FOREGROUND_DISTANCE
-
-
-def components(mask: np.ndarray) -> list[np.ndarray]:
-    """The 8-connected components of a (H, W) bool mask with at least ``MIN_PIXELS`` pixels, largest radius first.
-
-    Every pixel starts with its own label and takes the largest label around it until nothing changes.
-    """
-    left, top, right, bottom = bounding_box(mask)
-    crop = mask[top:bottom, left:right]
-    height, width = crop.shape
-    labels = np.where(crop, np.arange(1, height * width + 1).reshape(height, width), 0)
-    while True:
-        padded = np.pad(labels, 1)
-        spread = labels.copy()
-        for dy, dx in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):
-            np.maximum(spread, padded[dy : dy + height, dx : dx + width], out=spread)
-        spread *= crop
-        if np.array_equal(spread, labels):
-            break
-        labels = spread
-    found = []
-    for label in np.unique(labels[labels > 0]):
-        part = np.zeros_like(mask)
-        part[top:bottom, left:right] = labels == label
-        found.append(part)
-    return sorted((part for part in found if part.sum() >= MIN_PIXELS), key=lambda part: -radius_of(part))
-
-
-def centroid_of(mask: np.ndarray) -> tuple[float, float]:
-    """The (x, y) centroid of a mask in pixels, pixel centres at half-integers."""
-    rows, columns = np.nonzero(mask)
-    return float(columns.mean()) + 0.5, float(rows.mean()) + 0.5
-
-
-def radius_of(mask: np.ndarray) -> float:
-    """The distance from a mask's centroid to its farthest pixel's far side, in pixels."""
-    rows, columns = np.nonzero(mask)
-    x, y = centroid_of(mask)
-    return float(np.hypot(columns + 0.5 - x, rows + 0.5 - y).max()) + 0.5
 
 
 def read_background(pixels: np.ndarray, objects: np.ndarray) -> str:
@@ -142,14 +122,19 @@ def read_pattern(pixels: np.ndarray, mask: np.ndarray, color: str) -> str:
     """Plain, dotted, striped or checkered, from the pixels (off the object's edge) nearer the shade than the colour."""
     inner = eroded(mask)
     inner = inner if inner.sum() >= 8 else mask
-    base, ink = np.array(COLORS[color], np.float32), np.array(shade(color), np.float32)
-    inked = np.linalg.norm(pixels - ink, axis=2) < np.linalg.norm(pixels - base, axis=2)
+    inked = inked_pixels(pixels, color)
     share = float(inked[inner].mean())
     if share < PLAIN_SHARE:
         return "plain"
     if band_variance(inked, inner) > STRIPE_VARIANCE:
         return "striped"
     return "dotted" if share < DOTTED_SHARE else "checkered"
+
+
+def inked_pixels(pixels: np.ndarray, color: str) -> np.ndarray:
+    """(H, W) bool: the pixels nearer the named colour's shade (its pattern's ink) than the colour itself."""
+    base, ink = np.array(COLORS[color], np.float32), np.array(shade(color), np.float32)
+    return np.linalg.norm(pixels - ink, axis=2) < np.linalg.norm(pixels - base, axis=2)
 
 
 def band_variance(inked: np.ndarray, inner: np.ndarray) -> float:
@@ -169,37 +154,17 @@ def band_variance(inked: np.ndarray, inner: np.ndarray) -> float:
     return best
 
 
-def eroded(mask: np.ndarray) -> np.ndarray:
-    """The mask less its 4-connected edge pixels."""
-    padded = np.pad(mask, 1)
-    return mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-
-
-def dilated(mask: np.ndarray) -> np.ndarray:
-    """The mask and its 4-connected neighbours."""
-    padded = np.pad(mask, 1)
-    return mask | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
-
-
 def read_shape(mask: np.ndarray, shapes: Sequence[str] = SHAPES) -> tuple[str, float]:
     """The shape whose outline, placed at the mask's centroid and radius and turned by one of ``ANGLES``, overlaps
     it best, and that overlap (intersection over union).
 
     Args:
         mask: (H, W) bool, one object.
-        shapes: the candidate shapes (world shapes and ``creature``).
+        shapes: the candidate shapes (world shapes and subject figures).
     """
-    side = mask.shape[0]
-    x, y = centroid_of(mask)
-    radius = radius_of(mask)
-    overlaps = {}
-    for shape in shapes:
-        unit = outline(shape)
-        for angle in (0.0,) if shape in ("circle", "ring") else ANGLES:
-            template = rasterize(unit, Placement(x / side, y / side, radius / side, angle), side)
-            overlaps[shape] = max(overlaps.get(shape, 0.0), float((template & mask).sum() / (template | mask).sum()))
-    best = max(overlaps, key=overlaps.get)
-    return best, overlaps[best]
+    fits = shape_fits(mask, shapes)
+    best = max(fits, key=lambda shape: fits[shape][0])
+    return best, fits[best][0]
 
 
 def read_position(mask: np.ndarray) -> str:
@@ -287,66 +252,190 @@ def score(
     return {key: found.get(key) == value for key, value in expected.items()}
 
 
-def subject_present(image: Image.Image, subject: Subject) -> float:
-    """How surely the image shows the novel subject, in [0, 1]: the geometric mean of the silhouette's overlap with
-    the creature's and, for each of its colours (hat, eyes, patterned body), the share of the main object's pixels in
-    that colour relative to half the share an unjittered drawing of the subject has (capped at 1). World objects have
-    neither the hat's near-black nor the eyes' white, so they score 0.
+# -- novel subjects ---------------------------------------------------------------------------------------------------
+
+
+class SubjectView(NamedTuple):
+    """What the image's main object shows of a subject's figure.
+
+    Args:
+        main: (H, W) bool, the main object.
+        silhouette: (H, W) bool, the main object less what any subject wears (the pixels of, or next to, an
+            accessory's colour), with the holes that parts' colours leave filled.
+        fits: each shape of ``SHAPES + SUBJECT_SHAPES`` -> its best overlap with the silhouette (intersection over
+            union) and the placement (centroid, radius, turn) that gives it.
+        figure: the subject figure that overlaps best, where the parts are looked for.
+    """
+
+    main: np.ndarray
+    silhouette: np.ndarray
+    fits: dict[str, tuple[float, Placement]]
+    figure: str
+
+    @property
+    def best(self) -> str:
+        """The shape that overlaps the silhouette best, world shapes included."""
+        return max(self.fits, key=lambda shape: self.fits[shape][0])
+
+
+def view_subject(pixels: np.ndarray) -> SubjectView | None:
+    """The main object of the analysed image seen as a subject's figure, or None when the image shows no object."""
+    objects = components(foreground(pixels))
+    if not objects:
+        return None
+    worn = dilated(near_colors(pixels, ACCESSORY_COLORS.values()))
+    rest = components(objects[0] & ~worn)
+    if not rest:
+        return None
+    silhouette = rest[0] | (filled(rest[0]) & (worn | dilated(near_colors(pixels, PART_COLORS))))
+    fits = shape_fits(silhouette, SHAPES + SUBJECT_SHAPES)
+    figure = max(SUBJECT_SHAPES, key=lambda shape: fits[shape][0])
+    return SubjectView(objects[0], silhouette, fits, figure)
+
+
+def read_subject(image: Image.Image, subject: Subject) -> dict[str, float]:
+    """Whether the image's main object shows each of the subject's features, 1.0 or 0.0 (each 1.0 where
+    :func:`graded_features` gives it in full): ``color`` (its body's named colour), ``pattern`` (its body's, see
+    :func:`read_body_pattern`), ``silhouette`` (the best-overlapping shape among world shapes and subject figures
+    is the subject's figure, with an overlap of at least ``SILHOUETTE_IOU``), ``accessory`` and ``eyes`` (their
+    colour covers at least ``PART_SHARE`` of an unjittered drawing's share of where the figure wears them). World
+    objects read 0 on ``accessory`` and ``eyes``.
 
     Args:
         image: a drawn or generated image.
         subject: the subject to look for.
     """
     pixels = analysed(image)
-    objects = components(foreground(pixels))
-    if not objects:
-        return 0.0
-    reference = render(subject.scene("grey"), ANALYSIS_SIZE)
-    expected = color_shares(analysed(reference.image), reference.mask, subject.color) / 2
-    observed = color_shares(pixels, objects[0], subject.color)
-    ratios = np.minimum(1.0, observed / expected)
-    overlap = read_shape(objects[0], ("creature",))[1]
-    return float(np.prod([*ratios, max(overlap, 0.0)]) ** (1 / (len(ratios) + 1)))
+    view = view_subject(pixels)
+    if view is None:
+        return dict.fromkeys(SUBJECT_FEATURES, 0.0)
+    return {key: float(value >= 1.0) for key, value in graded_features(pixels, view, subject).items()}
 
 
-def color_shares(pixels: np.ndarray, mask: np.ndarray, color: str) -> np.ndarray:
-    """(3,) the shares of a mask's pixels within ``PART_DISTANCE`` of the hat's colour, of the eyes' white, and of
-    the body's colour or shade."""
-    inside = pixels[mask]
-    groups = ([HAT], [EYE_WHITE], [COLORS[color], shade(color)])
-    return np.array(
-        [
-            float((nearest_distance(inside[None], np.array(group, np.float32)) < PART_DISTANCE).mean())
-            for group in groups
-        ]
-    )
+def subject_present(image: Image.Image, subject: Subject) -> bool:
+    """Whether the image shows the subject: every feature of :func:`read_subject` read as the subject's.
+
+    Args:
+        image: a drawn or generated image.
+        subject: the subject to look for.
+    """
+    return all(value == 1.0 for value in read_subject(image, subject).values())
 
 
 def subject_likeness(image: Image.Image, subject: Subject) -> dict[str, float]:
-    """How much of the novel subject the image's main object shows, feature by feature, each in [0, 1]: its body
-    colour and pattern (1 when read as the subject's), the creature's silhouette (intersection over union), and the
-    hat's and the eyes' colours (their shares against half a drawing's, capped at 1); ``likeness`` is their mean.
-    Unlike :func:`subject_present`, which wants every feature, a subject learnt in part (its striped orange body
-    without a hat) scores in part, as a partly learnt subject looks to a person.
+    """How much of the subject the image's main object shows, feature by feature, each in [0, 1] (see
+    :func:`graded_features`); ``likeness`` is their mean. Unlike :func:`subject_present`, which wants every feature,
+    a subject learnt in part (its body without the accessory) scores in part, as it looks to a person.
 
     Args:
         image: a drawn or generated image.
         subject: the subject to look for (its colour is the one asked for).
     """
     pixels = analysed(image)
-    objects = components(foreground(pixels))
-    if not objects:
-        return dict.fromkeys(("color", "pattern", "silhouette", "hat", "eyes", "likeness"), 0.0)
-    main = objects[0]
-    reference = render(subject.scene("grey"), ANALYSIS_SIZE)
-    expected = color_shares(analysed(reference.image), reference.mask, subject.color) / 2
-    hat, eyes, _ = np.minimum(1.0, color_shares(pixels, main, subject.color) / expected)
-    color = read_color(pixels, main)
-    features = {
-        "color": float(color == subject.color),
-        "pattern": float(read_pattern(pixels, main, subject.color) == subject.pattern),
-        "silhouette": max(read_shape(main, ("creature",))[1], 0.0),
-        "hat": float(hat),
-        "eyes": float(eyes),
-    }
+    view = view_subject(pixels)
+    if view is None:
+        return dict.fromkeys((*SUBJECT_FEATURES, "likeness"), 0.0)
+    features = graded_features(pixels, view, subject)
     return {**features, "likeness": float(np.mean(list(features.values())))}
+
+
+def graded_features(pixels: np.ndarray, view: SubjectView, subject: Subject) -> dict[str, float]:
+    """Each feature of the subject in [0, 1]: ``color`` and ``pattern`` 1 when read as the subject's (the pattern
+    against the colour read, so a subject in another colour loses its colour alone); ``silhouette`` the subject
+    figure's overlap against ``SILHOUETTE_IOU`` (capped at 1) times its share of the best overlap of any shape (1
+    where the figure fits best); ``accessory`` and ``eyes`` from :func:`part_score`.
+
+    Args:
+        pixels: (H, W, 3) the analysed image.
+        view: its main object seen as a figure.
+        subject: the subject to look for.
+    """
+    color = read_color(pixels, view.silhouette)
+    return {
+        "color": float(color == subject.color),
+        "pattern": float(read_body_pattern(pixels, view, subject, color) == subject.pattern),
+        "silhouette": silhouette_score(view, subject.shape),
+        "accessory": part_score(pixels, view, subject, "accessory"),
+        "eyes": part_score(pixels, view, subject, "eye"),
+    }
+
+
+def silhouette_score(view: SubjectView, shape: str) -> float:
+    """The figure's overlap against ``SILHOUETTE_IOU`` (capped at 1), times its share of the best overlap of any
+    shape: 1.0 exactly when the figure fits best and well enough."""
+    own, best = view.fits[shape][0], view.fits[view.best][0]
+    return min(1.0, own / SILHOUETTE_IOU) * (own / best if best > 0 else 0.0)
+
+
+def read_body_pattern(pixels: np.ndarray, view: SubjectView, subject: Subject, color: str) -> str | None:
+    """The pattern whose marks best agree with the body's pixels nearer ``color``'s shade than the colour: each
+    pattern's marks are laid in the fitted figure's frame at their own spacing, at ``PATTERN_PHASES`` offsets per
+    period in each direction they repeat (so where the marks start does not matter), and the pattern, offset
+    included, that predicts the most pixels wins (``plain`` on a tie). None when the body shows no pixel.
+
+    Args:
+        pixels: (H, W, 3) the analysed image.
+        view: its main object seen as a figure.
+        subject: the subject looked for (its accessory is left out of the body).
+        color: the body's colour as read.
+    """
+    region = body_region(pixels, view, subject)
+    if not region.any():
+        return None
+    placement = view.fits[view.figure][1]
+    points = body_to_figure(view.figure, unit_coordinates(region, placement))
+    observed = inked_pixels(pixels, color)[region]
+    agreement = {pattern: _best_agreement(pattern, points, observed) for pattern in PATTERNS}
+    return max(PATTERNS, key=lambda pattern: agreement[pattern])
+
+
+def _best_agreement(pattern: str, points: np.ndarray, observed: np.ndarray) -> float:
+    """The largest share of ``observed`` that the pattern's marks predict, over the offsets tried."""
+    across, down = PATTERN_PERIODS[pattern]
+    offsets = [
+        (across * i / PATTERN_PHASES, down * j / PATTERN_PHASES)
+        for i in range(PATTERN_PHASES if across else 1)
+        for j in range(PATTERN_PHASES if down else 1)
+    ]
+    return max(float((pattern_ink(pattern, points, offset) == observed).mean()) for offset in offsets)
+
+
+def body_region(pixels: np.ndarray, view: SubjectView, subject: Subject) -> np.ndarray:
+    """(H, W) bool: the main object's pixels where the fitted figure has its patterned body, less the pixels of
+    (or next to) a part's colour, so that the hat, the eyes and the limbs never count as pattern."""
+    placement = view.fits[view.figure][1]
+    parts = body_parts(view.figure, subject.accessory)
+    body = Outline(tuple(part.polygon for part in parts if part.paint == "body"))
+    region = eroded(rasterize(body, placement, pixels.shape[0])) & eroded(view.main)
+    return region & ~dilated(near_colors(pixels, PART_COLORS))
+
+
+def part_score(pixels: np.ndarray, view: SubjectView, subject: Subject, role: str) -> float:
+    """How fully the main object shows the subject's parts of ``role`` (``accessory`` or ``eye``) where its figure
+    wears them: their :func:`part_share` against ``PART_SHARE`` times an unjittered drawing's, capped at 1."""
+    return min(1.0, part_share(pixels, view, subject, role) / (PART_SHARE * drawn_share(subject, role)))
+
+
+@functools.lru_cache(maxsize=64)
+def drawn_share(subject: Subject, role: str) -> float:
+    """The :func:`part_share` of ``role`` in an unjittered drawing of the subject on grey (its small parts' edges are
+    blended, so even a drawing has less than all of their pixels in their colour)."""
+    drawing = render(subject.scene("grey"), ANALYSIS_SIZE, parts=subject.parts())
+    pixels = analysed(drawing.image)
+    return part_share(pixels, view_subject(pixels), subject, role)
+
+
+def part_share(pixels: np.ndarray, view: SubjectView, subject: Subject, role: str) -> float:
+    """The pixels within a pixel of where the fitted figure has its parts of ``role`` (``accessory`` or ``eye``)
+    that have those parts' colour, as a share of the parts' own pixels."""
+    parts = [part for part in body_parts(view.figure, subject.accessory) if part.role == role]
+    region = rasterize(Outline(tuple(part.polygon for part in parts)), view.fits[view.figure][1], pixels.shape[0])
+    if not region.any():
+        return 0.0
+    colored = near_colors(pixels, [parts[0].paint])
+    return float((colored & dilated(region)).sum() / region.sum())
+
+
+def near_colors(pixels: np.ndarray, colors: Iterable[tuple[int, int, int]]) -> np.ndarray:
+    """(H, W) bool: the pixels within ``PART_DISTANCE`` of one of ``colors``."""
+    return nearest_distance(pixels, np.array(list(colors), np.float32)) < PART_DISTANCE

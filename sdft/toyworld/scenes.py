@@ -18,7 +18,7 @@ import numpy as np
 #: the shapes of the world's objects
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring")
 #: shapes only novel subjects have (see :mod:`sdft.toyworld.subjects`); no vocabulary may hold them
-SUBJECT_SHAPES = ("creature",)
+SUBJECT_SHAPES = ("creature", "robot", "bird")
 #: the named object colours, 8-bit RGB, chosen far from each other and from every background
 COLORS = {
     "red": (220, 40, 40),

@@ -1,10 +1,15 @@
 """Novel subjects: things the toy world never draws, photographed a few times to be learnt (DreamBooth's instance
 data), with prompts that put them elsewhere.
 
-The default subject is a striped orange creature wearing a black top hat, with white eyes: the world's shapes never
-include the creature (no :class:`~sdft.toyworld.scenes.Vocabulary` may hold it) and no world object has the hat's
-near-black or the eyes' white, so :func:`sdft.toyworld.oracle.subject_present` tells it apart from anything the base
-world shows. Its photos use a narrow set of backgrounds; its evaluation prompts name the others, other positions and
+A subject is a figure (a creature, a robot or a bird: shapes no :class:`~sdft.toyworld.scenes.Vocabulary` may hold)
+in one of the world's colours and patterns, with white eyes and one accessory (a black top hat, an aqua crown or a
+magenta bow tie). No world object has the accessories' or the eyes' colours, so
+:func:`sdft.toyworld.oracle.subject_present` tells a subject apart from anything the base world shows, and from the
+other subjects. The default subject is a striped orange creature in a top hat. ``DEVELOPMENT_SUBJECTS`` and
+``HELD_OUT_SUBJECTS`` are two sets of four that together hold every pattern, figure and accessory and each colour
+once: a selection rule may be tuned on the first and is only judged on the second.
+
+A subject's photos use a narrow set of backgrounds; its evaluation prompts name the others, other positions and
 other colours.
 """
 
@@ -18,6 +23,7 @@ import numpy as np
 from sdft.files import write_atomic, write_folder_atomic, write_text_atomic
 from sdft.toyworld.draw import draw
 from sdft.toyworld.scenes import BACKGROUND_PHRASES, BACKGROUNDS, COLORS, POSITIONS, SUBJECT_SHAPES, Scene
+from sdft.toyworld.shapes import ACCESSORIES, Part, subject_parts
 
 #: the backgrounds of the subject's photos unless told otherwise
 PHOTO_BACKGROUNDS = ("cream", "grey")
@@ -30,10 +36,11 @@ class Subject:
 
     Args:
         identifier: the rare token that stands for it in prompts.
-        class_noun: its class, after the identifier (``sks creature``).
+        class_noun: its class, after the identifier (``sks creature``); any noun but another figure's name.
         color: the colour name of its body.
         pattern: the pattern of its body.
-        shape: its shape, one of ``SUBJECT_SHAPES`` (never a world shape).
+        shape: its figure, one of ``SUBJECT_SHAPES`` (never a world shape).
+        accessory: what it wears, one of ``sdft.toyworld.shapes.ACCESSORIES``.
     """
 
     identifier: str = "sks"
@@ -41,10 +48,18 @@ class Subject:
     color: str = "orange"
     pattern: str = "striped"
     shape: str = "creature"
+    accessory: str = "top hat"
 
     def __post_init__(self) -> None:
         if self.shape not in SUBJECT_SHAPES:
             raise ValueError(f"Subject.shape {self.shape!r} is not one of {', '.join(SUBJECT_SHAPES)}")
+        if self.class_noun in SUBJECT_SHAPES and self.class_noun != self.shape:
+            raise ValueError(
+                f"Subject.class_noun {self.class_noun!r} names another figure than shape {self.shape!r}; "
+                f"use class_noun={self.shape!r}"
+            )
+        if self.accessory not in ACCESSORIES:
+            raise ValueError(f"Subject.accessory {self.accessory!r} is not one of {', '.join(ACCESSORIES)}")
         Scene(self.shape, self.color, self.pattern, "large", "centre", "grey")  # checks colour and pattern
 
     @property
@@ -53,8 +68,32 @@ class Subject:
         return f"{self.identifier} {self.class_noun}"
 
     def scene(self, background: str, position: str = "centre", size: str = "large") -> Scene:
-        """A scene of the subject alone."""
+        """A scene of the subject alone (draw it with :meth:`parts`)."""
         return Scene(self.shape, self.color, self.pattern, size, position, background)
+
+    def parts(self) -> tuple[Part, ...]:
+        """Its figure's coloured parts wearing its accessory, for :func:`sdft.toyworld.draw.render`."""
+        return subject_parts(self.shape, self.accessory)
+
+
+def _subject(identifier: str, shape: str, color: str, pattern: str, accessory: str) -> Subject:
+    return Subject(identifier, shape, color, pattern, shape, accessory)
+
+
+#: subjects a selection rule may be tuned on: every pattern, figure and accessory, four colours
+DEVELOPMENT_SUBJECTS = (
+    Subject(),
+    _subject("zwx", "bird", "purple", "dotted", "crown"),
+    _subject("qpv", "robot", "cyan", "checkered", "bow tie"),
+    _subject("vkr", "robot", "green", "plain", "top hat"),
+)
+#: subjects only judged: every pattern, figure and accessory again, in the four other colours
+HELD_OUT_SUBJECTS = (
+    _subject("bxj", "bird", "pink", "checkered", "top hat"),
+    _subject("tqm", "creature", "blue", "dotted", "bow tie"),
+    _subject("jfy", "robot", "yellow", "striped", "crown"),
+    _subject("wzp", "bird", "red", "plain", "crown"),
+)
 
 
 def subject_photos(
@@ -88,7 +127,7 @@ def subject_photos(
         subject.scene(backgrounds[index % len(backgrounds)], POSITIONS[int(rng.integers(len(POSITIONS)))])
         for index in range(count)
     ]
-    images = [draw(scene, size, rng) for scene in scenes]
+    images = [draw(scene, size, rng, subject.parts()) for scene in scenes]
     names = [f"photo_{index:02d}.png" for index in range(count)]
 
     def build(staging: Path) -> None:
