@@ -285,7 +285,7 @@ def bird() -> Figure:
         back=(*(Part(piece, "shade") for piece in (beak, *legs)), *(Part(piece, "body") for piece in body)),
         face=(
             Part(ellipse(0.46, -0.34, 0.19, 0.19), EYE_WHITE, "eye"),
-            Part(ellipse(0.53, -0.34, 0.06, 0.06), HAT, "pupil"),
+            Part(ellipse(0.57, -0.34, 0.06, 0.06), HAT, "pupil"),
         ),
         places={"head": (0.38, -0.32), "chest": (0.1, -0.28)},
         center=(0.0252, 0.0831),
