@@ -142,6 +142,13 @@ def test_a_figure_is_placed_on_its_silhouette(shape):
     assert radius_of(silhouette) == pytest.approx(24, abs=0.8)
 
 
+def test_the_creature_in_its_top_hat_fills_a_placement_as_a_world_shape_does():
+    outline = Outline(tuple(part.polygon for part in subject_parts("creature", "top hat")))
+    drawn = rasterize(outline, Placement(0.5, 0.5, 24 / 64, 0.0), 64)
+    assert centroid_of(drawn) == pytest.approx((32, 32), abs=0.3)
+    assert radius_of(drawn) == pytest.approx(24, abs=0.8)
+
+
 @pytest.mark.parametrize("subject", SUBJECTS, ids=by_identifier)
 def test_eyes_and_accessories_are_three_pixels_or_more_and_drawings_stay_clear_of_the_border(subject):
     # measured on an unjittered large drawing at 64 pixels (the top hat's brim alone is 1.5 pixels high)
