@@ -20,6 +20,7 @@ from sdft.toyworld import (
     Vocabulary,
     caption,
     draw,
+    masks,
     oracle,
     parse_caption,
     render,
@@ -29,7 +30,6 @@ from sdft.toyworld import (
     world_dataset,
     write_folder,
 )
-from sdft.toyworld import masks
 from sdft.toyworld.backgrounds import draw_background, typical_color
 from sdft.toyworld.draw import bounding_box
 from sdft.toyworld.scenes import BACKGROUNDS, COLORS, SHAPES, SUBJECT_SHAPES, TEMPLATES, shade
