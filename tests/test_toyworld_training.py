@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from sdft.errors import UserError
 from sdft.toyworld import world_dataset
 from sdft.toyworld.datasets import ClutterDataset
+from sdft.toyworld.model import GEOMETRIES, build_untrained_toyworld
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {
@@ -31,7 +33,7 @@ def scripts():
     """The training script's modules, imported from scripts/ as the script itself imports them."""
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(ROOT / "scripts"))
-        modules = ("train_toyworld", "toyworld_training", "toyworld_loop")
+        modules = ("train_toyworld", "toyworld_training", "toyworld_loop", "measure_toyworld_autoencoder")
         yield argparse.Namespace(**{name: importlib.import_module(name) for name in modules})
 
 
@@ -152,3 +154,20 @@ def test_a_run_stopped_in_any_stage_resumes_to_the_weights_of_one_that_never_sto
         4,
         [4, 4, 4],
     )
+
+
+def test_psnr_by_hand(scripts):
+    psnr = scripts.measure_toyworld_autoencoder.psnr
+    grey, lighter = Image.new("RGB", (2, 2), (100, 100, 100)), Image.new("RGB", (2, 2), (116, 116, 116))
+    assert psnr([grey, grey], [lighter, lighter]) == round(10 * np.log10(255**2 / 16**2), 2) == 24.05
+
+
+def test_measuring_an_autoencoder_reads_the_photos_and_its_reconstructions(scripts, tmp_path):
+    folder = str(build_untrained_toyworld(tmp_path / "untrained", geometry=GEOMETRIES["factor2"]))
+    options = ["--model", folder, "--photos", "2", "--scenes", "2", "--output", str(tmp_path / "measured.json")]
+    record = scripts.measure_toyworld_autoencoder.main(options)
+    readings = record["subjects"]["sks creature"]
+    assert readings["photos"]["present"] == readings["photos"]["likeness"] == 1.0  # the oracle knows the photos
+    assert readings[folder]["present"] == 0.0 and readings[folder]["psnr"] < 15  # an untrained autoencoder's noise
+    assert set(record["world_scenes"][folder]) == {*scripts.train_toyworld.SCORED, "psnr"}
+    assert json.loads((tmp_path / "measured.json").read_text()) == record
