@@ -24,6 +24,7 @@ import datetime
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -119,8 +120,15 @@ def run_facts() -> dict:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "sdft_commit": commit()},
     }
+
+
+def commit() -> str | None:
+    """The sdft commit measured (its working tree may differ), or None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return found or None
 
 
 def report(subjects: dict, scenes: dict) -> str:
