@@ -38,14 +38,18 @@ Training resumes: every ``--save-every`` steps and at its end each stage saves i
 optimizer, moving average, generator, step, losses) in ``<output>.work/``, and the same command run again after an
 interruption continues from the newest state, to the weights an uninterrupted run ends with. The folder holds the
 run's settings, and a command with other settings is refused until it is deleted; it is deleted once the model is
-written. The output is written whole or not at all: an ordinary diffusers
-folder (safetensors) that ``sdft.families.StableDiffusion`` loads, with ``training.json`` (seed, steps, losses, wall
-time, machine, versions, command, the text encoder's accuracy and the oracle's agreement with the autoencoder's
+written.
+
+The output is written whole or not at all: an ordinary diffusers folder (safetensors) that
+``sdft.families.StableDiffusion`` loads, with ``training.json`` (seed, geometry, clutter, steps, losses, wall time,
+machine, versions, command, the text encoder's accuracy and the oracle's agreement with the autoencoder's
 reconstructions of held-out scenes) beside the weights.
 
 ``--ship FOLDER`` also stores the trained folder as sdft ships it (:func:`sdft.toyworld.model.ship`: float16
 weights, no tokenizer); ``builtin:toyworld`` unpacks ``sdft/toyworld/weights/base``. The shipped model was made by
-``sdft.toyworld.model.TRAIN_COMMAND``.
+``sdft.toyworld.model.TRAIN_COMMAND`` (``factor4``, no clutter); the finer model is trained by the same command
+with ``--geometry factor2 --clutter 16384`` (and ``--device cuda`` where there is a GPU), and
+``scripts/measure_toyworld_autoencoder.py`` says whether its autoencoder shows the subjects.
 
 ``--evaluate`` samples ``--samples`` images for the captions of held-out scenes (``world_dataset(seed + 1000000)``,
 never trained on) through ``StableDiffusion``'s pipeline and prints how often :func:`sdft.toyworld.oracle.score`
