@@ -133,6 +133,7 @@ def test_a_chosen_step_below_the_base_model_on_fidelity_is_warned_about():
         ({"class_images": 0}, "class_images=0 turns PRES off, but pres_margin=0.05 limits it; set pres_margin: null"),
         ({"tie_tolerance": -0.1}, "SubjectEvaluator.tie_tolerance must be >= 0"),
         ({"confidence": 1.0}, r"SubjectEvaluator.confidence must be in \[0.5, 1\)"),
+        ({"tie_standard_errors": -1}, "SubjectEvaluator.tie_standard_errors must be >= 0"),
         ({"images_per_prompt": 1, "div_margin": 0.1}, "div_margin=0.1 limits DIV, which needs two images of a prompt"),
     ],
 )

@@ -73,6 +73,7 @@ class SubjectEvaluator(Callback):
         tie_tolerance: float = 0.02,
         div_margin: float | None = None,
         confidence: float = 0.95,
+        tie_standard_errors: float = 1.0,
         export_best: bool = True,
         keep_last_n: int | None = None,
     ) -> None:
@@ -103,15 +104,17 @@ class SubjectEvaluator(Callback):
             tie_tolerance: steps the best fidelity does not clearly lead by more count as tied; the earliest wins.
             div_margin: a step is rejected if its DIV is below the base model's by more, beyond the noise (a
                 collapse onto the photos); None: no limit.
-            confidence: the one-sided level at which a paired difference between steps counts as beyond the noise
-                (0.5 compares the means alone).
+            confidence: the one-sided level at which a step's paired change from the base model counts as beyond a
+                margin (0.5 compares the means alone).
+            tie_standard_errors: a step ties with the best when the best leads it by no more than tie_tolerance
+                plus this many standard errors of the lead (the one-standard-error rule; 0: the means alone).
             export_best: export the chosen step to ``<run>/best/`` at the end of training.
             keep_last_n: after each evaluation, delete the checkpoints of evaluated steps other than the last
                 ``keep_last_n`` and the step the rule chooses so far (steps not yet evaluated, and interruption
                 checkpoints, are kept); None keeps every checkpoint.
         """
         check_options(every_n_steps, identifier, class_images, fidelity, pres_margin, tie_tolerance)
-        check_noise_options(images_per_prompt, div_margin, confidence)
+        check_noise_options(images_per_prompt, div_margin, confidence, tie_standard_errors)
         if keep_last_n is not None and keep_last_n < 1:
             raise UserError(f"SubjectEvaluator.keep_last_n must be at least 1 (or null to keep all), got {keep_last_n}")
         self.keep_last_n = keep_last_n
@@ -127,6 +130,7 @@ class SubjectEvaluator(Callback):
             "tie_tolerance": tie_tolerance,
             "div_margin": div_margin,
             "confidence": confidence,
+            "tie_standard_errors": tie_standard_errors,
         }
         self.rows: list[dict[str, Any]] = []
         self.scores: dict[int, dict[str, list[float]]] = {}  # step -> metric -> every probe's score
@@ -395,10 +399,14 @@ def check_options(
         raise UserError(f"SubjectEvaluator.tie_tolerance must be >= 0, got {tie_tolerance}")
 
 
-def check_noise_options(images_per_prompt: int, div_margin: float | None, confidence: float) -> None:
+def check_noise_options(
+    images_per_prompt: int, div_margin: float | None, confidence: float, tie_standard_errors: float
+) -> None:
     """Raise a :class:`UserError` naming the first bad noise-related SubjectEvaluator option."""
     if not 0.5 <= confidence < 1.0:
         raise UserError(f"SubjectEvaluator.confidence must be in [0.5, 1) (e.g. 0.95), got {confidence}")
+    if tie_standard_errors < 0:
+        raise UserError(f"SubjectEvaluator.tie_standard_errors must be >= 0 (e.g. 1), got {tie_standard_errors}")
     if div_margin is not None and images_per_prompt < 2:
         raise UserError(
             f"SubjectEvaluator.div_margin={div_margin} limits DIV, which needs two images of a prompt; set "

@@ -53,6 +53,7 @@ def select_step(
     tie_tolerance: float = 0.02,
     div_margin: float | None = None,
     confidence: float = 0.95,
+    tie_standard_errors: float = 1.0,
     scores: Scores | None = None,
 ) -> Selection:
     """Max ``fidelity`` s.t. CLIP-T did not clearly drop by more than ``clip_t_margin`` from the base model, nor PRES
@@ -60,8 +61,10 @@ def select_step(
 
     With ``scores`` (every probe's score at every step), steps are compared probe by probe: a constraint rejects a
     step only when the paired difference is beyond the margin at the one-sided ``confidence`` level, and a step ties
-    with the best one unless the best is clearly ahead by more than ``tie_tolerance``; the earliest tied step wins.
-    Without scores the differences of the means are taken as exact, which is the same rule with no noise.
+    with the best one when the best leads it by no more than ``tie_tolerance`` plus ``tie_standard_errors`` standard
+    errors of the paired lead; the earliest tied step wins (the one-standard-error rule of model selection, Breiman et
+    al. 1984, with "earliest" as "simplest": it has drifted least). Without scores the differences of the means are
+    taken as exact, which is the same rule with no noise.
 
     Only steps after the baseline compete. If no step meets the constraints, nothing is raised: the tie rule is
     applied to all steps after the baseline and the reason says that no step met them, so a run always yields a
@@ -75,10 +78,14 @@ def select_step(
         pres_margin: allowed PRES rise from the baseline; None disables the constraint.
         tie_tolerance: fidelity gap within which an earlier step is preferred to the best one.
         div_margin: allowed DIV (``val/div``) drop from the baseline; None disables the constraint.
-        confidence: one-sided level at which a difference counts as clear (0.5 compares the means alone).
+        confidence: one-sided level at which a change beyond a margin counts as clear (0.5 compares the means alone).
+        tie_standard_errors: how many standard errors of the best step's lead count as a tie (0: the means alone).
         scores: step -> metric -> per-probe scores in probe order (``evaluation/scores.jsonl``); None for means.
     """
-    rule = Rule(fidelity, clip_t_margin, pres_margin, div_margin, tie_tolerance, one_sided_z(confidence), scores or {})
+    if tie_standard_errors < 0:
+        raise UserError(f"tie_standard_errors must be >= 0, got {tie_standard_errors}")
+    z = one_sided_z(confidence)
+    rule = Rule(fidelity, clip_t_margin, pres_margin, div_margin, tie_tolerance, z, tie_standard_errors, scores or {})
     baseline, *evaluated = sorted_rows(rows, rule.keys(), tie_tolerance)
     if not evaluated:
         return Selection(int(baseline["step"]), f"only the baseline step {baseline['step']} was evaluated")
@@ -108,6 +115,7 @@ class Rule:
     div_margin: float | None
     tie_tolerance: float
     z: float
+    tie_z: float
     scores: Scores
 
     def limits(self) -> list[tuple[str, float, int]]:
@@ -171,7 +179,7 @@ class Rule:
 
     def tied(self, best: Row, row: Row) -> bool:
         """Whether ``best`` leads ``row`` by no more than the tie tolerance, or not clearly more."""
-        return self.difference(best, row, self.fidelity).lower(self.z) <= self.tie_tolerance + EPSILON
+        return self.difference(best, row, self.fidelity).lower(self.tie_z) <= self.tie_tolerance + EPSILON
 
     def describe_choice(self, chosen: Row, best: Row, rows: Sequence[Row]) -> str:
         """A sentence naming the chosen step, its value, and the best value among ``rows``."""
@@ -185,7 +193,7 @@ class Rule:
         if lead.mean > self.tie_tolerance + EPSILON:
             near = (
                 f"not clearly below the best {best[key]:.4f} at step {int(best['step'])} (which leads by "
-                f"{lead.describe()}, within {self.tie_tolerance} at z = {self.z:.2f})"
+                f"{lead.describe()}, within {self.tie_tolerance} + {self.tie_z:g} standard error)"
             )
         return text + f", {near}, and is earlier, among steps [{steps}]"
 

@@ -144,20 +144,23 @@ def test_a_clip_t_drop_within_the_noise_does_not_reject_and_a_steady_one_does():
     assert set(select_step(rows).rejected) == {100, 200}
 
 
-def test_the_best_step_wins_only_when_it_leads_clearly_by_more_than_the_tie_tolerance():
+def test_the_best_step_wins_only_when_it_leads_by_more_than_the_tie_tolerance_and_one_standard_error():
     steady = {"val/clip_t": FLAT, "val/pres": PRES}
     rows, scores = scored(
         {
             0: {"val/dino": [0.40] * 4, **steady},
             100: {"val/dino": [0.50, 0.50, 0.50, 0.50], **steady},
-            200: {"val/dino": [0.80, 0.50, 0.54, 0.56], **steady},  # leads step 100 by 0.10 in mean, se 0.067
+            200: {"val/dino": [0.90, 0.50, 0.50, 0.50], **steady},  # leads step 100 by 0.10 in mean, se 0.10
             300: {"val/dino": [0.62, 0.60, 0.61, 0.61], **steady},  # leads step 100 by 0.11 on every probe
         }
     )
     noisy = {step: metrics for step, metrics in scores.items() if step != 300}
     chosen = select_step([row for row in rows if row["step"] != 300], scores=noisy)
     assert chosen.step == 100
-    assert "not clearly below the best 0.6000 at step 200 (which leads by +0.1000 ± 0.0678" in chosen.reason
+    assert "the best 0.6000 at step 200 (which leads by +0.1000 ± 0.1000 (paired, 4 probes), within 0.02 + 1" in (
+        chosen.reason
+    )
+    assert select_step([row for row in rows if row["step"] != 300], scores=noisy, tie_standard_errors=0).step == 200
     clear = select_step([rows[0], rows[1], rows[3]], scores={step: scores[step] for step in (0, 100, 300)})
     assert clear.step == 300 and "the highest among steps [100, 300]" in clear.reason
 
