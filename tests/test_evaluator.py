@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from training import checkpointer, cpu_trainer, lora_tuner, subject_data
 
 from sdft.callbacks import SubjectEvaluator
-from sdft.callbacks.evaluation import export_step
+from sdft.callbacks.checkpoint_files import export_step
 from sdft.cli import main
 from sdft.errors import UserError
 from sdft.evaluation.selection import select_step

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from sdft.callbacks.export import live_weights_kept
+from sdft.callbacks.checkpoint_files import checkpoint_at, current_checkpoint_dirs, export_step, unique_paths
 from sdft.callbacks.samples import log_grid
 from sdft.errors import UserError
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
@@ -42,7 +41,7 @@ from sdft.evaluation.scoring import ProbeResult, ProbeScorer
 from sdft.evaluation.selection import Selection, select_step
 from sdft.files import write_atomic, write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
-from sdft.runs import apply_checkpoint, checkpoints_by_step
+from sdft.runs import checkpoints_by_step
 from sdft.sharding import whole_model
 from sdft.tools.grids import image_grid
 
@@ -417,58 +416,3 @@ def check_noise_options(
 def probe_record(probe: Probe) -> dict[str, Any]:
     """A probe as a JSON object: ``prompt``, ``seed`` and ``class_prompt`` (an image of the bare class prompt)."""
     return {"prompt": probe.prompt, "seed": probe.seed, "class_prompt": probe.is_class}
-
-
-def unique_paths(paths: list[Path]) -> list[Path]:
-    """The resolved paths in first-seen order, without repeats."""
-    return list(dict.fromkeys(Path(path).resolve() for path in paths))
-
-
-def current_checkpoint_dirs(trainer: Trainer) -> list[Path]:
-    """The folders of the trainer's ModelCheckpoint callbacks."""
-    return [
-        Path(callback.dirpath)
-        for callback in trainer.checkpoint_callbacks
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath
-    ]
-
-
-def checkpoint_at(folders: list[Path], step: int) -> Path | None:
-    """The first checkpoint file in ``folders`` that holds ``step``, read from the files' own ``global_step``.
-
-    Args:
-        folders: checkpoint folders, searched in order; missing ones are skipped.
-        step: the global step.
-    """
-    for folder in folders:
-        if folder.is_dir():
-            found = [path for saved, path in checkpoints_by_step(folder) if saved == step]
-            if found:
-                return found[0]
-    return None
-
-
-def export_step(
-    pl_module: DiffusionFineTuner, checkpoint: Path | None, current_step: int, step: int, directory: Path
-) -> bool:
-    """Export the weights of ``step``: the live ones if it is the current step, else those of its checkpoint.
-
-    Returns whether ``directory`` was written (not when no checkpoint holds an earlier step).
-
-    Args:
-        pl_module: the model in training; its live weights are restored after exporting a checkpoint.
-        checkpoint: the checkpoint file of ``step``, or None.
-        current_step: the trainer's global step.
-        step: the step to export.
-        directory: the export folder.
-    """
-    if step == current_step:
-        pl_module.export(directory)
-        return True
-    if checkpoint is None:
-        rank_zero_warn(f"no checkpoint holds step {step}; {directory} was not written")
-        return False
-    with live_weights_kept(pl_module):
-        apply_checkpoint(pl_module, checkpoint)
-        pl_module.export(directory)
-    return True
