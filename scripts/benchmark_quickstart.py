@@ -61,7 +61,7 @@ def write_report(total: float, run_dir: Path) -> Path:
         "# Quickstart benchmark",
         "",
         f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {machine()}",
+        f"- machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the end (other work slows the run)",
         f"- versions: {versions()}",
         "- command: `uv run python scripts/benchmark_quickstart.py` (`sdft fit --config configs/quickstart.yaml`)",
         "",
