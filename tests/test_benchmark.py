@@ -4,12 +4,12 @@ on the tiny model (no reference script)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from script_modules import script_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 THREE_STEPS = """
@@ -25,10 +25,8 @@ for _ in range(3):
 @pytest.fixture(scope="module")
 def scripts():
     """The benchmark's modules, imported from scripts/ as the script itself imports them."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(ROOT / "scripts"))
-        modules = ("benchmark", "benchmark_runs", "benchmark_report", "real_architectures")
-        yield argparse.Namespace(**{name: importlib.import_module(name) for name in modules})
+    with script_modules("benchmark", "benchmark_runs", "benchmark_report", "real_architectures") as modules:
+        yield modules
 
 
 @pytest.fixture(scope="module")

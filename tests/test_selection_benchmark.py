@@ -4,13 +4,13 @@ run by the script)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from script_modules import script_modules
 
 from sdft.toyworld.judge import JUDGE_SEEDS, Judgement, judge_steps
 
@@ -19,12 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def scripts():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(ROOT / "scripts"))
-        yield {
-            name: importlib.import_module(name)
-            for name in ("benchmark_selection", "selection_rules", "selection_report")
-        }
+    with script_modules("benchmark_selection", "selection_rules", "selection_report") as modules:
+        yield vars(modules)
 
 
 def write_run(folder: Path, rows: list[dict], scores: dict[int, dict], train: dict, validation: dict, picked: int):

@@ -4,8 +4,6 @@ with the weights of a run that never stopped."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from script_modules import script_modules
 
 from sdft.errors import UserError
 from sdft.toyworld import world_dataset
@@ -31,10 +30,9 @@ WEIGHTS = {
 @pytest.fixture(scope="module")
 def scripts():
     """The training script's modules, imported from scripts/ as the script itself imports them."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(ROOT / "scripts"))
-        modules = ("train_toyworld", "toyworld_training", "toyworld_loop", "measure_toyworld_autoencoder")
-        yield argparse.Namespace(**{name: importlib.import_module(name) for name in modules})
+    names = ("train_toyworld", "toyworld_training", "toyworld_loop", "measure_toyworld_autoencoder")
+    with script_modules(*names) as modules:
+        yield modules
 
 
 def extremes(image) -> tuple[np.ndarray, np.ndarray]:
