@@ -11,7 +11,6 @@ import pytest
 import torch
 from script_modules import script_modules
 
-ROOT = Path(__file__).resolve().parents[1]
 THREE_STEPS = """
 import torch
 weight = torch.nn.Parameter(torch.ones(3))

@@ -14,8 +14,6 @@ from script_modules import script_modules
 
 from sdft.toyworld.judge import JUDGE_SEEDS, Judgement, judge_steps
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def scripts():

@@ -5,7 +5,6 @@ with the weights of a run that never stopped."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from sdft.toyworld import world_dataset
 from sdft.toyworld.datasets import ClutterDataset
 from sdft.toyworld.model import GEOMETRIES, build_untrained_toyworld
 
-ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {
     "unet": "unet/diffusion_pytorch_model.safetensors",
     "vae": "vae/diffusion_pytorch_model.safetensors",
