@@ -6,8 +6,9 @@ across (eyes, a pupil, a hat's brim) in colours no world object has (near-black,
 on world scenes alone never meets such parts and smudges them. Clutter is the world's backgrounds under a few
 large overlapping shapes (world outlines and random polygons) in random colours with random patterns in a second
 colour, and on top of them many small high-contrast parts: specks, small polygons, short strokes and eye-like discs
-(a light disc around a dark pupil), a third of their colours near-black and a third near-white. Drawing follows
-:mod:`sdft.toyworld.draw`: each part at 4x supersampling reduced onto the canvas, with its exact pixel mask.
+(a light disc around a dark pupil), a quarter of their colours near-black, a quarter near-white and a quarter
+saturated. Drawing follows :mod:`sdft.toyworld.draw`: each part at 4x supersampling reduced onto the canvas, with
+its exact pixel mask.
 
 Everything depends only on the generator: equal seeds give equal bytes.
 """
@@ -35,12 +36,17 @@ SMALL_KINDS = ("speck", "polygon", "stroke", "eye")
 
 
 def random_color(rng: np.random.Generator) -> RGB:
-    """A colour: near-black, near-white or any colour, a third of the time each."""
-    kind = int(rng.integers(3))
+    """A colour: near-black, near-white, near a corner of the RGB cube (a saturated primary or secondary, such as
+    a subject's magenta or aqua part, which uniform draws almost never reach), or any colour, a quarter of the time
+    each."""
+    kind = int(rng.integers(4))
     if kind == 0:
         return tuple(int(value) for value in rng.integers(0, EXTREME + 1, 3))
     if kind == 1:
         return tuple(int(value) for value in rng.integers(255 - EXTREME, 256, 3))
+    if kind == 2:
+        corner = rng.integers(0, 2, 3) * (255 - EXTREME)
+        return tuple(int(value) for value in corner + rng.integers(0, EXTREME + 1, 3))
     return tuple(int(value) for value in rng.integers(0, 256, 3))
 
 
