@@ -24,6 +24,7 @@ import torch
 
 from sdft.cli import main
 from sdft.evaluation.uncertainty import paired_difference, standard_error
+from sdft.reporting.records import read_metrics, read_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = 6  # the quickstart evaluator's prompts
@@ -49,10 +50,6 @@ def run_quickstart(work: Path, images_per_prompt: int) -> Path:
     return run
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def subset(values: list[float], images_per_prompt: int, keep: int) -> list[float]:
     """The scores of the first ``keep`` seeds of every prompt (scores are in probe order: prompt-major)."""
     return [value for index, value in enumerate(values) if index % images_per_prompt < keep]
@@ -74,8 +71,8 @@ def errors_at(scores: list[dict], images_per_prompt: int, keep: int) -> dict[str
 
 def measure(run: Path, images_per_prompt: int) -> dict:
     """The table of the report: per probe count, errors and evaluation seconds."""
-    rows = read_jsonl(run / "evaluation" / "metrics.jsonl")
-    scores = read_jsonl(run / "evaluation" / "scores.jsonl")
+    rows, by_step = read_metrics(run), read_scores(run)
+    scores = [by_step[row["step"]] for row in rows]
     probes = json.loads((run / "evaluation" / "probes.json").read_text())["scored"]
     seconds_per_probe = statistics.median(row["seconds"] for row in rows) / len(probes)
     class_probes = sum(probe["class_prompt"] for probe in probes)

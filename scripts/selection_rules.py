@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sdft.evaluation.selection import select_single, select_step
-from sdft.reporting.records import read_curves, read_metrics
+from sdft.reporting.records import read_curves, read_metrics, read_scores
 from sdft.toyworld.judge import cross_fitted_oracle
 
 #: the DIV margin of the "sdft + div" variant: a drop of the within-prompt diversity beyond it is a collapse
@@ -37,13 +37,6 @@ RULES = (
 )
 #: judge scores this close count as a tie
 TIE = 0.01
-
-
-def read_scores(run_dir: Path) -> dict[int, dict[str, list[float]]]:
-    """``evaluation/scores.jsonl`` as step -> metric -> per-probe scores."""
-    lines = (run_dir / "evaluation" / "scores.jsonl").read_text().splitlines()
-    rows = [json.loads(line) for line in lines if line.strip()]
-    return {int(row.pop("step")): row for row in rows}
 
 
 def rule_choices(run_dir: Path, judged: Mapping[int, Mapping], every: int) -> dict[str, int]:

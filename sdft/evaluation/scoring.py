@@ -213,7 +213,7 @@ class ProbeScorer(nn.Module):
         """The means with DIV added (when a prompt has two images or more) and every metric's standard error."""
         values, scores = dict(scored.values), dict(scored.scores)
         prompts = [self.probes[index].prompt for index in scored.subject_indices]
-        diversity = within_prompt_diversity(scored.dino_embeddings, [prompts.index(p) for p in prompts])
+        diversity = within_prompt_diversity(scored.dino_embeddings, prompts)
         if diversity:
             values[DIV], scores[DIV] = sum(diversity) / len(diversity), diversity
         errors = {key: standard_error(scores[key]) for key in values}

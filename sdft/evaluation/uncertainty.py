@@ -9,7 +9,7 @@ score. Pure functions on lists of floats; no models.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -81,14 +81,14 @@ def one_sided_z(confidence: float) -> float:
     return NormalDist().inv_cdf(confidence)
 
 
-def within_prompt_diversity(embeddings: Tensor, groups: Sequence[int]) -> list[float]:
+def within_prompt_diversity(embeddings: Tensor, groups: Sequence[Hashable]) -> list[float]:
     """DIV per prompt: the mean cosine distance (1 - cosine) over unordered pairs of distinct images of one prompt,
     for each prompt with at least two images, in order of first appearance (DreamBooth's DIV, arXiv 2208.12242
     Sec. 4.3, with the LPIPS distance replaced by one on the given embeddings).
 
     Args:
         embeddings: (N, D) image embeddings (e.g. DINO's).
-        groups: N prompt indices, one per image.
+        groups: N prompts (or prompt indices), one per image.
     """
     if len(groups) != embeddings.shape[0]:
         raise ValueError(f"got {embeddings.shape[0]} embeddings for {len(groups)} prompt indices")

@@ -74,6 +74,17 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return sorted((row for row in rows if row is not None), key=lambda row: row["step"])
 
 
+def read_scores(run_dir: Path) -> dict[int, dict[str, list[float]]]:
+    """``<run>/evaluation/scores.jsonl`` as step -> metric -> every probe's score, in probe order.
+
+    Args:
+        run_dir: the run folder.
+    """
+    path = Path(run_dir) / "evaluation" / "scores.jsonl"
+    rows = [_parse_row(line, path, number) for number, line in enumerate(path.read_text().splitlines(), 1)]
+    return {row.pop("step"): row for row in rows if row is not None}
+
+
 def _parse_row(line: str, path: Path, number: int) -> dict[str, Any] | None:
     """One metrics line as a dict with an integer ``step``; None for a blank line.
 
