@@ -53,6 +53,15 @@ def _tiny_flow_model(builder: str) -> Callable[[Path], object]:
     return build
 
 
+def _tiny_chat_model(builder: str) -> Callable[[Path], object]:
+    def build(folder: Path) -> object:
+        from sdft import tiny_chat_models
+
+        return getattr(tiny_chat_models, builder)(folder)
+
+    return build
+
+
 def _toy_world(folder: Path) -> object:
     from sdft.toyworld import world_dataset, write_folder
 
@@ -86,6 +95,7 @@ BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-sdxl": _tiny_model("build_tiny_sdxl"),
     "tiny-sd3": _tiny_flow_model("build_tiny_sd3"),
     "tiny-flux": _tiny_flow_model("build_tiny_flux"),
+    "tiny-zimage": _tiny_chat_model("build_tiny_zimage"),
     "toy-subject": _toy("write_toy_subject"),
     "toy-class": _toy("write_toy_class", num_images=8),
     "toy-captions": _toy("write_toy_captions"),

@@ -4,7 +4,9 @@ OpenAI CLIP, Stable Diffusion's text encoders and open_clip all use one byte-lev
 bundles its merges as ``bpe_simple_vocab_16e6.txt.gz``; this module turns that file into the ``vocab.json`` and
 ``merges.txt`` that ``transformers.CLIPTokenizer`` reads, so tiny models get a real tokenizer without a download.
 SD3 and Flux.1 also read the prompt with T5, whose tokenizer is a sentencepiece Unigram model; a small one is built
-here from CLIP's most frequent words, in the files ``transformers.T5TokenizerFast`` reads.
+here from CLIP's most frequent words, in the files ``transformers.T5TokenizerFast`` reads. Z-Image, Qwen-Image and
+FLUX.2 read it with a Qwen (or Mistral) language model through a chat template; their byte-level BPE is built here
+the same way, with the chat markers and a chat template of Qwen3's shape, in the files ``Qwen2Tokenizer`` reads.
 """
 
 from __future__ import annotations
@@ -142,4 +144,93 @@ def write_t5_tokenizer(directory: str | Path, model_max_length: int = 512, num_w
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     config = {"tokenizer_class": "T5Tokenizer", "model_max_length": model_max_length, "extra_ids": 0, **special}
     (directory / "tokenizer_config.json").write_text(json.dumps({**config, "additional_special_tokens": []}, indent=2))
+    return directory
+
+
+#: the special tokens of the Qwen tokenizers: the end of a text (also the padding), the chat markers, the reasoning
+#: markers; they follow the byte-level vocabulary, as in Qwen's own
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+#: Qwen2's pre-tokenizer split: contractions, letter runs with one leading non-letter, single digits, punctuation
+#: runs, newlines and spaces
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: Qwen3's chat template for what the pipelines send: messages, an optional generation prompt, and the empty
+#: reasoning block Qwen3 writes when ``enable_thinking`` is false
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def build_bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-level BPE merges that spell each word (and the word after a space, ``Ġword``) left to right, in order of
+    first use, without repeats: every merge's result is a token, so any text still segments into the 256 byte
+    tokens and the merged pieces.
+
+    Args:
+        words: ASCII words, most frequent first.
+    """
+    merges: dict[tuple[str, str], None] = {}
+    for word in words:
+        for spelled in ("\u0120" + word, word):
+            for end in range(2, len(spelled) + 1):
+                merges[(spelled[: end - 1], spelled[end - 1])] = None
+    return list(merges)
+
+
+def qwen_tokenizer_json(merges: list[tuple[str, str]]) -> str:
+    """The ``tokenizer.json`` of a Qwen2-style byte-level BPE over ``merges``: NFC, Qwen2's split, bytes mapped to
+    printable characters, then the special tokens."""
+    from tokenizers import AddedToken
+    from tokenizers.models import BPE
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tokens = sorted(alphabet, key=lambda c: (ord(c) > 255, ord(c))) + ["".join(pair) for pair in merges]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in QWEN_SPECIAL_TOKENS])
+    return tokenizer.to_str(pretty=True)
+
+
+def write_qwen_tokenizer(directory: str | Path, model_max_length: int = 131072, num_words: int = 2000) -> Path:
+    """Write a ``transformers.Qwen2Tokenizer`` folder (``tokenizer.json``, its config with Qwen3's chat template) and
+    return its path: a byte-level BPE that spells CLIP's ``num_words`` most frequent words, built offline.
+
+    Args:
+        directory: the folder to write; created if missing.
+        model_max_length: the longest text in tokens (Qwen3's 131,072).
+        num_words: words spelled by the merges.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    merges = build_bpe_merges(clip_words(read_clip_merges())[:num_words])
+    (directory / "tokenizer.json").write_text(qwen_tokenizer_json(merges), encoding="utf-8")
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "model_max_length": model_max_length,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "chat_template": QWEN_CHAT_TEMPLATE,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return directory

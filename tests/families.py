@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from training import stock_pipeline
 
 from sdft.assets import resolve
-from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL
+from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
 
 
 @dataclass(frozen=True)
@@ -67,4 +67,5 @@ FAMILY_CASES = [
     FamilyCase("sdxl", StableDiffusionXL, "builtin:tiny-sdxl"),
     FamilyCase("sd3", StableDiffusion3, "builtin:tiny-sd3"),
     FamilyCase("flux", Flux, "builtin:tiny-flux"),
+    FamilyCase("zimage", ZImage, "builtin:tiny-zimage"),
 ]

@@ -26,7 +26,7 @@ from sdft.assets import resolve
 from sdft.callbacks import FinalExport
 from sdft.callbacks.export import live_weights_kept
 from sdft.errors import UserError
-from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL
+from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
 from sdft.interop.formats import read_lora
 from sdft.interop.kohya import to_kohya
 from sdft.interop.kohya_names import adaptable_modules, kohya_names
@@ -42,6 +42,7 @@ FAMILIES = {
     "sdxl": (StableDiffusionXL, "builtin:tiny-sdxl"),
     "sd3": (StableDiffusion3, "builtin:tiny-sd3"),
     "flux": (Flux, "builtin:tiny-flux"),
+    "zimage": (ZImage, "builtin:tiny-zimage"),
 }
 RANK, ALPHA = 4, 2.0
 
@@ -330,6 +331,7 @@ ARCHITECTURES = {
     "sdxl": ("stable-diffusion-xl-v1-base/lora", "sdxl_base_v1-0"),
     "sd3": ("stable-diffusion-v3.5-medium/lora", "sd3"),  # the tiny SD3 has a dual-attention block
     "flux": ("flux-1-dev/lora", "flux1"),
+    "zimage": ("z-image/lora", "z_image"),
 }
 
 

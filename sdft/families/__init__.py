@@ -5,5 +5,6 @@ from sdft.families.flux import Flux
 from sdft.families.stable_diffusion import StableDiffusion
 from sdft.families.stable_diffusion_3 import StableDiffusion3
 from sdft.families.stable_diffusion_xl import StableDiffusionXL
+from sdft.families.z_image import ZImage
 
-__all__ = ["Flux", "ModelFamily", "NoisedLatents", "StableDiffusion", "StableDiffusion3", "StableDiffusionXL"]
+__all__ = ["Flux", "ModelFamily", "NoisedLatents", "StableDiffusion", "StableDiffusion3", "StableDiffusionXL", "ZImage"]

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    ZImagePipeline,
+)
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -218,6 +224,8 @@ def architecture_of(family: ModelFamily) -> Architecture:
     if issubclass(pipeline, FluxPipeline):
         name = "flux-1-dev" if config.guidance_embeds else "flux-1-schnell"
         return Architecture(name, "flux1", "https://github.com/black-forest-labs/flux")
+    if issubclass(pipeline, ZImagePipeline):
+        return Architecture("z-image", "z_image", "https://github.com/Tongyi-MAI/Z-Image")
     if isinstance(family, StableDiffusion) and issubclass(pipeline, StableDiffusionPipeline):
         if not config.use_linear_projection:
             return Architecture("stable-diffusion-v1", "sd_v1", "diffusers")

@@ -18,10 +18,13 @@ in the model the consumers run, with ``.`` written ``_``:
 - SD3: the MMDiT names (``lora_unet_joint_blocks_0_x_block_attn_qkv``, ``..._context_block_mlp_fc1``);
 - Flux.1: the BFL names (``lora_unet_double_blocks_0_img_attn_qkv``, ``..._txt_mlp_0``,
   ``lora_unet_single_blocks_0_linear1``);
+- Z-Image: the names of Tongyi-MAI's checkpoint, which ComfyUI loads (``lora_unet_layers_0_attention_qkv``,
+  ``..._attention_out``, ``..._feed_forward_w1``, ``lora_unet_noise_refiner_0_...``, ``lora_unet_x_embedder``): the
+  inverse of ComfyUI's ``comfy.utils.z_image_to_diffusers``;
 - CLIP text encoders: ``text_model.encoder.layers.N.self_attn.{q,k,v,out}_proj`` and ``...mlp.fc1/fc2``, with
   ``text_model.`` whatever the installed transformers names the module (``lora_te_text_model_encoder_layers_0_...``).
 
-Where the original model computes several diffusers projections in one layer (SD3 and Flux.1 q, k, v; a Flux.1
+Where the original model computes several diffusers projections in one layer (SD3, Flux.1 and Z-Image q, k, v; a Flux.1
 single block's ``linear1`` = q, k, v and the MLP input), one kohya module stands for all of them, their output rows
 stacked in that order. The final adaptive norms of SD3 and Flux.1 (and SD3's last context norm) order the halves of
 their output shift, scale where diffusers has scale, shift.
@@ -38,6 +41,7 @@ from diffusers import (
     DiffusionPipeline,
     FluxPipeline,
     StableDiffusion3Pipeline,
+    ZImagePipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
@@ -247,14 +251,37 @@ FLUX_SINGLE_BLOCK: Layout = (
     ("modulation.lin", ("norm.linear",)),
 )
 
+#: Z-Image outside its blocks: the embedders and final layer diffusers keys by patch size (``2-1``: 2x2 patches of
+#: one frame) and Tongyi-MAI's checkpoint does not
+ZIMAGE_OUTSIDE_BLOCKS: Layout = (
+    ("x_embedder", ("all_x_embedder.2-1",)),
+    ("final_layer.linear", ("all_final_layer.2-1.linear",)),
+    ("final_layer.adaLN_modulation.1", ("all_final_layer.2-1.adaLN_modulation.1",)),
+    ("cap_embedder.1", ("cap_embedder.1",)),
+    ("t_embedder.mlp.0", ("t_embedder.mlp.0",)),
+    ("t_embedder.mlp.2", ("t_embedder.mlp.2",)),
+)
+#: a Z-Image block (main layer or refiner): q, k, v fused, the output projection renamed, the rest as diffusers has it
+ZIMAGE_BLOCK: Layout = (
+    ("attention.qkv", ("attention.to_q", "attention.to_k", "attention.to_v")),
+    ("attention.out", ("attention.to_out.0",)),
+    ("feed_forward.w1", ("feed_forward.w1",)),
+    ("feed_forward.w2", ("feed_forward.w2",)),
+    ("feed_forward.w3", ("feed_forward.w3",)),
+    ("adaLN_modulation.0", ("adaLN_modulation.0",)),
+)
 
-def laid_out(modules: Collection[str], layout: Layout, ours: str = "", theirs: str = "") -> dict[str, Original]:
-    """The original modules of ``layout`` whose parts all exist, under the module prefixes ``ours`` / ``theirs``."""
+
+def laid_out(
+    modules: Collection[str], layout: Layout, ours: str = "", theirs: str = "", swapped: Collection[str] = (FINAL_NORM,)
+) -> dict[str, Original]:
+    """The original modules of ``layout`` whose parts all exist, under the module prefixes ``ours`` / ``theirs``;
+    those named in ``swapped`` (SD3's and Flux.1's final norm) order the halves of their output the other way."""
     found = {}
     for original, parts in layout:
         named = tuple(ours + part for part in parts)
         if all(part in modules for part in named):
-            found[theirs + original] = Original(named, swapped=original == FINAL_NORM)
+            found[theirs + original] = Original(named, swapped=original in swapped)
     return found
 
 
@@ -289,6 +316,15 @@ def flux_names(modules: Collection[str]) -> dict[str, Original]:
     return found
 
 
+def zimage_names(modules: Collection[str]) -> dict[str, Original]:
+    """The names of Tongyi-MAI's checkpoint for a Z-Image transformer's modules (none of them swapped)."""
+    found = laid_out(modules, ZIMAGE_OUTSIDE_BLOCKS, swapped=())
+    for blocks in ("layers", "noise_refiner", "context_refiner"):
+        for index in block_indices(modules, blocks):
+            found.update(laid_out(modules, ZIMAGE_BLOCK, f"{blocks}.{index}.", f"{blocks}.{index}.", swapped=()))
+    return found
+
+
 #: each pipeline's components that kohya files name, with their naming
 NAMINGS: dict[type[DiffusionPipeline], dict[str, ComponentNaming]] = {
     StableDiffusionPipeline: {
@@ -309,6 +345,7 @@ NAMINGS: dict[type[DiffusionPipeline], dict[str, ComponentNaming]] = {
         "transformer": ComponentNaming("lora_unet", flux_names),
         "text_encoder": ComponentNaming("lora_te1", clip_names, diffusers_aliases=True),
     },
+    ZImagePipeline: {"transformer": ComponentNaming("lora_unet", zimage_names)},
 }
 
 
