@@ -9,14 +9,14 @@ import pytest
 import torch
 from diffusers import ZImagePipeline
 from safetensors.torch import load_file
-from training import equal_tensors, loaded, stock_images, stock_pipeline, training_noise
+from training import equal_tensors, fit_shipped_config, loaded, stock_images, stock_pipeline, training_noise
 
 from sdft.errors import UserError
 from sdft.families import ZImage
 from sdft.families.base import Conditioning
 from sdft.interop.kohya_names import adaptable_modules
 from sdft.methods import LoRAFineTuner, TextualInversion
-from sdft.methods.lora import KOHYA_WEIGHTS
+from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
 from sdft.tiny_chat_models import build_tiny_zimage
 
 PROMPTS = ["a photo of sks toy", "a dog on the beach, at dusk"]
@@ -120,8 +120,8 @@ def comfyui_original_keys(transformer: torch.nn.Module) -> dict[str, tuple[int, 
         for projection in ("to_q", "to_k", "to_v"):
             original = original.replace(f"attention.{projection}.", "attention.qkv.")
         rows = found.get(original, (0, tensor.shape[1]))[0]
-        found[original] = (rows + tensor.shape[0], tensor.shape[1]) if original.endswith("qkv.weight") else tuple(
-            tensor.shape
+        found[original] = (
+            (rows + tensor.shape[0], tensor.shape[1]) if original.endswith("qkv.weight") else tuple(tensor.shape)
         )
     return found
 
@@ -159,3 +159,16 @@ def test_new_tokens_and_bad_options_are_refused_by_name(tiny_zimage):
         ZImage("builtin:tiny-zimage", max_sequence_length=0)
     with pytest.raises(UserError, match="model.init_args.family.init_args.weighting_scheme must be one of"):
         ZImage("builtin:tiny-zimage", weighting_scheme="none")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["dreambooth_lora", "dreambooth"])
+def test_the_shipped_configs_fit_the_tiny_model_with_class_images_from_its_pipeline(config, tmp_path):
+    cpu = "--model.init_args.speed.frozen_dtype=float32"  # bf16 frozen weights need bf16-mixed, unlike a CPU fit
+    run = fit_shipped_config(f"configs/zimage/{config}.yaml", tmp_path, "builtin:tiny-zimage", cpu)
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2  # made by ZImagePipeline from the base weights
+    assert (run / "evaluation" / "selection.json").is_file()
+    if config == "dreambooth":
+        assert isinstance(stock_pipeline(run / "final", ZImage), ZImagePipeline)
+    else:
+        assert (run / "final" / LORA_WEIGHTS).is_file() and (run / "final" / KOHYA_WEIGHTS).is_file()

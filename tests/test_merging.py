@@ -204,6 +204,7 @@ def test_extraction_recovers_a_known_lora(tiny_sd1: Path, tmp_path: Path, capsys
         ("tiny_sdxl", {"unet": ("attn2.to_k",), "text_encoder_2": ("self_attn.out_proj",)}),
         ("tiny_sd3", {"transformer": ("attn.to_q", "attn.add_v_proj"), "text_encoder_2": ("self_attn.k_proj",)}),
         ("tiny_flux", {"transformer": ("attn.to_v", "ff.net.2"), "text_encoder": ("self_attn.q_proj",)}),
+        ("tiny_zimage", {"transformer": ("attention.to_k", "feed_forward.w2")}),
     ],
 )
 def test_every_family_fuses_and_extracts(model: str, targets, request: pytest.FixtureRequest, tmp_path: Path) -> None:

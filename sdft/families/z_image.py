@@ -99,7 +99,8 @@ class ZImage(ModelFamily):
         )
         if not 0 < max_sequence_length <= MAX_PROMPT_TOKENS:
             raise UserError(
-                f"{KEY}.max_sequence_length must be in [1, {MAX_PROMPT_TOKENS}] (Qwen3 tokens), got {max_sequence_length}"
+                f"{KEY}.max_sequence_length must be in [1, {MAX_PROMPT_TOKENS}] (Qwen3 tokens), "
+                f"got {max_sequence_length}"
             )
         self.max_sequence_length = max_sequence_length
 

@@ -41,9 +41,9 @@ from diffusers import (
     DiffusionPipeline,
     FluxPipeline,
     StableDiffusion3Pipeline,
-    ZImagePipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
+    ZImagePipeline,
 )
 from torch import nn
 
