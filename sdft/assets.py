@@ -96,6 +96,7 @@ BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-sd3": _tiny_flow_model("build_tiny_sd3"),
     "tiny-flux": _tiny_flow_model("build_tiny_flux"),
     "tiny-zimage": _tiny_chat_model("build_tiny_zimage"),
+    "tiny-flux2-klein": _tiny_chat_model("build_tiny_flux2_klein"),
     "toy-subject": _toy("write_toy_subject"),
     "toy-class": _toy("write_toy_class", num_images=8),
     "toy-captions": _toy("write_toy_captions"),

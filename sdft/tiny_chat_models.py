@@ -1,5 +1,5 @@
-"""Tiny, randomly initialised models of the families whose text encoder is a chat language model (Z-Image's Qwen3),
-saved as ordinary diffusers folders.
+"""Tiny, randomly initialised models of the families whose text encoder is a chat language model (Z-Image's and
+FLUX.2 [klein]'s Qwen3), saved as ordinary diffusers folders.
 
 As :mod:`sdft.tiny_transformer_models` does for SD3 and Flux.1, they load through the same
 ``from_pretrained(name_or_path)`` code as the real checkpoints: the language model is a real transformers model of
@@ -12,9 +12,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+import torch
+from diffusers import (
+    AutoencoderKLFlux2,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Transformer2DModel,
+    ZImagePipeline,
+    ZImageTransformer2DModel,
+)
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
 from sdft.tiny_models import save_pipeline, seeded
 from sdft.tiny_transformer_models import FLUX_LATENTS, tiny_flow_vae
@@ -31,26 +39,35 @@ def qwen_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(write_qwen_tokenizer(directory))
 
 
-def tiny_qwen3(vocab_size: int, width: int = QWEN3_WIDTH) -> Qwen3Model:
-    """A three-layer Qwen3 (grouped-query attention with RMS-normed q and k, SwiGLU), as Z-Image's encoder without
-    its language-model head.
+def qwen3_config(vocab_size: int, layers: int, width: int = QWEN3_WIDTH) -> Qwen3Config:
+    """A tiny Qwen3 (grouped-query attention with RMS-normed q and k, SwiGLU) of ``layers`` layers.
 
     Args:
         vocab_size: the tokenizer's size.
-        width: the hidden size (the transformer's ``cap_feat_dim``).
+        layers: hidden layers (FLUX.2 reads layer 27, so it needs 27).
+        width: the hidden size.
     """
-    config = Qwen3Config(
+    return Qwen3Config(
         vocab_size=vocab_size,
         hidden_size=width,
         intermediate_size=2 * width,
-        num_hidden_layers=3,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=16,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
     )
-    return Qwen3Model(config)
+
+
+def tiny_qwen3(vocab_size: int, width: int = QWEN3_WIDTH) -> Qwen3Model:
+    """A three-layer Qwen3 as Z-Image's encoder, without the language-model head.
+
+    Args:
+        vocab_size: the tokenizer's size.
+        width: the hidden size (the transformer's ``cap_feat_dim``).
+    """
+    return Qwen3Model(qwen3_config(vocab_size, 3, width))
 
 
 def tiny_zimage_transformer() -> ZImageTransformer2DModel:
@@ -92,6 +109,79 @@ def build_tiny_zimage(directory: str | Path, seed: int = 0) -> Path:
     transformer, vae, text_encoder = seeded(seed, lambda: tiny_zimage_modules(len(tokenizer)))
     pipeline = ZImagePipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**ZIMAGE_SCHEDULER),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    return save_pipeline(pipeline, directory)
+
+
+#: the scheduler of black-forest-labs/FLUX.2-klein: a resolution-dependent shift, which the pipeline computes itself
+FLUX2_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True}
+#: the hidden layers of Qwen3 FLUX.2 reads (the deepest sets the tiny encoder's depth)
+FLUX2_LAYERS = 27
+
+
+def tiny_flux2_vae() -> AutoencoderKLFlux2:
+    """A three-level FLUX.2 autoencoder (factor 4, 4 latent channels, 2x2 patches) whose batch norm holds random
+    running statistics, so the latents' normalisation is exercised (a fresh norm's mean 0 and variance 1 would
+    hide it)."""
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=16,
+        layers_per_block=1,
+        sample_size=32,
+    )
+    vae.bn.running_mean.copy_(0.3 * torch.randn(vae.bn.running_mean.shape))
+    vae.bn.running_var.copy_(0.5 + torch.rand(vae.bn.running_var.shape))
+    return vae
+
+
+def tiny_flux2_transformer() -> Flux2Transformer2DModel:
+    """One double-stream and two single-stream blocks over 16-channel tokens (4 latent channels x 2x2), reading three
+    stacked Qwen3 layers, without a guidance embedding (as [klein])."""
+    return Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=3 * QWEN3_WIDTH,
+        timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=False,
+    )
+
+
+def tiny_flux2_klein_modules(vocab_size: int) -> tuple[nn.Module, ...]:
+    """FLUX.2 [klein]'s modules in construction order: the transformer, the VAE and Qwen3 (with its head).
+
+    Args:
+        vocab_size: the Qwen tokenizer's size.
+    """
+    with torch.no_grad():
+        vae = tiny_flux2_vae()
+    return tiny_flux2_transformer(), vae, Qwen3ForCausalLM(qwen3_config(vocab_size, FLUX2_LAYERS))
+
+
+def build_tiny_flux2_klein(directory: str | Path, seed: int = 0) -> Path:
+    """Build a tiny FLUX.2 [klein]-shaped pipeline (Qwen3, double- and single-stream transformer, FLUX.2 autoencoder)
+    and save it as a diffusers folder (safetensors) that ``Flux2KleinPipeline.from_pretrained`` loads; return it.
+
+    Args:
+        directory: where to write the model folder.
+        seed: the weights are a function of this seed alone.
+    """
+    directory = Path(directory)
+    tokenizer = qwen_tokenizer(directory / "tokenizer")
+    transformer, vae, text_encoder = seeded(seed, lambda: tiny_flux2_klein_modules(len(tokenizer)))
+    pipeline = Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from training import stock_pipeline
 
 from sdft.assets import resolve
-from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
+from sdft.families import Flux, Flux2Klein, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
 
 
 @dataclass(frozen=True)
@@ -68,4 +68,5 @@ FAMILY_CASES = [
     FamilyCase("sd3", StableDiffusion3, "builtin:tiny-sd3"),
     FamilyCase("flux", Flux, "builtin:tiny-flux"),
     FamilyCase("zimage", ZImage, "builtin:tiny-zimage"),
+    FamilyCase("flux2-klein", Flux2Klein, "builtin:tiny-flux2-klein"),
 ]

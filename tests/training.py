@@ -154,7 +154,7 @@ def stock_images(
     defaults to ``generate``'s (CFG, or Flux's distilled guidance embedding)."""
     generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
     images = pipeline(
-        [prompt] * len(SEEDS),
+        prompt=[prompt] * len(SEEDS),
         generator=generators,
         height=resolution,
         width=resolution,

@@ -133,7 +133,7 @@ def generate_class_images(
             chunk = indices[start : start + batch_size]
             generators = [torch.Generator(device).manual_seed(step_seed(spec.seed, index)) for index in chunk]
             images = pipeline(
-                [spec.prompt] * len(chunk),
+                prompt=[spec.prompt] * len(chunk),
                 generator=generators,
                 height=spec.resolution,
                 width=spec.resolution,

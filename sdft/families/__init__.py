@@ -2,9 +2,19 @@
 
 from sdft.families.base import ModelFamily, NoisedLatents
 from sdft.families.flux import Flux
+from sdft.families.flux2 import Flux2Klein
 from sdft.families.stable_diffusion import StableDiffusion
 from sdft.families.stable_diffusion_3 import StableDiffusion3
 from sdft.families.stable_diffusion_xl import StableDiffusionXL
 from sdft.families.z_image import ZImage
 
-__all__ = ["Flux", "ModelFamily", "NoisedLatents", "StableDiffusion", "StableDiffusion3", "StableDiffusionXL", "ZImage"]
+__all__ = [
+    "Flux",
+    "Flux2Klein",
+    "ModelFamily",
+    "NoisedLatents",
+    "StableDiffusion",
+    "StableDiffusion3",
+    "StableDiffusionXL",
+    "ZImage",
+]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from diffusers import (
+    Flux2KleinPipeline,
     FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -224,6 +225,8 @@ def architecture_of(family: ModelFamily) -> Architecture:
     if issubclass(pipeline, FluxPipeline):
         name = "flux-1-dev" if config.guidance_embeds else "flux-1-schnell"
         return Architecture(name, "flux1", "https://github.com/black-forest-labs/flux")
+    if issubclass(pipeline, Flux2KleinPipeline):
+        return Architecture("flux-2-klein", "flux2", "https://github.com/black-forest-labs/flux2")
     if issubclass(pipeline, ZImagePipeline):
         return Architecture("z-image", "z_image", "https://github.com/Tongyi-MAI/Z-Image")
     if isinstance(family, StableDiffusion) and issubclass(pipeline, StableDiffusionPipeline):

@@ -18,6 +18,9 @@ in the model the consumers run, with ``.`` written ``_``:
 - SD3: the MMDiT names (``lora_unet_joint_blocks_0_x_block_attn_qkv``, ``..._context_block_mlp_fc1``);
 - Flux.1: the BFL names (``lora_unet_double_blocks_0_img_attn_qkv``, ``..._txt_mlp_0``,
   ``lora_unet_single_blocks_0_linear1``);
+- FLUX.2: the BFL names of FLUX.2 (``lora_unet_double_blocks_0_img_attn_qkv``, ``..._img_mlp_0``,
+  ``lora_unet_single_blocks_0_linear1``, ``lora_unet_double_stream_modulation_img_lin``), as diffusers'
+  ``convert_flux2_transformer_checkpoint_to_diffusers`` maps them;
 - Z-Image: the names of Tongyi-MAI's checkpoint, which ComfyUI loads (``lora_unet_layers_0_attention_qkv``,
   ``..._attention_out``, ``..._feed_forward_w1``, ``lora_unet_noise_refiner_0_...``, ``lora_unet_x_embedder``): the
   inverse of ComfyUI's ``comfy.utils.z_image_to_diffusers``;
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import (
     DiffusionPipeline,
+    Flux2KleinPipeline,
     FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -251,6 +255,33 @@ FLUX_SINGLE_BLOCK: Layout = (
     ("modulation.lin", ("norm.linear",)),
 )
 
+FLUX2_OUTSIDE_BLOCKS: Layout = (
+    ("img_in", ("x_embedder",)),
+    ("txt_in", ("context_embedder",)),
+    ("time_in.in_layer", ("time_guidance_embed.timestep_embedder.linear_1",)),
+    ("time_in.out_layer", ("time_guidance_embed.timestep_embedder.linear_2",)),
+    ("guidance_in.in_layer", ("time_guidance_embed.guidance_embedder.linear_1",)),
+    ("guidance_in.out_layer", ("time_guidance_embed.guidance_embedder.linear_2",)),
+    ("double_stream_modulation_img.lin", ("double_stream_modulation_img.linear",)),
+    ("double_stream_modulation_txt.lin", ("double_stream_modulation_txt.linear",)),
+    ("single_stream_modulation.lin", ("single_stream_modulation.linear",)),
+    ("final_layer.linear", ("proj_out",)),
+    (FINAL_NORM, ("norm_out.linear",)),
+)
+FLUX2_DOUBLE_BLOCK: Layout = (
+    ("img_attn.qkv", ("attn.to_q", "attn.to_k", "attn.to_v")),
+    ("img_attn.proj", ("attn.to_out.0",)),
+    ("img_mlp.0", ("ff.linear_in",)),
+    ("img_mlp.2", ("ff.linear_out",)),
+    ("txt_attn.qkv", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
+    ("txt_attn.proj", ("attn.to_add_out",)),
+    ("txt_mlp.0", ("ff_context.linear_in",)),
+    ("txt_mlp.2", ("ff_context.linear_out",)),
+)
+FLUX2_SINGLE_BLOCK: Layout = (
+    ("linear1", ("attn.to_qkv_mlp_proj",)),
+    ("linear2", ("attn.to_out",)),
+)
 #: Z-Image outside its blocks: the embedders and final layer diffusers keys by patch size (``2-1``: 2x2 patches of
 #: one frame) and Tongyi-MAI's checkpoint does not
 ZIMAGE_OUTSIDE_BLOCKS: Layout = (
@@ -316,6 +347,18 @@ def flux_names(modules: Collection[str]) -> dict[str, Original]:
     return found
 
 
+def flux2_names(modules: Collection[str]) -> dict[str, Original]:
+    """The BFL names of a FLUX.2 transformer's modules (the final norm's halves swapped, as in Flux.1)."""
+    found = laid_out(modules, FLUX2_OUTSIDE_BLOCKS)
+    for ours, theirs, layout in (
+        ("transformer_blocks", "double_blocks", FLUX2_DOUBLE_BLOCK),
+        ("single_transformer_blocks", "single_blocks", FLUX2_SINGLE_BLOCK),
+    ):
+        for index in block_indices(modules, ours):
+            found.update(laid_out(modules, layout, f"{ours}.{index}.", f"{theirs}.{index}."))
+    return found
+
+
 def zimage_names(modules: Collection[str]) -> dict[str, Original]:
     """The names of Tongyi-MAI's checkpoint for a Z-Image transformer's modules (none of them swapped)."""
     found = laid_out(modules, ZIMAGE_OUTSIDE_BLOCKS, swapped=())
@@ -346,6 +389,7 @@ NAMINGS: dict[type[DiffusionPipeline], dict[str, ComponentNaming]] = {
         "text_encoder": ComponentNaming("lora_te1", clip_names, diffusers_aliases=True),
     },
     ZImagePipeline: {"transformer": ComponentNaming("lora_unet", zimage_names)},
+    Flux2KleinPipeline: {"transformer": ComponentNaming("lora_unet", flux2_names)},
 }
 
 

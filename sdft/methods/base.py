@@ -498,7 +498,7 @@ class DiffusionFineTuner(LightningModule):
             generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
             with autocast:
                 return pipeline(
-                    prompts,
+                    prompt=prompts,
                     generator=generators,
                     height=resolution,
                     width=resolution,

@@ -253,14 +253,22 @@ def block_names(denoiser: nn.Module, block_types: tuple[str, ...]) -> list[str]:
     return names
 
 
+#: a target that names one module of a numbered block, e.g. ``single_transformer_blocks.3.attn.to_out``
+WHOLE_NAME = re.compile(r"[A-Za-z_]+\.\d+\.")
+
+
 def within_blocks(blocks: list[str], targets: list[str]) -> str:
     """A peft ``target_modules`` regex (matched against whole module names) for the modules named by ``targets``
     (as peft matches a list: the name itself or its dotted suffix) inside the given blocks.
 
     Args:
         blocks: block module names, e.g. ``transformer_blocks.12``.
-        targets: module names or dotted suffixes, e.g. ``attn.to_q``.
+        targets: module names or dotted suffixes, e.g. ``attn.to_q``; a whole module name inside a block (FLUX.2's
+            ``single_transformer_blocks.3.attn.to_out``, whose suffix also names a container elsewhere) counts only
+            where its block is one of ``blocks``.
     """
     prefixes = "|".join(re.escape(block) for block in blocks)
-    suffixes = "|".join(re.escape(target) for target in targets)
-    return rf"(?:{prefixes})\.(?:.*\.)?(?:{suffixes})"
+    whole = [target for target in targets if WHOLE_NAME.match(target)]
+    suffixes = "|".join(re.escape(target) for target in targets if target not in whole)
+    chosen = [name for name in whole if name.startswith(tuple(f"{block}." for block in blocks))]
+    return "|".join([rf"(?:{prefixes})\.(?:.*\.)?(?:{suffixes})", *(re.escape(name) for name in chosen)])

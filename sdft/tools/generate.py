@@ -266,11 +266,12 @@ def sample(pipeline: Any, options: dict[str, Any], plan: Plan, prompt: str, seed
     import torch
 
     generators = [torch.Generator(plan.device).manual_seed(seed) for seed in seeds]
-    negative = None if plan.negative_prompt is None else [plan.negative_prompt] * len(seeds)
+    # passed only when given: some pipelines (FLUX.2 Klein) take no negative prompt
+    negative = {} if plan.negative_prompt is None else {"negative_prompt": [plan.negative_prompt] * len(seeds)}
     with torch.no_grad():
         return pipeline(
-            [prompt] * len(seeds),
-            negative_prompt=negative,
+            prompt=[prompt] * len(seeds),
+            **negative,
             generator=generators,
             height=plan.resolution,
             width=plan.resolution,
