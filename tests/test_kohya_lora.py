@@ -26,7 +26,7 @@ from sdft.assets import resolve
 from sdft.callbacks import FinalExport
 from sdft.callbacks.export import live_weights_kept
 from sdft.errors import UserError
-from sdft.families import Flux, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
+from sdft.families import Flux, Flux2Klein, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
 from sdft.interop.formats import read_lora
 from sdft.interop.kohya import to_kohya
 from sdft.interop.kohya_names import adaptable_modules, kohya_names
@@ -43,6 +43,7 @@ FAMILIES = {
     "sd3": (StableDiffusion3, "builtin:tiny-sd3"),
     "flux": (Flux, "builtin:tiny-flux"),
     "zimage": (ZImage, "builtin:tiny-zimage"),
+    "flux2-klein": (Flux2Klein, "builtin:tiny-flux2-klein"),
 }
 RANK, ALPHA = 4, 2.0
 
@@ -332,6 +333,7 @@ ARCHITECTURES = {
     "sd3": ("stable-diffusion-v3.5-medium/lora", "sd3"),  # the tiny SD3 has a dual-attention block
     "flux": ("flux-1-dev/lora", "flux1"),
     "zimage": ("z-image/lora", "z_image"),
+    "flux2-klein": ("flux-2-klein/lora", "flux2"),
 }
 
 
