@@ -40,9 +40,9 @@ class CountingFactory:
     def __call__(self):
         pipeline = self.family.base_pipeline(CPU)
 
-        def call(prompts, **kwargs):
-            self.images += len(prompts)
-            return pipeline(prompts, **kwargs)
+        def call(prompt, **kwargs):
+            self.images += len(prompt)
+            return pipeline(prompt=prompt, **kwargs)
 
         return call
 
