@@ -180,7 +180,8 @@ def check_equal_exports(run_dir: Path, expected_run_dir: Path, tolerance: float 
         assert (trained[key] - value).abs().max() <= tolerance * value.abs().max(), key
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "sharded"])
+# DDP is the fast representative of the multi-process runs; the sharded twin runs with the slow tests
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("sharded", marks=pytest.mark.slow)])
 def test_lora_on_two_processes_equals_one(strategy, tmp_path):
     check_equal_runs(tmp_path, "lora", strategy)
 
@@ -199,6 +200,19 @@ def test_a_transformer_family_with_t5_on_two_processes_equals_one(strategy, tmp_
     resolve("builtin:tiny-flux")
     flux = {"class_path": "sdft.families.Flux", "init_args": {"pretrained_model_name_or_path": "builtin:tiny-flux"}}
     check_equal_runs(tmp_path, "lora", strategy, flux, tolerance=5e-5)  # Flux's deeper sums round more
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "sharded"])
+@pytest.mark.parametrize(("family", "builtin"), [("ZImage", "tiny-zimage"), ("Flux2Klein", "tiny-flux2-klein")])
+def test_a_family_with_a_language_model_encoder_on_two_processes_equals_one(family, builtin, strategy, tmp_path):
+    """Z-Image and FLUX.2 [klein]: conditioning by a Qwen3 encoder (Z-Image's padded, with its mask) scales the same."""
+    resolve(f"builtin:{builtin}")
+    chosen = {
+        "class_path": f"sdft.families.{family}",
+        "init_args": {"pretrained_model_name_or_path": f"builtin:{builtin}"},
+    }
+    check_equal_runs(tmp_path, "lora", strategy, chosen, tolerance=5e-5)
 
 
 @pytest.mark.slow
