@@ -44,6 +44,21 @@ def token_ids(tokenizer: Any, prompts: list[str], max_length: int, device: torch
     ).input_ids.to(device)
 
 
+def chat_prompts(tokenizer: Any, prompts: list[str], enable_thinking: bool) -> list[str]:
+    """Each prompt as the user's message of a chat, followed by the opening of the assistant's turn: the text the
+    language-model families' pipelines give their encoder (Z-Image with reasoning on, FLUX.2 [klein] with it off,
+    which adds Qwen3's empty reasoning block)."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=enable_thinking,
+        )
+        for prompt in prompts
+    ]
+
+
 @dataclass
 class Conditioning:
     """What the denoiser is conditioned on for a batch: its keyword arguments, which may nest (SDXL's

@@ -12,7 +12,14 @@ from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from sdft.assets import resolve
 from sdft.errors import UserError
-from sdft.families.base import Capabilities, Conditioning, LatentPosterior, ModelFamily, NoisedLatents
+from sdft.families.base import (
+    Capabilities,
+    Conditioning,
+    LatentPosterior,
+    ModelFamily,
+    NoisedLatents,
+    chat_prompts,
+)
 from sdft.families.rectified_flow import KEY, RectifiedFlowSchedule, flow_objective
 
 #: latent pixels per side patchified into one channel block (and one image token)
@@ -130,14 +137,12 @@ class Flux2Klein(ModelFamily):
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Qwen3's hidden states at :data:`HIDDEN_LAYERS` for the chat-templated prompts (reasoning off), padded to
         ``max_sequence_length``, concatenated per token: ``encoder_hidden_states`` (B, L, 3D)."""
-        texts = [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
-            )
-            for prompt in prompts
-        ]
         inputs = self.tokenizer(
-            texts, padding="max_length", max_length=self.max_sequence_length, truncation=True, return_tensors="pt"
+            chat_prompts(self.tokenizer, prompts, enable_thinking=False),
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            return_tensors="pt",
         )
         device = self.text_encoder.device
         output = self.text_encoder(

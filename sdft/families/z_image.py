@@ -12,7 +12,14 @@ from transformers import AutoTokenizer, Qwen3Model
 
 from sdft.assets import resolve
 from sdft.errors import UserError
-from sdft.families.base import Capabilities, Conditioning, LatentPosterior, ModelFamily, NoisedLatents
+from sdft.families.base import (
+    Capabilities,
+    Conditioning,
+    LatentPosterior,
+    ModelFamily,
+    NoisedLatents,
+    chat_prompts,
+)
 from sdft.families.rectified_flow import KEY, RectifiedFlowSchedule, flow_objective, latent_scaling
 
 #: latent pixels per side of one image token (the transformer's default ``patch_size``)
@@ -32,17 +39,6 @@ TRANSFORMER_TARGETS = [
 #: the longest prompt the transformer places: its first rotary axis (``axes_lens[0]``) spans 1,024 positions, shared
 #: by the caption and, after it, the image
 MAX_PROMPT_TOKENS = 1024
-
-
-def chat_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
-    """Each prompt as the user's message of a chat, followed by the assistant's turn, with reasoning left on: the text
-    ``ZImagePipeline`` gives its language model."""
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
-        )
-        for prompt in prompts
-    ]
 
 
 class ZImage(ModelFamily):
@@ -123,7 +119,7 @@ class ZImage(ModelFamily):
         """The chat-templated prompts through Qwen3, padded to ``max_sequence_length``: its second-to-last hidden
         states as ``cap_feats`` (B, L, D) and the tokens that are the prompt's as ``cap_mask`` (B, L)."""
         inputs = self.tokenizer(
-            chat_prompts(self.tokenizer, prompts),
+            chat_prompts(self.tokenizer, prompts, enable_thinking=True),
             padding="max_length",
             max_length=self.max_sequence_length,
             truncation=True,
