@@ -1,5 +1,5 @@
 """Tiny, randomly initialised models of the families whose text encoder is a chat language model (Z-Image's and
-FLUX.2 [klein]'s Qwen3), saved as ordinary diffusers folders.
+FLUX.2 [klein]'s Qwen3, Qwen-Image's Qwen2.5-VL), saved as ordinary diffusers folders.
 
 As :mod:`sdft.tiny_transformer_models` does for SD3 and Flux.1, they load through the same
 ``from_pretrained(name_or_path)`` code as the real checkpoints: the language model is a real transformers model of
@@ -15,14 +15,25 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKLFlux2,
+    AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
     Flux2Transformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
     ZImagePipeline,
     ZImageTransformer2DModel,
 )
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3Model,
+)
 
 from sdft.tiny_models import save_pipeline, seeded
 from sdft.tiny_transformer_models import FLUX_LATENTS, tiny_flow_vae
@@ -182,6 +193,93 @@ def build_tiny_flux2_klein(directory: str | Path, seed: int = 0) -> Path:
     transformer, vae, text_encoder = seeded(seed, lambda: tiny_flux2_klein_modules(len(tokenizer)))
     pipeline = Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    return save_pipeline(pipeline, directory)
+
+
+#: the scheduler of Qwen/Qwen-Image: a resolution-dependent shift up to 0.9 at 8,192 tokens, ending at sigma 0.02
+QWEN_IMAGE_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 0.9,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 8192,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+}
+
+
+def tiny_qwen2_5_vl(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLForConditionalGeneration:
+    """A two-layer Qwen2.5-VL (multimodal rotary sections 2/3/5) with a one-block vision tower, as Qwen-Image's
+    encoder; its image and video token ids lie past the tokenizer's vocabulary (prompts never hold them)."""
+    size = len(tokenizer)
+    text = qwen3_config(size, 2).to_dict()
+    text.update(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 5]}, model_type="qwen2_5_vl_text")
+    text.update(bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, head_dim=None)
+    vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": QWEN3_WIDTH,
+              "fullatt_block_indexes": [0]}  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        vocab_size=size,
+        image_token_id=size,
+        video_token_id=size + 1,
+        vision_start_token_id=size + 2,
+    )
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+#: the factor on the tiny Qwen-Image decoder's last convolution: at its random initialisation a latent change of 0.5
+#: moved pixels by 0.05 (of 2), too little for a few training steps to show in 8-bit images
+DECODER_GAIN = 6.0
+
+
+def tiny_qwen_image_modules(tokenizer: PreTrainedTokenizerBase) -> tuple[nn.Module, ...]:
+    """Qwen-Image's modules in construction order: the MMDiT, the autoencoder (4 latent channels, factor 4, with
+    per-channel latent statistics of its own) and Qwen2.5-VL."""
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=QWEN3_WIDTH,
+        axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=16,
+        z_dim=4,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.12, -0.31, 0.27, -0.05],
+        latents_std=[1.6, 0.7, 1.3, 2.1],
+    )
+    with torch.no_grad():  # a random decoder this small barely moves its pixels with its latents: amplify its output
+        vae.decoder.conv_out.weight.mul_(DECODER_GAIN)
+    return transformer, vae, tiny_qwen2_5_vl(tokenizer)
+
+
+def build_tiny_qwen_image(directory: str | Path, seed: int = 0) -> Path:
+    """Build a tiny Qwen-Image-shaped pipeline (Qwen2.5-VL, MMDiT, Qwen-Image autoencoder) and save it as a diffusers
+    folder (safetensors) that ``QwenImagePipeline.from_pretrained`` loads; return the folder.
+
+    Args:
+        directory: where to write the model folder.
+        seed: the weights are a function of this seed alone.
+    """
+    directory = Path(directory)
+    tokenizer = qwen_tokenizer(directory / "tokenizer")
+    transformer, vae, text_encoder = seeded(seed, lambda: tiny_qwen_image_modules(tokenizer))
+    pipeline = QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

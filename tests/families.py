@@ -14,7 +14,16 @@ from safetensors.torch import load_file
 from training import stock_pipeline
 
 from sdft.assets import resolve
-from sdft.families import Flux, Flux2Klein, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
+from sdft.families import (
+    Flux,
+    Flux2Klein,
+    ModelFamily,
+    QwenImage,
+    StableDiffusion,
+    StableDiffusion3,
+    StableDiffusionXL,
+    ZImage,
+)
 
 
 @dataclass(frozen=True)
@@ -69,4 +78,5 @@ FAMILY_CASES = [
     FamilyCase("flux", Flux, "builtin:tiny-flux"),
     FamilyCase("zimage", ZImage, "builtin:tiny-zimage"),
     FamilyCase("flux2-klein", Flux2Klein, "builtin:tiny-flux2-klein"),
+    FamilyCase("qwen-image", QwenImage, "builtin:tiny-qwen-image"),
 ]

@@ -21,6 +21,7 @@ from sdft.families import ModelFamily, StableDiffusion
 from sdft.families.base import NoisedLatents
 from sdft.methods import DiffusionFineTuner, FullFineTuner, LoRAFineTuner
 from sdft.runs import apply_checkpoint
+from sdft.tools.sources import family_names
 
 PROMPT = "a photo of sks toy"
 #: the sampling seeds of the image comparisons between a trained model and its export
@@ -151,15 +152,18 @@ def stock_images(
     pipeline: DiffusionPipeline, prompt: str = PROMPT, resolution: int = 32, guidance_scale: float = 7.5
 ) -> np.ndarray:
     """Images of ``prompt`` at :data:`SEEDS` (4 steps) from a stock pipeline, as int16 arrays; the guidance scale
-    defaults to ``generate``'s (CFG, or Flux's distilled guidance embedding)."""
+    defaults to ``generate``'s (CFG, or Flux's distilled guidance embedding), asked for as the pipeline's users ask
+    for it (Qwen-Image: ``true_cfg_scale`` with a blank negative prompt)."""
     generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    families = family_names().values()
+    family = next((family for family in families if isinstance(pipeline, family.pipeline_class)), ModelFamily)
     images = pipeline(
         prompt=[prompt] * len(SEEDS),
         generator=generators,
         height=resolution,
         width=resolution,
         num_inference_steps=4,
-        guidance_scale=guidance_scale,
+        **family.guidance_options(guidance_scale, len(SEEDS)),
     ).images
     return np.stack([np.asarray(image) for image in images]).astype(np.int16)
 

@@ -105,6 +105,15 @@ def is_generated(name: str) -> bool:
     return suffix == ".png" and stem.startswith("class-") and stem.removeprefix("class-").isdigit()
 
 
+#: a guidance scale and a batch size -> the pipeline keyword arguments asking for that guidance
+GuidanceOptions = Callable[[float, int], dict[str, Any]]
+
+
+def plain_guidance(guidance_scale: float, batch_size: int) -> dict[str, Any]:
+    """``guidance_scale`` as most pipelines take it (``ModelFamily.guidance_options``' default)."""
+    return {"guidance_scale": guidance_scale}
+
+
 def generate_class_images(
     pipeline_factory: Callable[[], object],
     folder: Path,
@@ -113,6 +122,7 @@ def generate_class_images(
     batch_size: int,
     device: torch.device,
     sampling_options: dict[str, Any] | None = None,
+    guidance_options: GuidanceOptions = plain_guidance,
 ) -> None:
     """Sample the class images ``indices`` with the base pipeline and write each atomically into ``folder``.
 
@@ -124,6 +134,8 @@ def generate_class_images(
         batch_size: images per pipeline call.
         device: where the generators live (the pipeline's device).
         sampling_options: further keyword arguments of each pipeline call (the family's ``sampling_options()``).
+        guidance_options: the scale and batch size -> the keyword arguments that ask for that guidance (the family's
+            ``guidance_options``).
     """
     if not indices:
         return
@@ -138,7 +150,7 @@ def generate_class_images(
                 height=spec.resolution,
                 width=spec.resolution,
                 num_inference_steps=spec.num_inference_steps,
-                guidance_scale=spec.guidance_scale,
+                **guidance_options(spec.guidance_scale, len(chunk)),
                 **(sampling_options or {}),
             ).images
             for index, image in zip(chunk, images, strict=True):
@@ -163,6 +175,7 @@ def ensure_class_images(
     world_size: int = 1,
     barrier: Callable[[], None] = lambda: None,
     sampling_options: dict[str, Any] | None = None,
+    guidance_options: GuidanceOptions = plain_guidance,
 ) -> list[Path]:
     """Make ``folder`` hold ``spec.count`` class images, generating the missing ones split across ranks.
 
@@ -180,6 +193,7 @@ def ensure_class_images(
         world_size: the number of processes.
         barrier: waits for every rank (``trainer.strategy.barrier``).
         sampling_options: further keyword arguments of each pipeline call (the family's ``sampling_options()``).
+        guidance_options: how each pipeline call asks for the guidance scale (the family's ``guidance_options``).
     """
     missing = missing_class_images(folder, spec, source, key)
     barrier()  # every rank has listed the folder before any rank writes to it
@@ -188,7 +202,9 @@ def ensure_class_images(
             rank_zero_info(f"generating {len(missing)} class images of {spec.prompt!r} into {folder}")
             write_json(folder / MANIFEST, spec.generation_record(source))
         share = missing[rank::world_size]
-        generate_class_images(pipeline_factory, folder, spec, share, batch_size, device, sampling_options)
+        generate_class_images(
+            pipeline_factory, folder, spec, share, batch_size, device, sampling_options, guidance_options
+        )
     barrier()  # every share is on disk before any rank reads the folder
     images = image_files(folder)
     if not images:

@@ -226,6 +226,7 @@ class SubjectDataModule(LightningDataModule):
             world_size=trainer.world_size,
             barrier=trainer.strategy.barrier,
             sampling_options=family.sampling_options(),
+            guidance_options=family.guidance_options,
         )
 
     def instance_dataset(self, augment: bool) -> AugmentedImages:

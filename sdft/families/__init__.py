@@ -3,6 +3,7 @@
 from sdft.families.base import ModelFamily, NoisedLatents
 from sdft.families.flux import Flux
 from sdft.families.flux2 import Flux2Klein
+from sdft.families.qwen_image import QwenImage
 from sdft.families.stable_diffusion import StableDiffusion
 from sdft.families.stable_diffusion_3 import StableDiffusion3
 from sdft.families.stable_diffusion_xl import StableDiffusionXL
@@ -13,6 +14,7 @@ __all__ = [
     "Flux2Klein",
     "ModelFamily",
     "NoisedLatents",
+    "QwenImage",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

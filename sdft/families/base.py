@@ -352,6 +352,13 @@ class ModelFamily(nn.Module, ABC):
     def pipeline(self) -> DiffusionPipeline:
         """A diffusers pipeline over the live components (adapters included), for sampling."""
 
+    @classmethod
+    def guidance_options(cls, guidance_scale: float, batch_size: int) -> dict[str, Any]:
+        """The keyword arguments that ask the family's pipeline for ``guidance_scale`` on a batch of ``batch_size``
+        prompts: ``guidance_scale`` itself (classifier-free guidance, or Flux's distilled guidance) unless the
+        pipeline spells guidance otherwise (Qwen-Image's ``true_cfg_scale`` with a negative prompt)."""
+        return {"guidance_scale": guidance_scale}
+
     def sampling_options(self) -> dict[str, Any]:
         """Keyword arguments for every call of the family's pipeline, so sampling reads prompts as training does
         (e.g. the T5 prompt length); none unless the family has such settings."""

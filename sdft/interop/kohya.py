@@ -25,6 +25,7 @@ import torch
 from diffusers import (
     Flux2KleinPipeline,
     FluxPipeline,
+    QwenImagePipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -227,6 +228,8 @@ def architecture_of(family: ModelFamily) -> Architecture:
         return Architecture(name, "flux1", "https://github.com/black-forest-labs/flux")
     if issubclass(pipeline, Flux2KleinPipeline):
         return Architecture("flux-2-klein", "flux2", "https://github.com/black-forest-labs/flux2")
+    if issubclass(pipeline, QwenImagePipeline):
+        return Architecture("qwen-image", "qwen_image", "https://github.com/QwenLM/Qwen-Image")
     if issubclass(pipeline, ZImagePipeline):
         return Architecture("z-image", "z_image", "https://github.com/Tongyi-MAI/Z-Image")
     if isinstance(family, StableDiffusion) and issubclass(pipeline, StableDiffusionPipeline):

@@ -21,6 +21,8 @@ in the model the consumers run, with ``.`` written ``_``:
 - FLUX.2: the BFL names of FLUX.2 (``lora_unet_double_blocks_0_img_attn_qkv``, ``..._img_mlp_0``,
   ``lora_unet_single_blocks_0_linear1``, ``lora_unet_double_stream_modulation_img_lin``), as diffusers'
   ``convert_flux2_transformer_checkpoint_to_diffusers`` maps them;
+- Qwen-Image: diffusers' own names, which Qwen's checkpoint and ComfyUI's model share
+  (``lora_unet_transformer_blocks_0_attn_to_q``);
 - Z-Image: the names of Tongyi-MAI's checkpoint, which ComfyUI loads (``lora_unet_layers_0_attention_qkv``,
   ``..._attention_out``, ``..._feed_forward_w1``, ``lora_unet_noise_refiner_0_...``, ``lora_unet_x_embedder``): the
   inverse of ComfyUI's ``comfy.utils.z_image_to_diffusers``;
@@ -44,6 +46,7 @@ from diffusers import (
     DiffusionPipeline,
     Flux2KleinPipeline,
     FluxPipeline,
+    QwenImagePipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -390,6 +393,7 @@ NAMINGS: dict[type[DiffusionPipeline], dict[str, ComponentNaming]] = {
     },
     ZImagePipeline: {"transformer": ComponentNaming("lora_unet", zimage_names)},
     Flux2KleinPipeline: {"transformer": ComponentNaming("lora_unet", flux2_names)},
+    QwenImagePipeline: {"transformer": ComponentNaming("lora_unet", diffusers_names)},
 }
 
 

@@ -15,7 +15,16 @@ from safetensors.torch import save
 from torch import Tensor, nn
 
 from sdft.errors import UserError
-from sdft.families import Flux, Flux2Klein, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
+from sdft.families import (
+    Flux,
+    Flux2Klein,
+    ModelFamily,
+    QwenImage,
+    StableDiffusion,
+    StableDiffusion3,
+    StableDiffusionXL,
+    ZImage,
+)
 from sdft.files import write_atomic, write_named_atomic
 from sdft.interop.formats import lora_components, read_lora
 from sdft.interop.kohya import TrainingNotes, kohya_metadata, write_kohya
@@ -34,7 +43,7 @@ from sdft.interop.model_folders import ModelFolder, converted, write_model_folde
 from sdft.interop.single_file import COMPONENTS, check_single_file_support, write_single_file
 
 SINGLE_FILE = ".safetensors"
-FAMILIES = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, ZImage, Flux2Klein)
+FAMILIES = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, ZImage, Flux2Klein, QwenImage)
 
 
 @dataclass(frozen=True)

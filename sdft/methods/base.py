@@ -503,7 +503,7 @@ class DiffusionFineTuner(LightningModule):
                     height=resolution,
                     width=resolution,
                     num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
+                    **self.family.guidance_options(guidance_scale, len(prompts)),
                     **self.family.sampling_options(),
                 ).images
         finally:

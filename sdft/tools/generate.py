@@ -224,15 +224,16 @@ def make_columns(
 # -- sampling ---------------------------------------------------------------------------------------------------------
 
 
-def column_pipelines(plan: Plan) -> Iterator[tuple[Column, Any, dict[str, Any]]]:
-    """Each column with the pipeline that samples it and the family's sampling options, loading models as needed."""
+def column_pipelines(plan: Plan) -> Iterator[tuple[Column, Any, Any]]:
+    """Each column with the pipeline that samples it and the family whose options it samples with, loading models as
+    needed."""
     import torch
 
     device, dtype = torch.device(plan.device), getattr(torch, plan.dtype)
     return model_pipelines(plan, device, dtype) if plan.run is None else run_pipelines(plan, device, dtype)
 
 
-def model_pipelines(plan: Plan, device: Any, dtype: Any) -> Iterator[tuple[Column, Any, dict[str, Any]]]:
+def model_pipelines(plan: Plan, device: Any, dtype: Any) -> Iterator[tuple[Column, Any, Any]]:
     """The base model's pipeline with the LoRA and embedding files loaded, the LoRAs at each column's scale."""
     family = plan.family(plan.model, variant=plan.variant)
     pipeline = family.base_pipeline(device, dtype)
@@ -241,10 +242,10 @@ def model_pipelines(plan: Plan, device: Any, dtype: Any) -> Iterator[tuple[Colum
     for column in plan.columns:
         if names:
             pipeline.set_adapters(names, [column.lora_scale] * len(names))
-        yield column, pipeline, family.sampling_options()
+        yield column, pipeline, family
 
 
-def run_pipelines(plan: Plan, device: Any, dtype: Any) -> Iterator[tuple[Column, Any, dict[str, Any]]]:
+def run_pipelines(plan: Plan, device: Any, dtype: Any) -> Iterator[tuple[Column, Any, Any]]:
     """The run's model with each column's checkpoint applied (in step order; step 0 is the model before training),
     its pipeline built over the live weights as training's previews build it."""
     from sdft.runs import apply_checkpoint
@@ -258,25 +259,25 @@ def run_pipelines(plan: Plan, device: Any, dtype: Any) -> Iterator[tuple[Column,
             applied = column.checkpoint
         pipeline = tuner.family.pipeline()
         pipeline.set_progress_bar_config(disable=True)
-        yield column, pipeline, tuner.family.sampling_options()
+        yield column, pipeline, tuner.family
 
 
-def sample(pipeline: Any, options: dict[str, Any], plan: Plan, prompt: str, seeds: list[int], column: Column) -> list:
-    """One image per seed of ``prompt`` in one pipeline call, each drawn from its own generator on the device."""
+def sample(pipeline: Any, family: Any, plan: Plan, prompt: str, seeds: list[int], column: Column) -> list:
+    """One image per seed of ``prompt`` in one pipeline call, each drawn from its own generator on the device, with
+    the family's guidance and sampling options."""
     import torch
 
     generators = [torch.Generator(plan.device).manual_seed(seed) for seed in seeds]
-    # passed only when given: some pipelines (FLUX.2 Klein) take no negative prompt
-    negative = {} if plan.negative_prompt is None else {"negative_prompt": [plan.negative_prompt] * len(seeds)}
+    options = {**family.guidance_options(column.guidance_scale, len(seeds)), **family.sampling_options()}
+    if plan.negative_prompt is not None:  # passed only when given: FLUX.2 [klein]'s pipeline takes none
+        options["negative_prompt"] = [plan.negative_prompt] * len(seeds)
     with torch.no_grad():
         return pipeline(
             prompt=[prompt] * len(seeds),
-            **negative,
             generator=generators,
             height=plan.resolution,
             width=plan.resolution,
             num_inference_steps=plan.num_inference_steps,
-            guidance_scale=column.guidance_scale,
             **options,
         ).images
 
@@ -285,11 +286,11 @@ def sample_columns(plan: Plan) -> list[dict[str, Any]]:
     """Sample every column, prompt and seed; write each image as it comes, and the index after each column.
     Returns the images' records."""
     records: list[dict[str, Any]] = []
-    for column, pipeline, options in column_pipelines(plan):
+    for column, pipeline, family in column_pipelines(plan):
         for number, prompt in enumerate(plan.prompts):
             for start in range(0, len(plan.seeds), plan.batch_size):
                 seeds = plan.seeds[start : start + plan.batch_size]
-                for seed, image in zip(seeds, sample(pipeline, options, plan, prompt, seeds, column), strict=True):
+                for seed, image in zip(seeds, sample(pipeline, family, plan, prompt, seeds, column), strict=True):
                     record = image_record(plan, column, pipeline, number, seed, image.size)
                     write_image(plan.output / record["file"], image, record)
                     records.append(record)
