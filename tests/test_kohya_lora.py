@@ -26,7 +26,16 @@ from sdft.assets import resolve
 from sdft.callbacks import FinalExport
 from sdft.callbacks.export import live_weights_kept
 from sdft.errors import UserError
-from sdft.families import Flux, Flux2Klein, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
+from sdft.families import (
+    Flux,
+    Flux2Klein,
+    ModelFamily,
+    QwenImage,
+    StableDiffusion,
+    StableDiffusion3,
+    StableDiffusionXL,
+    ZImage,
+)
 from sdft.interop.formats import read_lora
 from sdft.interop.kohya import to_kohya
 from sdft.interop.kohya_names import adaptable_modules, kohya_names
@@ -44,6 +53,7 @@ FAMILIES = {
     "flux": (Flux, "builtin:tiny-flux"),
     "zimage": (ZImage, "builtin:tiny-zimage"),
     "flux2-klein": (Flux2Klein, "builtin:tiny-flux2-klein"),
+    "qwen-image": (QwenImage, "builtin:tiny-qwen-image"),
 }
 RANK, ALPHA = 4, 2.0
 
@@ -334,6 +344,7 @@ ARCHITECTURES = {
     "flux": ("flux-1-dev/lora", "flux1"),
     "zimage": ("z-image/lora", "z_image"),
     "flux2-klein": ("flux-2-klein/lora", "flux2"),
+    "qwen-image": ("qwen-image/lora", "qwen_image"),
 }
 
 
