@@ -97,6 +97,7 @@ BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-flux": _tiny_flow_model("build_tiny_flux"),
     "tiny-zimage": _tiny_chat_model("build_tiny_zimage"),
     "tiny-flux2-klein": _tiny_chat_model("build_tiny_flux2_klein"),
+    "tiny-flux2-dev": _tiny_chat_model("build_tiny_flux2_dev"),
     "tiny-qwen-image": _tiny_chat_model("build_tiny_qwen_image"),
     "toy-subject": _toy("write_toy_subject"),
     "toy-class": _toy("write_toy_class", num_images=8),

@@ -11,6 +11,7 @@ offline. The weights are a pure function of the seed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -18,6 +19,7 @@ from diffusers import (
     AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
+    Flux2Pipeline,
     Flux2Transformer2DModel,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
@@ -26,7 +28,10 @@ from diffusers import (
 )
 from torch import nn
 from transformers import (
+    AutoProcessor,
     AutoTokenizer,
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
     PreTrainedTokenizerBase,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -37,7 +42,7 @@ from transformers import (
 
 from sdft.tiny_models import save_pipeline, seeded
 from sdft.tiny_transformer_models import FLUX_LATENTS, tiny_flow_vae
-from sdft.tokenizers import write_qwen_tokenizer
+from sdft.tokenizers import write_mistral_processor, write_qwen_tokenizer
 
 #: the width of the tiny Qwen3 text encoder (Z-Image's is 2,560)
 QWEN3_WIDTH = 40
@@ -152,9 +157,9 @@ def tiny_flux2_vae() -> AutoencoderKLFlux2:
     return vae
 
 
-def tiny_flux2_transformer() -> Flux2Transformer2DModel:
+def tiny_flux2_transformer(guidance_embeds: bool = False) -> Flux2Transformer2DModel:
     """One double-stream and two single-stream blocks over 16-channel tokens (4 latent channels x 2x2), reading three
-    stacked Qwen3 layers, without a guidance embedding (as [klein])."""
+    stacked encoder layers of width 40; with a guidance embedding for [dev], without for [klein]."""
     return Flux2Transformer2DModel(
         patch_size=1,
         in_channels=16,
@@ -165,7 +170,7 @@ def tiny_flux2_transformer() -> Flux2Transformer2DModel:
         joint_attention_dim=3 * QWEN3_WIDTH,
         timestep_guidance_channels=32,
         axes_dims_rope=(4, 4, 4, 4),
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
     )
 
 
@@ -283,6 +288,58 @@ def build_tiny_qwen_image(directory: str | Path, seed: int = 0) -> Path:
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    return save_pipeline(pipeline, directory)
+
+
+#: the hidden layers of Mistral Small 3 FLUX.2 [dev] reads (the deepest sets the tiny encoder's depth)
+FLUX2_DEV_LAYERS = 30
+
+
+def tiny_mistral3(processor: Any) -> Mistral3ForConditionalGeneration:
+    """A 30-layer Mistral of width 40 with a one-layer Pixtral vision tower, as FLUX.2 [dev]'s Mistral Small 3."""
+    tokenizer = processor.tokenizer
+    text = {"model_type": "mistral", "vocab_size": len(tokenizer), "hidden_size": QWEN3_WIDTH,
+            "intermediate_size": 2 * QWEN3_WIDTH, "num_hidden_layers": FLUX2_DEV_LAYERS, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 2048,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    vision = {"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "head_dim": 8, "patch_size": 16, "image_size": 64}  # fmt: skip
+    config = Mistral3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=1,
+        tie_word_embeddings=True,
+    )
+    return Mistral3ForConditionalGeneration(config)
+
+
+def tiny_flux2_dev_modules(processor: Any) -> tuple[nn.Module, ...]:
+    """FLUX.2 [dev]'s modules in construction order: the guidance-distilled transformer, the VAE and Mistral 3."""
+    with torch.no_grad():
+        vae = tiny_flux2_vae()
+    return tiny_flux2_transformer(guidance_embeds=True), vae, tiny_mistral3(processor)
+
+
+def build_tiny_flux2_dev(directory: str | Path, seed: int = 0) -> Path:
+    """Build a tiny FLUX.2 [dev]-shaped pipeline (Mistral 3 with its Pixtral processor, guidance-distilled
+    transformer, FLUX.2 autoencoder) and save it as a diffusers folder that ``Flux2Pipeline.from_pretrained`` loads.
+
+    Args:
+        directory: where to write the model folder.
+        seed: the weights are a function of this seed alone.
+    """
+    directory = Path(directory)
+    processor = AutoProcessor.from_pretrained(write_mistral_processor(directory / "tokenizer"))
+    transformer, vae, text_encoder = seeded(seed, lambda: tiny_flux2_dev_modules(processor))
+    pipeline = Flux2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=processor,
         transformer=transformer,
     )
     return save_pipeline(pipeline, directory)

@@ -186,9 +186,9 @@ def build_bpe_merges(words: list[str]) -> list[tuple[str, str]]:
     return list(merges)
 
 
-def qwen_tokenizer_json(merges: list[tuple[str, str]]) -> str:
+def qwen_tokenizer_json(merges: list[tuple[str, str]], special_tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS) -> str:
     """The ``tokenizer.json`` of a Qwen2-style byte-level BPE over ``merges``: NFC, Qwen2's split, bytes mapped to
-    printable characters, then the special tokens."""
+    printable characters, then ``special_tokens``."""
     from tokenizers import AddedToken
     from tokenizers.models import BPE
 
@@ -204,7 +204,7 @@ def qwen_tokenizer_json(merges: list[tuple[str, str]]) -> str:
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in QWEN_SPECIAL_TOKENS])
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in special_tokens])
     return tokenizer.to_str(pretty=True)
 
 
@@ -233,4 +233,54 @@ def write_qwen_tokenizer(directory: str | Path, model_max_length: int = 131072, 
         "chat_template": QWEN_CHAT_TEMPLATE,
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+#: the special tokens of Mistral Small 3's tokenizer that FLUX.2 [dev]'s processor and chat template use
+MISTRAL_SPECIAL_TOKENS = (
+    "<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]",
+    "[IMG_BREAK]", "[IMG_END]",
+)  # fmt: skip
+#: Mistral Small 3's chat template for what FLUX.2 [dev] sends: a system message, then the user's turn, each message
+#: a string or a list of text (and image) parts
+MISTRAL_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = namespace(value='') %}"
+    "{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'text' %}{%- set text.value = text.value + part['text'] %}"
+    "{%- else %}{%- set text.value = text.value + '[IMG]' %}{%- endif %}"
+    "{%- endfor %}{%- set text = text.value %}{%- endif %}"
+    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{- '[INST]' + text + '[/INST]' }}"
+    "{%- else %}{{- text + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+
+
+def write_mistral_processor(directory: str | Path, num_words: int = 2000) -> Path:
+    """Write a ``transformers.PixtralProcessor`` folder (a byte-level BPE tokenizer with Mistral Small 3's special
+    tokens, a Pixtral image processor and the chat template) and return its path, built offline.
+
+    Args:
+        directory: the folder to write; created if missing.
+        num_words: words spelled by the merges.
+    """
+    from transformers import PixtralImageProcessor, PixtralProcessor, PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    merges = build_bpe_merges(clip_words(read_clip_merges())[:num_words])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(qwen_tokenizer_json(merges, MISTRAL_SPECIAL_TOKENS)),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=131072,
+    )
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessor(), tokenizer=tokenizer, chat_template=MISTRAL_CHAT_TEMPLATE
+    )
+    processor.save_pretrained(directory)
     return directory

@@ -72,6 +72,11 @@ def tiny_qwen_image(asset_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux2_dev(asset_cache: Path) -> Path:
+    return Path(resolve("builtin:tiny-flux2-dev"))
+
+
+@pytest.fixture(scope="session")
 def subject_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("subject")
     write_toy_subject(folder, num_images=4, size=64, seed=0)

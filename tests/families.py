@@ -16,6 +16,7 @@ from training import stock_pipeline
 from sdft.assets import resolve
 from sdft.families import (
     Flux,
+    Flux2,
     Flux2Klein,
     ModelFamily,
     QwenImage,
@@ -79,4 +80,5 @@ FAMILY_CASES = [
     FamilyCase("zimage", ZImage, "builtin:tiny-zimage"),
     FamilyCase("flux2-klein", Flux2Klein, "builtin:tiny-flux2-klein"),
     FamilyCase("qwen-image", QwenImage, "builtin:tiny-qwen-image"),
+    FamilyCase("flux2-dev", Flux2, "builtin:tiny-flux2-dev"),
 ]

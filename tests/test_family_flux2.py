@@ -1,18 +1,19 @@
-"""The FLUX.2 [klein] family on its tiny offline model: the pipeline's prompt encoding (three stacked Qwen3 layers),
-latents patchified and batch-normalised where the pipeline draws its noise, the packed transformer with the
-pipeline's position ids, the default LoRA targets diffusers' script adapts, and its ComfyUI names."""
+"""The FLUX.2 [klein] and [dev] families on their tiny offline models: the pipeline's prompt encoding (three stacked
+Qwen3 layers), latents patchified and batch-normalised where the pipeline draws its noise, the packed transformer with
+the pipeline's position ids, the default LoRA targets diffusers' script adapts, and the ComfyUI names; [dev]'s
+Mistral encoding through its processor's chat template and its distilled guidance."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from diffusers import Flux2KleinPipeline
+from diffusers import Flux2KleinPipeline, Flux2Pipeline
 from safetensors.torch import load_file
 from training import equal_tensors, fit_shipped_config, loaded, stock_images, stock_pipeline, training_noise
 
 from sdft.errors import UserError
-from sdft.families import Flux2Klein
+from sdft.families import Flux2, Flux2Klein
 from sdft.families.flux2 import pack, patchify, position_ids, unpack
 from sdft.interop.kohya_names import adaptable_modules
 from sdft.methods import LoRAFineTuner, TextualInversion
@@ -143,3 +144,38 @@ def test_the_shipped_configs_fit_the_tiny_model_with_class_images_from_its_pipel
         assert isinstance(stock_pipeline(run / "final", Flux2Klein), Flux2KleinPipeline)
     else:
         assert (run / "final" / KOHYA_WEIGHTS).is_file()
+
+
+@pytest.fixture(scope="module")
+def dev(tiny_flux2_dev) -> Flux2:
+    return loaded(Flux2(str(tiny_flux2_dev)))
+
+
+def test_dev_conditioning_is_the_pipelines_mistral_encoding_with_its_system_message(dev, tiny_flux2_dev):
+    pipeline = Flux2Pipeline.from_pretrained(tiny_flux2_dev)
+    with torch.no_grad():
+        conditioning = dev.encode_conditioning({"prompts": PROMPTS}).kwargs
+        states, _ = pipeline.encode_prompt(list(PROMPTS))
+    assert conditioning["encoder_hidden_states"].shape == (2, 512, 120)
+    assert torch.equal(conditioning["encoder_hidden_states"], states)
+    text = dev.tokenizer.apply_chat_template(
+        [[{"role": "system", "content": [{"type": "text", "text": "S"}]},
+          {"role": "user", "content": [{"type": "text", "text": "a dog"}]}]], tokenize=False)  # fmt: skip
+    assert text == ["<s>[SYSTEM_PROMPT]S[/SYSTEM_PROMPT][INST]a dog[/INST]"]
+
+
+def test_dev_tells_the_transformer_its_distilled_guidance(dev, monkeypatch):
+    assert dev.guidance(2, torch.device("cpu")).tolist() == [1.0, 1.0]
+    latents = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    noised = training_noise(dev, latents, torch.Generator().manual_seed(2), torch.tensor([0.5, 0.9]))
+    with torch.no_grad():
+        conditioning = dev.encode_conditioning({"prompts": PROMPTS})
+        predicted = dev.predict(noised, conditioning)
+        monkeypatch.setattr(dev, "guidance_scale", 3.5)
+        guided = dev.predict(noised, conditioning)
+    assert (guided - predicted).abs().max() > 1e-4
+
+
+def test_dev_bad_options_name_their_key():
+    with pytest.raises(UserError, match="model.init_args.family.init_args.weighting_scheme must be one of"):
+        Flux2("builtin:tiny-flux2-dev", weighting_scheme="none")

@@ -28,6 +28,7 @@ from sdft.callbacks.export import live_weights_kept
 from sdft.errors import UserError
 from sdft.families import (
     Flux,
+    Flux2,
     Flux2Klein,
     ModelFamily,
     QwenImage,
@@ -54,6 +55,7 @@ FAMILIES = {
     "zimage": (ZImage, "builtin:tiny-zimage"),
     "flux2-klein": (Flux2Klein, "builtin:tiny-flux2-klein"),
     "qwen-image": (QwenImage, "builtin:tiny-qwen-image"),
+    "flux2-dev": (Flux2, "builtin:tiny-flux2-dev"),
 }
 RANK, ALPHA = 4, 2.0
 
@@ -345,6 +347,7 @@ ARCHITECTURES = {
     "zimage": ("z-image/lora", "z_image"),
     "flux2-klein": ("flux-2-klein/lora", "flux2"),
     "qwen-image": ("qwen-image/lora", "qwen_image"),
+    "flux2-dev": ("flux-2-dev/lora", "flux2"),
 }
 
 

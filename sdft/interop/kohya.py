@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     Flux2KleinPipeline,
+    Flux2Pipeline,
     FluxPipeline,
     QwenImagePipeline,
     StableDiffusion3Pipeline,
@@ -226,8 +227,9 @@ def architecture_of(family: ModelFamily) -> Architecture:
     if issubclass(pipeline, FluxPipeline):
         name = "flux-1-dev" if config.guidance_embeds else "flux-1-schnell"
         return Architecture(name, "flux1", "https://github.com/black-forest-labs/flux")
-    if issubclass(pipeline, Flux2KleinPipeline):
-        return Architecture("flux-2-klein", "flux2", "https://github.com/black-forest-labs/flux2")
+    if issubclass(pipeline, Flux2KleinPipeline | Flux2Pipeline):
+        name = "flux-2-klein" if issubclass(pipeline, Flux2KleinPipeline) else "flux-2-dev"
+        return Architecture(name, "flux2", "https://github.com/black-forest-labs/flux2")
     if issubclass(pipeline, QwenImagePipeline):
         return Architecture("qwen-image", "qwen_image", "https://github.com/QwenLM/Qwen-Image")
     if issubclass(pipeline, ZImagePipeline):

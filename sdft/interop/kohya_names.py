@@ -45,6 +45,7 @@ import torch
 from diffusers import (
     DiffusionPipeline,
     Flux2KleinPipeline,
+    Flux2Pipeline,
     FluxPipeline,
     QwenImagePipeline,
     StableDiffusion3Pipeline,
@@ -393,6 +394,7 @@ NAMINGS: dict[type[DiffusionPipeline], dict[str, ComponentNaming]] = {
     },
     ZImagePipeline: {"transformer": ComponentNaming("lora_unet", zimage_names)},
     Flux2KleinPipeline: {"transformer": ComponentNaming("lora_unet", flux2_names)},
+    Flux2Pipeline: {"transformer": ComponentNaming("lora_unet", flux2_names)},
     QwenImagePipeline: {"transformer": ComponentNaming("lora_unet", diffusers_names)},
 }
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from sdft.errors import UserError
 from sdft.families import (
     Flux,
+    Flux2,
     Flux2Klein,
     ModelFamily,
     QwenImage,
@@ -43,7 +44,7 @@ from sdft.interop.model_folders import ModelFolder, converted, write_model_folde
 from sdft.interop.single_file import COMPONENTS, check_single_file_support, write_single_file
 
 SINGLE_FILE = ".safetensors"
-FAMILIES = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, ZImage, Flux2Klein, QwenImage)
+FAMILIES = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, ZImage, Flux2Klein, Flux2, QwenImage)
 
 
 @dataclass(frozen=True)
