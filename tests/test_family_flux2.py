@@ -134,11 +134,18 @@ def test_new_tokens_and_bad_options_are_refused_by_name(tiny_flux2_klein):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["dreambooth_lora", "dreambooth"])
-def test_the_shipped_configs_fit_the_tiny_model_with_class_images_from_its_pipeline(config, tmp_path):
+@pytest.mark.parametrize(
+    ("config", "builtin"),
+    [
+        ("dreambooth_lora", "tiny-flux2-klein"),
+        ("dreambooth", "tiny-flux2-klein"),
+        ("dev_dreambooth_lora", "tiny-flux2-dev"),
+    ],
+)
+def test_the_shipped_configs_fit_the_tiny_model_with_class_images_from_its_pipeline(config, builtin, tmp_path):
     cpu = "--model.init_args.speed.frozen_dtype=float32"  # bf16 frozen weights need bf16-mixed, unlike a CPU fit
-    run = fit_shipped_config(f"configs/flux2/{config}.yaml", tmp_path, "builtin:tiny-flux2-klein", cpu)
-    assert len(list((tmp_path / "class").glob("*.png"))) == 2  # made by Flux2KleinPipeline from the base weights
+    run = fit_shipped_config(f"configs/flux2/{config}.yaml", tmp_path, f"builtin:{builtin}", cpu)
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2  # made by the family's pipeline from the base weights
     assert (run / "evaluation" / "selection.json").is_file()
     if config == "dreambooth":
         assert isinstance(stock_pipeline(run / "final", Flux2Klein), Flux2KleinPipeline)

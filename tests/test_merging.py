@@ -207,6 +207,7 @@ def test_extraction_recovers_a_known_lora(tiny_sd1: Path, tmp_path: Path, capsys
         ("tiny_zimage", {"transformer": ("attention.to_k", "feed_forward.w2")}),
         ("tiny_flux2_klein", {"transformer": ("attn.to_q", "attn.to_qkv_mlp_proj")}),
         ("tiny_qwen_image", {"transformer": ("attn.to_v", "attn.to_out.0")}),
+        ("tiny_flux2_dev", {"transformer": ("attn.to_k", "attn.to_qkv_mlp_proj")}),
     ],
 )
 def test_every_family_fuses_and_extracts(model: str, targets, request: pytest.FixtureRequest, tmp_path: Path) -> None:
