@@ -50,12 +50,18 @@ class SpeedOptions:
             ``_native_math``, ``flash`` (needs flash-attn), ``sage`` (needs sageattention); diffusers also makes it
             the process's default. Only denoisers whose attention goes through diffusers' dispatcher take one
             (Flux); None keeps the default, torch's SDPA.
+        offload_text_encoders: keep the frozen text encoders in CPU memory during a fit. Before the first step
+            every prompt the data can produce is encoded into the prompt cache with the encoders on the
+            accelerator, which they then leave; they come back only to encode a prompt the cache lacks and while
+            sampling (previews, evaluation). For the language-model encoders of Z-Image, Qwen-Image and FLUX.2
+            (4-24B parameters). Needs the prompt cache and frozen encoders, in a single-process fit.
     """
 
     frozen_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     channels_last: bool = False
     compile: bool = False
     attention_backend: str | None = None
+    offload_text_encoders: bool = False
 
     def __post_init__(self) -> None:
         if self.frozen_dtype is not None and self.frozen_dtype not in FROZEN_DTYPES:

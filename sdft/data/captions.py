@@ -129,6 +129,10 @@ class CaptionDataModule(LightningDataModule):
             caption_dropout=self.caption_dropout if augment else 0.0,
         )
 
+    def training_prompts(self) -> set[str]:
+        """Every prompt a training or validation example can carry: each caption, and ``""`` where they drop."""
+        return self.dataset(augment=True).possible_prompts() | self.dataset(augment=False).possible_prompts()
+
     def train_dataloader(self) -> DataLoader:
         return train_loader(self.dataset(augment=True), self.trainer, self.batch_size, self.num_workers)
 

@@ -236,6 +236,11 @@ class AugmentedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def possible_prompts(self) -> set[str]:
+        """Every prompt an example can carry: each prompt in each template, and ``""`` where captions drop."""
+        prompts = {template.format(prompt) for template in self.templates for prompt in self.prompts}
+        return (prompts or set(self.prompts)) | ({""} if self.caption_dropout else set())
+
     def __getitem__(self, position: int) -> Example:
         shown = augmented_image_at(
             self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability

@@ -242,6 +242,12 @@ class SubjectDataModule(LightningDataModule):
         prompts, seed = [self.class_prompt] * len(self.class_images), step_seed(self.seed, CLASS_STREAM)
         return AugmentedImages(self.class_images, prompts, self.resolution, self.center_crop, self.random_flip, seed)
 
+    def training_prompts(self) -> set[str]:
+        """Every prompt a training or validation example can carry (the class prompt with prior preservation)."""
+        prompts = self.instance_dataset(augment=True).possible_prompts()
+        prompts |= self.instance_dataset(augment=False).possible_prompts()
+        return prompts | ({self.class_prompt} if self.prior_preservation else set())
+
     def train_dataloader(self) -> DataLoader:
         dataset, collate = self.instance_dataset(augment=True), default_collate
         if self.prior_preservation:

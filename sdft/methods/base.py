@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 
 from sdft.assets import cache_dir
@@ -50,6 +50,8 @@ INSTANCE_STREAM, PRIOR_STREAM, VALIDATION_STREAM = 0, 1, 2
 INIT_STREAM = 3
 #: what a run may cache while the encoders are frozen: nothing, in memory, or also on disk for later runs
 CACHE_MODES = ("off", "memory", "disk")
+#: prompts per text-encoder call when every prompt is cached before offloading the encoders
+OFFLOAD_ENCODING_BATCH = 8
 
 
 @dataclass
@@ -156,6 +158,8 @@ class DiffusionFineTuner(LightningModule):
         self.cache = cache
         self.caches: dict[str, EncodingCache] = {}
         self.speed = speed
+        #: the frozen text encoders wait in CPU memory (``speed.offload_text_encoders``, after the prompts are cached)
+        self.text_encoders_offloaded = False
         for key, value in (("noise_offset", noise_offset), ("input_perturbation", input_perturbation)):
             if not value >= 0:
                 raise UserError(f"model.init_args.{key} must be >= 0 (0 turns it off), got {value}")
@@ -208,14 +212,62 @@ class DiffusionFineTuner(LightningModule):
         """A batch -> the denoiser's conditioning, by the family, from the method's rewritten prompts (their
         embeddings from the prompt cache while the text encoders are frozen)."""
         prompts = self.rewrite_prompts(list(batch["prompts"]))
+        return self.family.condition(self.prompt_embeddings(prompts), batch)
+
+    def prompt_embeddings(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """What the text encoders make of (rewritten) prompts: from the prompt cache while the encoders are frozen,
+        bringing offloaded encoders back to the accelerator for the prompts it lacks."""
         cache = None if self.text_encoders_train() else self.encoding_cache("prompts")
         if cache is None:
-            embeddings = self.family.encode_prompts(prompts)
-        else:
-            embeddings = cache.encode(
-                prompts, lambda rows: self.family.encode_prompts([prompts[row] for row in rows]), self.device
+            return self.family.encode_prompts(prompts)
+
+        def encode(rows: list[int]) -> dict[str, torch.Tensor]:
+            with self.text_encoders_on_device():
+                return self.family.encode_prompts([prompts[row] for row in rows])
+
+        return cache.encode(prompts, encode, self.device)
+
+    @contextlib.contextmanager
+    def text_encoders_on_device(self) -> Iterator[None]:
+        """The offloaded text encoders (``speed.offload_text_encoders``) on the model's device for the block, back in
+        CPU memory after it; nothing moves otherwise."""
+        if not self.text_encoders_offloaded:
+            yield
+            return
+        encoders = list(self.family.text_encoders().values())
+        for encoder in encoders:
+            encoder.to(self.device)
+        try:
+            yield
+        finally:
+            for encoder in encoders:
+                encoder.to("cpu")
+
+    def offload_text_encoders(self) -> None:
+        """Encode every prompt the data module can produce into the prompt cache, then move the frozen text encoders
+        to CPU memory (``speed.offload_text_encoders``), saying how much they held."""
+        if self.cache == "off" or self.text_encoders_train():
+            raise UserError(
+                "model.init_args.speed.offload_text_encoders needs frozen text encoders and the prompt cache "
+                "(model.init_args.cache: memory or disk): set offload_text_encoders: false, or train no text encoder"
             )
-        return self.family.condition(embeddings, batch)
+        if self.trainer.world_size > 1:
+            raise UserError(
+                "model.init_args.speed.offload_text_encoders works in single-process fits for now; set it to false "
+                f"for this run of {self.trainer.world_size} processes"
+            )
+        data = self.trainer.datamodule
+        prompts = sorted(data.training_prompts()) if hasattr(data, "training_prompts") else []
+        for start in range(0, len(prompts), OFFLOAD_ENCODING_BATCH):
+            # under the training precision's autocast, as training encodes: the cache's entries are a function of it
+            with torch.no_grad(), self.trainer.precision_plugin.forward_context():
+                self.prompt_embeddings(self.rewrite_prompts(prompts[start : start + OFFLOAD_ENCODING_BATCH]))
+        encoders = list(self.family.text_encoders().values())
+        size = sum(tensor.numel() * tensor.element_size() for e in encoders for tensor in e.state_dict().values())
+        for encoder in encoders:
+            encoder.to("cpu")
+        self.text_encoders_offloaded = True
+        rank_zero_info(f"{len(prompts)} prompts cached; the text encoders ({size / 2**30:.2f} GiB) wait in CPU memory")
 
     def text_encoders_train(self) -> bool:
         """Whether any text-encoder weight (a LoRA, a new token's embedding) is being trained."""
@@ -331,6 +383,8 @@ class DiffusionFineTuner(LightningModule):
         vae_dtype = self.family.capabilities.vae_dtype
         if vae_dtype is not None:
             self.family.vae.to(vae_dtype)
+        if self.speed.offload_text_encoders:
+            self.offload_text_encoders()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint holds: every parameter that requires a gradient, by state-dict key."""
@@ -496,7 +550,7 @@ class DiffusionFineTuner(LightningModule):
         autocast = self.trainer.precision_plugin.forward_context() if self._trainer else contextlib.nullcontext()
         try:
             generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
-            with autocast:
+            with autocast, self.text_encoders_on_device():
                 return pipeline(
                     prompt=prompts,
                     generator=generators,
