@@ -204,9 +204,18 @@ def test_a_transformer_family_with_t5_on_two_processes_equals_one(strategy, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "sharded"])
-@pytest.mark.parametrize(("family", "builtin"), [("ZImage", "tiny-zimage"), ("Flux2Klein", "tiny-flux2-klein")])
+@pytest.mark.parametrize(
+    ("family", "builtin"),
+    [
+        ("ZImage", "tiny-zimage"),
+        ("Flux2Klein", "tiny-flux2-klein"),
+        ("QwenImage", "tiny-qwen-image"),
+        ("Flux2", "tiny-flux2-dev"),
+    ],
+)
 def test_a_family_with_a_language_model_encoder_on_two_processes_equals_one(family, builtin, strategy, tmp_path):
-    """Z-Image and FLUX.2 [klein]: conditioning by a Qwen3 encoder (Z-Image's padded, with its mask) scales the same."""
+    """Z-Image, FLUX.2 and Qwen-Image: conditioning by a language model (Z-Image's and Qwen-Image's padded, with their
+    masks) scales the same."""
     resolve(f"builtin:{builtin}")
     chosen = {
         "class_path": f"sdft.families.{family}",
