@@ -174,6 +174,7 @@ def cli_run(tmp_path: Path, name: str, *options: str) -> list[dict]:
     return read_rows(tmp_path / name / "version_0")
 
 
+@pytest.mark.slow  # multi-process: tests/test_parallel_training.py keeps the fast DDP representative
 def test_ddp_splits_the_probes_and_logs_the_single_process_numbers(tmp_path):
     # 3 prompts x 2 images and 1 class image: 7 probes, dealt 4 and 3 to the ranks
     pairs = "--trainer.callbacks.images_per_prompt=2"
