@@ -86,9 +86,26 @@ def shard_family(family: ModelFamily, mesh: DeviceMesh) -> None:
     del whole
     for buffer in non_persistent_buffers(denoiser):  # outside the state dict: sent on their own
         torch.distributed.broadcast(buffer, src=0, group=mesh.get_group())
+    for owner, name, tensor in plain_tensors(denoiser):  # neither parameter nor buffer (Qwen-Image's rotary tables)
+        received = torch.empty_like(tensor, device=mesh.device_type) if tensor.is_meta else tensor.to(mesh.device_type)
+        real = torch.view_as_real(received) if received.is_complex() else received  # gloo sends no complex numbers
+        torch.distributed.broadcast(real, src=0, group=mesh.get_group())
+        if tensor.is_meta:
+            setattr(owner, name, received)
     for encoder in family.text_encoders().values():
         if any(parameter.requires_grad for parameter in encoder.parameters()):
             fully_shard(encoder, mesh=mesh)
+
+
+def plain_tensors(module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """The tensors that ``module``'s parts hold as plain attributes (neither parameters nor buffers, so outside the
+    state dict and untouched by ``to_empty``), as (part, attribute, tensor), in module order."""
+    return [
+        (part, name, value)
+        for part in module.modules()
+        for name, value in sorted(vars(part).items())
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)
+    ]
 
 
 def non_persistent_buffers(module: nn.Module) -> list[torch.Tensor]:
