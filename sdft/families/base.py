@@ -364,6 +364,17 @@ class ModelFamily(nn.Module, ABC):
         (e.g. the T5 prompt length); none unless the family has such settings."""
         return {}
 
+    def live_pipeline(self, **options: Any) -> DiffusionPipeline:
+        """The family's :attr:`pipeline_class` over the live components it names in its signature and a fresh
+        sampler: :meth:`pipeline` for a family whose pipeline takes nothing else.
+
+        Args:
+            options: the pipeline's further arguments (FLUX.2 [klein]'s ``is_distilled``).
+        """
+        expected, _ = self.pipeline_class._get_signature_keys(self.pipeline_class)
+        components = {name: getattr(self, name) for name in expected if name != "scheduler"}
+        return self.pipeline_class(scheduler=self.noise_schedule.sampler(), **components, **options)
+
     @abstractmethod
     def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> DiffusionPipeline:
         """A fresh pipeline of the base weights read from the source, apart from the live components.

@@ -208,14 +208,9 @@ class Flux2Klein(ModelFamily):
         return {"max_sequence_length": self.max_sequence_length}
 
     def pipeline(self) -> Flux2KleinPipeline:
-        return Flux2KleinPipeline(
-            scheduler=self.noise_schedule.sampler(),
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            transformer=self.transformer,
-            is_distilled=bool(self.pipeline_config.get("is_distilled", False)),  # a distilled [klein] has no CFG
-        )
+        """Over the live components; a step-distilled [klein] (``is_distilled`` in its ``model_index.json``) samples
+        without classifier-free guidance."""
+        return self.live_pipeline(is_distilled=bool(self.pipeline_config.get("is_distilled", False)))
 
     def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> Flux2KleinPipeline:
         return self.pretrained_pipeline(device, dtype)
@@ -295,10 +290,4 @@ class Flux2(Flux2Klein):
         )
 
     def pipeline(self) -> Flux2Pipeline:
-        return Flux2Pipeline(
-            scheduler=self.noise_schedule.sampler(),
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            transformer=self.transformer,
-        )
+        return self.live_pipeline()

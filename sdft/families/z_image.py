@@ -150,13 +150,7 @@ class ZImage(ModelFamily):
         return {"max_sequence_length": self.max_sequence_length}
 
     def pipeline(self) -> ZImagePipeline:
-        return ZImagePipeline(
-            scheduler=self.noise_schedule.sampler(),
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            transformer=self.transformer,
-        )
+        return self.live_pipeline()
 
     def base_pipeline(self, device: torch.device, dtype: torch.dtype | None = None) -> ZImagePipeline:
         return self.pretrained_pipeline(device, dtype)
