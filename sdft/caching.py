@@ -49,6 +49,8 @@ def fingerprint(module: nn.Module) -> str:
     its values, so a retrained or replaced model at the same path gets another digest without reading every byte."""
     parts = []
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if type(tensor.data) not in (torch.Tensor, nn.Parameter) and hasattr(tensor, "dequantize"):
+            tensor = tensor.dequantize()  # a quantized weight (speed.quantize), read as the values it stands for
         flat = tensor.detach().flatten()
         sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].double()
         parts.append(

@@ -39,7 +39,7 @@ from sdft.interop.model_card import (
 from sdft.methods.run_notes import RunNotes, SizedData, SubjectData, tensors_digest
 from sdft.objectives import offset_noise, per_example_mse, perturbed_noise, prior_preservation_loss, step_seed
 from sdft.sharding import ShardedStrategy, shard_family
-from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options
+from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options, quantize_frozen
 
 ParameterGroups = list[dict[str, Any]]
 
@@ -366,6 +366,13 @@ class DiffusionFineTuner(LightningModule):
         if sharded and self.trainer.global_rank != 0:
             self.family.load_denoiser_weights = False  # its shards come from rank 0 (shard_family)
         self.family.load()
+        if self._trainer is not None and self.speed.quantize is not None:
+            if sharded:
+                raise UserError(
+                    f"model.init_args.speed.quantize {self.speed.quantize} does not shard yet: set it to null, or "
+                    "train on one device"
+                )
+            quantize_frozen(self.family, self.speed.quantize)  # before adapters wrap the linear layers
         with torch.random.fork_rng(devices=[]):  # new weights (adapters, tokens) are a function of the seed alone
             torch.manual_seed(step_seed(self.seed, INIT_STREAM))
             self.configure_trainable()

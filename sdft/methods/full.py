@@ -37,6 +37,11 @@ class FullFineTuner(DiffusionFineTuner):
             )
         if text_encoder_lr is not None and text_encoder_lr <= 0:
             raise UserError(f"model.init_args.text_encoder_lr must be positive, got {text_encoder_lr}")
+        if self.speed.quantize is not None:
+            raise UserError(
+                f"model.init_args.speed.quantize {self.speed.quantize}: full fine-tuning trains every weight of the "
+                "denoiser, which a quantized base cannot hold; set quantize: null, or train a LoRA"
+            )
         self.train_text_encoder = train_text_encoder
         self.text_encoder_lr = text_encoder_lr
 

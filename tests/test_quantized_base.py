@@ -1,0 +1,54 @@
+"""``speed.quantize``: a LoRA trains on an int8 or float8 weight-only base (torchao) whose loss starts where the
+full-precision base's does, its checkpoint holds only the adapters, and its export loads on the unquantized base in
+diffusers; full fine-tuning refuses it by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from training import adamw, fit, lora_tuner, stock_images, stock_pipeline, subject_data, trained_images
+
+from sdft.assets import resolve
+from sdft.errors import UserError
+from sdft.families import Flux
+from sdft.methods import FullFineTuner
+from sdft.methods.lora import LORA_WEIGHTS
+from sdft.speed import SpeedOptions
+
+STEPS = 4
+
+
+def flux_lora(quantize: str | None):
+    return lora_tuner(Flux("builtin:tiny-flux"), lr=5e-3, speed=SpeedOptions(quantize=quantize))
+
+
+@pytest.mark.parametrize("quantize", ["int8", "float8"])
+def test_a_lora_trains_on_a_quantized_base_from_the_full_precision_loss(quantize, subject_dir, tmp_path):
+    quantized = fit(flux_lora(quantize), subject_data(subject_dir), tmp_path / "quantized", STEPS, every=STEPS)
+    full = fit(flux_lora(None), subject_data(subject_dir), tmp_path / "full", STEPS)
+    transformer = quantized.model.family.transformer
+    assert "Tensor" in type(transformer.transformer_blocks[0].attn.to_q.base_layer.weight).__name__  # torchao's
+    assert type(transformer.transformer_blocks[0].attn.to_q.base_layer.weight) is not torch.nn.Parameter
+    # the same noise draws: the first loss within 2% of the full-precision base's, and training lowers it
+    assert quantized.losses[1] == pytest.approx(full.losses[1], rel=0.02)
+    assert quantized.loss_after < quantized.loss_before
+    state = torch.load(quantized.checkpoint(STEPS), weights_only=False)["state_dict"]
+    assert state and all(".lora_" in key for key in state)
+    export = quantized.model.export(tmp_path / "export")
+    pipeline = stock_pipeline(resolve("builtin:tiny-flux"), Flux)  # unquantized
+    pipeline.load_lora_weights(str(export.parent), weight_name=LORA_WEIGHTS)
+    exported, trained = stock_images(pipeline), trained_images(quantized.model)
+    base = stock_images(stock_pipeline(resolve("builtin:tiny-flux"), Flux))
+    # the quantized base draws nearly what the full one draws with the same adapters
+    assert np.abs(exported - trained).mean() < np.abs(exported - base).mean()
+
+
+def test_full_fine_tuning_refuses_a_quantized_base_by_name():
+    with pytest.raises(UserError, match=r"speed.quantize int8: full fine-tuning trains every weight"):
+        FullFineTuner(Flux("builtin:tiny-flux"), optimizer=adamw(1e-3), speed=SpeedOptions(quantize="int8"))
+
+
+def test_an_unknown_quantization_names_its_key():
+    with pytest.raises(UserError, match=r"model.init_args.speed.quantize must be null or one of int8, float8"):
+        SpeedOptions(quantize="int4")
