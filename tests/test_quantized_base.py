@@ -52,3 +52,15 @@ def test_full_fine_tuning_refuses_a_quantized_base_by_name():
 def test_an_unknown_quantization_names_its_key():
     with pytest.raises(UserError, match=r"model.init_args.speed.quantize must be null or one of int8, float8"):
         SpeedOptions(quantize="int4")
+
+
+def test_a_quantized_encoder_has_a_fingerprint_of_its_own_for_the_disk_cache():
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    from sdft.caching import fingerprint
+
+    torch.manual_seed(0)
+    full, quantized = torch.nn.Linear(64, 32), torch.nn.Linear(64, 32)
+    quantized.load_state_dict(full.state_dict())
+    quantize_(quantized, Int8WeightOnlyConfig())
+    assert fingerprint(quantized) == fingerprint(quantized) != fingerprint(full)  # its rounded values are other ones
