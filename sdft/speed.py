@@ -3,6 +3,7 @@ convolutions, diffusers' attention backends and ``torch.compile``."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,6 +74,11 @@ class SpeedOptions:
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise UserError(
                 f"{CONFIG_KEY}.quantize must be null or one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}"
+            )
+        if self.quantize is not None and importlib.util.find_spec("torchao") is None:
+            raise UserError(
+                f"{CONFIG_KEY}.quantize {self.quantize} needs torchao: install sdft's quantize extra "
+                "(uv sync --extra quantize, or pip install torchao), or set quantize: null"
             )
         if self.frozen_dtype is not None and self.frozen_dtype not in FROZEN_DTYPES:
             raise UserError(

@@ -18,6 +18,7 @@ from sdft.families.flux import pack_latents, unpack_latents
 from sdft.methods import LoRAFineTuner, TextualInversion
 from sdft.methods.lora import KOHYA_WEIGHTS
 from sdft.tiny_chat_models import build_tiny_qwen_image
+from sdft.tools.generate import pipeline_default
 
 PROMPTS = ["a photo of sks toy", "a dog on the beach, at dusk, under a red sky"]
 
@@ -95,6 +96,8 @@ def test_prediction_trims_the_batch_to_its_longest_prompt_as_the_pipeline_pads_i
 def test_guidance_is_true_cfg_with_a_blank_negative_prompt():
     assert QwenImage.guidance_options(4.0, 3) == {"true_cfg_scale": 4.0, "negative_prompt": [" "] * 3}
     assert QwenImage.guidance_options(1.0, 3) == {}
+    # sdft generate's default guidance is the pipeline's true_cfg_scale (its guidance_scale defaults to None)
+    assert pipeline_default(QwenImage, QwenImage.guidance_parameter) == 4.0
 
 
 def test_the_comfyui_file_uses_the_diffusers_names_comfyui_maps(family, tmp_path):

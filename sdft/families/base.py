@@ -177,6 +177,9 @@ class ModelFamily(nn.Module, ABC):
     #: what the family offers the methods (LoRA components, new tokens, VAE dtype, block types)
     capabilities: ClassVar[Capabilities]
 
+    #: the pipeline argument whose default is the family's usual guidance scale (see :meth:`guidance_options`)
+    guidance_parameter: ClassVar[str] = "guidance_scale"
+
     #: the family's forward process and sampler (a child module set by :meth:`load`)
     noise_schedule: nn.Module
 

@@ -45,6 +45,7 @@ class QwenImage(ModelFamily):
     text_encoder_names = ("text_encoder",)
     tokenizer_names = ("tokenizer",)
     pipeline_class = QwenImagePipeline
+    guidance_parameter = "true_cfg_scale"
     capabilities = Capabilities(
         lora_components=("transformer",),
         block_types=("QwenImageTransformerBlock",),

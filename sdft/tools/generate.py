@@ -145,7 +145,7 @@ def generate(
     else:
         steps = add_run(plan, run, model, checkpoint_steps, compare == "checkpoints")
     plan.num_inference_steps = num_inference_steps or pipeline_default(plan.family, "num_inference_steps")
-    guidance = guidance_scales or [pipeline_default(plan.family, "guidance_scale")]
+    guidance = guidance_scales or [pipeline_default(plan.family, plan.family.guidance_parameter)]
     plan.columns = make_columns(compare, guidance, (lora_scales or [1.0]) if plan.loras else [None], steps, plan.model)
     records = sample_columns(plan)
     grids = write_grids(plan, records)
