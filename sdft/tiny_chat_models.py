@@ -50,6 +50,22 @@ QWEN3_WIDTH = 40
 ZIMAGE_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False}
 
 
+def save_chat_pipeline(
+    pipeline_class: type, scheduler: dict[str, Any], modules: tuple[nn.Module, ...], tokenizer: Any, directory: Path
+) -> Path:
+    """Save a chat-encoder family's pipeline of ``modules`` (transformer, VAE, text encoder), its tokenizer (or
+    processor) and its scheduler config as a diffusers folder (safetensors); return the folder."""
+    transformer, vae, text_encoder = modules
+    pipeline = pipeline_class(
+        scheduler=FlowMatchEulerDiscreteScheduler(**scheduler),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    return save_pipeline(pipeline, directory)
+
+
 def qwen_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
     """The offline Qwen tokenizer, written to ``directory``."""
     return AutoTokenizer.from_pretrained(write_qwen_tokenizer(directory))
@@ -122,15 +138,8 @@ def build_tiny_zimage(directory: str | Path, seed: int = 0) -> Path:
     """
     directory = Path(directory)
     tokenizer = qwen_tokenizer(directory / "tokenizer")
-    transformer, vae, text_encoder = seeded(seed, lambda: tiny_zimage_modules(len(tokenizer)))
-    pipeline = ZImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**ZIMAGE_SCHEDULER),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-    )
-    return save_pipeline(pipeline, directory)
+    modules = seeded(seed, lambda: tiny_zimage_modules(len(tokenizer)))
+    return save_chat_pipeline(ZImagePipeline, ZIMAGE_SCHEDULER, modules, tokenizer, directory)
 
 
 #: the scheduler of black-forest-labs/FLUX.2-klein: a resolution-dependent shift, which the pipeline computes itself
@@ -195,15 +204,8 @@ def build_tiny_flux2_klein(directory: str | Path, seed: int = 0) -> Path:
     """
     directory = Path(directory)
     tokenizer = qwen_tokenizer(directory / "tokenizer")
-    transformer, vae, text_encoder = seeded(seed, lambda: tiny_flux2_klein_modules(len(tokenizer)))
-    pipeline = Flux2KleinPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-    )
-    return save_pipeline(pipeline, directory)
+    modules = seeded(seed, lambda: tiny_flux2_klein_modules(len(tokenizer)))
+    return save_chat_pipeline(Flux2KleinPipeline, FLUX2_SCHEDULER, modules, tokenizer, directory)
 
 
 #: the scheduler of Qwen/Qwen-Image: a resolution-dependent shift up to 0.9 at 8,192 tokens, ending at sigma 0.02
@@ -282,15 +284,8 @@ def build_tiny_qwen_image(directory: str | Path, seed: int = 0) -> Path:
     """
     directory = Path(directory)
     tokenizer = qwen_tokenizer(directory / "tokenizer")
-    transformer, vae, text_encoder = seeded(seed, lambda: tiny_qwen_image_modules(tokenizer))
-    pipeline = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-    )
-    return save_pipeline(pipeline, directory)
+    modules = seeded(seed, lambda: tiny_qwen_image_modules(tokenizer))
+    return save_chat_pipeline(QwenImagePipeline, QWEN_IMAGE_SCHEDULER, modules, tokenizer, directory)
 
 
 #: the hidden layers of Mistral Small 3 FLUX.2 [dev] reads (the deepest sets the tiny encoder's depth)
@@ -334,12 +329,5 @@ def build_tiny_flux2_dev(directory: str | Path, seed: int = 0) -> Path:
     """
     directory = Path(directory)
     processor = AutoProcessor.from_pretrained(write_mistral_processor(directory / "tokenizer"))
-    transformer, vae, text_encoder = seeded(seed, lambda: tiny_flux2_dev_modules(processor))
-    pipeline = Flux2Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=processor,
-        transformer=transformer,
-    )
-    return save_pipeline(pipeline, directory)
+    modules = seeded(seed, lambda: tiny_flux2_dev_modules(processor))
+    return save_chat_pipeline(Flux2Pipeline, FLUX2_SCHEDULER, modules, processor, directory)

@@ -50,8 +50,6 @@ INSTANCE_STREAM, PRIOR_STREAM, VALIDATION_STREAM = 0, 1, 2
 INIT_STREAM = 3
 #: what a run may cache while the encoders are frozen: nothing, in memory, or also on disk for later runs
 CACHE_MODES = ("off", "memory", "disk")
-#: prompts per text-encoder call when every prompt is cached before offloading the encoders
-OFFLOAD_ENCODING_BATCH = 8
 
 
 @dataclass
@@ -258,10 +256,11 @@ class DiffusionFineTuner(LightningModule):
             )
         data = self.trainer.datamodule
         prompts = sorted(data.training_prompts()) if hasattr(data, "training_prompts") else []
-        for start in range(0, len(prompts), OFFLOAD_ENCODING_BATCH):
-            # under the training precision's autocast, as training encodes: the cache's entries are a function of it
+        # under the training precision's autocast, as training encodes: the cache's entries are a function of it (the
+        # cache encodes each new prompt on its own, so one call holds no more than one prompt's activations)
+        if prompts:
             with torch.no_grad(), self.trainer.precision_plugin.forward_context():
-                self.prompt_embeddings(self.rewrite_prompts(prompts[start : start + OFFLOAD_ENCODING_BATCH]))
+                self.prompt_embeddings(self.rewrite_prompts(prompts))
         encoders = list(self.family.text_encoders().values())
         size = sum(tensor.numel() * tensor.element_size() for e in encoders for tensor in e.state_dict().values())
         for encoder in encoders:
