@@ -1,5 +1,5 @@
 """Memory and speed switches for a loaded model family: frozen weights in a lower precision, channels-last
-convolutions, diffusers' attention backends and ``torch.compile``."""
+convolutions, diffusers' attention backends, ``torch.compile``, a quantized base and offloaded blocks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from diffusers.models.attention_dispatch import AttentionBackendName
 
 from sdft.errors import UserError
 from sdft.families.base import ModelFamily
+from sdft.offloading import BlockOffload
 
 #: where the options sit in a config
 CONFIG_KEY = "model.init_args.speed"
@@ -61,6 +62,16 @@ class SpeedOptions:
             accelerator, which they then leave; they come back only to encode a prompt the cache lacks and while
             sampling (previews, evaluation). For the language-model encoders of Z-Image, Qwen-Image and FLUX.2
             (4-24B parameters). Needs the prompt cache and frozen encoders, in a single-process fit.
+        offload_blocks: keep the frozen weights of the denoiser's first N blocks (``all``: every block; numbered as
+            LoRA's ``target_blocks`` numbers them) in CPU memory, pinned, and bring them onto the accelerator one
+            block at a time for its forward and again for its backward, the next block copied on a side stream
+            while one computes (:mod:`sdft.offloading`). Frees the accelerator memory of those weights but for
+            the one or two blocks there at a time: most of a FLUX.1 or Qwen-Image transformer, so that a LoRA fits
+            a 12-24 GB GPU (with ``gradient_checkpointing`` to keep the activations small too). Each training step
+            copies the offloaded weights over PCIe twice (forward, backward), each sampling step once: slower
+            where the copies outlast the blocks' compute, e.g. at small batches. Adapters stay on the accelerator.
+            For methods that leave the blocks' base weights frozen (LoRA, textual inversion), in a single-process
+            fit; ``compile`` and ``quantize`` refuse it. Needs CPU memory for the offloaded weights, pinned.
     """
 
     frozen_dtype: Literal["float32", "bfloat16", "float16"] | None = None
@@ -69,6 +80,7 @@ class SpeedOptions:
     attention_backend: str | None = None
     offload_text_encoders: bool = False
     quantize: Literal["int8", "float8"] | None = None
+    offload_blocks: int | Literal["all"] | None = None
 
     def __post_init__(self) -> None:
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
@@ -90,6 +102,22 @@ class SpeedOptions:
                 f"{CONFIG_KEY}.attention_backend must be null or one of {', '.join(attention_backends())}, "
                 f"got {self.attention_backend!r}"
             )
+        self.check_offload_blocks()
+
+    def check_offload_blocks(self) -> None:
+        """Refuse an ``offload_blocks`` that is neither a positive block count nor ``all``, or that comes with a
+        switch it does not combine with."""
+        count = self.offload_blocks
+        if count is None:
+            return
+        if count != "all" and (type(count) is not int or count < 1):
+            raise UserError(f"{CONFIG_KEY}.offload_blocks must be a positive number of blocks or all, got {count!r}")
+        for key, value in (("compile", self.compile), ("quantize", self.quantize)):
+            if value:
+                raise UserError(
+                    f"{CONFIG_KEY}.offload_blocks does not combine with {key} yet: drop {key}, or set "
+                    "offload_blocks: null"
+                )
 
     def check_precision(self, precision: str) -> None:
         """Refuse a frozen dtype below float32 unless the trainer's precision (e.g. ``bf16-mixed``) is the mixed
@@ -183,3 +211,39 @@ def cast_frozen(family: ModelFamily, dtype: torch.dtype) -> None:
             # a quantized weight (a tensor subclass, speed.quantize) keeps its own form
             if not parameter.requires_grad and parameter.is_floating_point() and type(parameter.data) is torch.Tensor:
                 parameter.data = parameter.data.to(target)
+
+
+def offload_blocks(family: ModelFamily, count: int | Literal["all"]) -> BlockOffload:
+    """Offload the frozen weights of the denoiser's first ``count`` blocks (``all``: every block), the family's
+    ``capabilities.block_types``, outermost first in module order; call it once the trained parameters require
+    gradients, in a single-process fit, before the model moves to its device.
+
+    Args:
+        family: a loaded family.
+        count: ``speed.offload_blocks``.
+    """
+    blocks = denoiser_blocks(family)
+    what = f"the {family.denoiser_name} of {type(family).__name__}"
+    if not blocks:
+        raise UserError(f"{CONFIG_KEY}.offload_blocks: {what} names no block types to offload; set it to null")
+    if count != "all" and count > len(blocks):
+        raise UserError(
+            f"{CONFIG_KEY}.offload_blocks {count}: {what} has {len(blocks)} blocks; set it to {len(blocks)} or all"
+        )
+    chosen = blocks if count == "all" else blocks[:count]
+    if any(all(p.requires_grad for p in block.parameters()) for block in chosen):
+        raise UserError(
+            f"{CONFIG_KEY}.offload_blocks keeps frozen weights in CPU memory, but every weight of the blocks of "
+            f"{what} trains (full fine-tuning): set offload_blocks: null, or train a LoRA"
+        )
+    return BlockOffload(family.denoiser, chosen)
+
+
+def denoiser_blocks(family: ModelFamily) -> list[torch.nn.Module]:
+    """The outermost modules of the denoiser whose class is one of the family's ``capabilities.block_types``, in
+    module order."""
+    types, blocks = set(family.capabilities.block_types), []
+    for module in family.denoiser.modules():
+        if type(module).__name__ in types and not any(module in block.modules() for block in blocks[-1:]):
+            blocks.append(module)
+    return blocks

@@ -38,8 +38,9 @@ from sdft.interop.model_card import (
 )
 from sdft.methods.run_notes import RunNotes, SizedData, SubjectData, tensors_digest
 from sdft.objectives import offset_noise, per_example_mse, perturbed_noise, prior_preservation_loss, step_seed
+from sdft.offloading import BlockOffload
 from sdft.sharding import ShardedStrategy, shard_family
-from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options, quantize_frozen
+from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options, offload_blocks, quantize_frozen
 
 ParameterGroups = list[dict[str, Any]]
 
@@ -158,6 +159,8 @@ class DiffusionFineTuner(LightningModule):
         self.speed = speed
         #: the frozen text encoders wait in CPU memory (``speed.offload_text_encoders``, after the prompts are cached)
         self.text_encoders_offloaded = False
+        #: the denoiser's blocks whose frozen weights wait in CPU memory (``speed.offload_blocks``), once set up
+        self.block_offload: BlockOffload | None = None
         for key, value in (("noise_offset", noise_offset), ("input_perturbation", input_perturbation)):
             if not value >= 0:
                 raise UserError(f"model.init_args.{key} must be >= 0 (0 turns it off), got {value}")
@@ -364,6 +367,8 @@ class DiffusionFineTuner(LightningModule):
         sharded = self._trainer is not None and isinstance(self.trainer.strategy, ShardedStrategy)
         if sharded and self.trainer.global_rank != 0:
             self.family.load_denoiser_weights = False  # its shards come from rank 0 (shard_family)
+        if self._trainer is not None and self.speed.offload_blocks is not None:
+            check_one_process("offload_blocks", self.trainer.world_size, sharded)
         self.family.load()
         if self._trainer is not None and self.speed.quantize is not None:
             if sharded:
@@ -381,6 +386,16 @@ class DiffusionFineTuner(LightningModule):
             apply_speed_options(self.family, self.speed, self.trainer.precision)
             if sharded:
                 shard_family(self.family, self.device_mesh["data_parallel"])
+            if self.speed.offload_blocks is not None:  # last: the model is as it will train
+                self.block_offload = offload_blocks(self.family, self.speed.offload_blocks)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DiffusionFineTuner:
+        """Every move or cast of the model (``.to(device)``, ``.to(dtype)``, ``.cpu()``) passes through here: the
+        offloaded blocks' frozen weights (``speed.offload_blocks``) stay in CPU memory, taking the new dtype."""
+        if self.block_offload is None:
+            return super()._apply(fn, recurse)
+        with self.block_offload.conversion():
+            return super()._apply(fn, recurse)
 
     def on_fit_start(self) -> None:
         """Put the VAE back in the dtype its family pins (SDXL: float32) after a ``-true`` precision (``bf16-true``)
@@ -598,6 +613,22 @@ class DiffusionFineTuner(LightningModule):
                 f"the checkpoint lacks {len(missing)} trained tensors (first: {missing[0]}); it was written by another "
                 "method or configuration: resume with the config of the run that wrote it"
             )
+
+
+def check_one_process(switch: str, processes: int, sharded: bool) -> None:
+    """Refuse a speed switch that works in single-process fits only, in a fit of several processes or a sharded one.
+
+    Args:
+        switch: the key under ``model.init_args.speed``.
+        processes: the trainer's world size.
+        sharded: whether the strategy shards the model.
+    """
+    if processes > 1 or sharded:
+        run = f"{processes} processes{', sharded' if sharded else ''}"
+        raise UserError(
+            f"model.init_args.speed.{switch} works in single-process fits without sharding for now; set it to null "
+            f"for this run ({run})"
+        )
 
 
 def check_learning_rate(optimizer: OptimizerCallable) -> None:
