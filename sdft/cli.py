@@ -133,6 +133,7 @@ def usage() -> str:
     lines = ["usage: sdft <command> [options]   (sdft <command> --help for a command's options)", "", "commands:"]
     lines += [f"  {name:<13}{text}" for name, text in LIGHTNING_COMMANDS.items()]
     lines += [f"  {name:<13}{tool.__doc__.splitlines()[0]}" for name, tool in TOOLS.items()]
+    lines.append(f"  {'plan':<13}Plan a fit's memory per device from its config, before loading any weights.")
     return "\n".join(lines)
 
 
@@ -140,6 +141,10 @@ def run(argv: list[str]) -> None:
     """Run one ``sdft`` command line (without the program name)."""
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+    elif argv[0] == "plan":
+        from sdft.tools.plan import plan_command
+
+        plan_command(argv[1:])
     elif argv[0] in TOOLS:
         auto_cli(TOOLS[argv[0]], args=argv[1:], prog=f"sdft {argv[0]}")
     else:

@@ -84,6 +84,13 @@ class SdftCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(FinalExport, "final_export")
         parser.add_lightning_class_args(InterruptionCheckpoint, "interruption")
+        parser.add_argument(
+            "--memory_budget",
+            type=str | None,
+            default=None,
+            help="stop before loading when the planned memory per device exceeds this size (e.g. 24GB), naming the "
+            "switches that fit it (sdft plan prints the whole plan)",
+        )
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
@@ -103,6 +110,39 @@ class SdftCLI(LightningCLI):
 
     def before_fit(self) -> None:
         check_before_loading(self.trainer, self.model, self.datamodule)
+        check_memory_budget(self.config["fit"].get("memory_budget"), self.trainer, self.model, self.datamodule)
+
+
+def check_memory_budget(budget: str | None, trainer: Trainer, model: LightningModule, datamodule) -> None:
+    """With ``--memory_budget``, refuse a fit whose plan (:mod:`sdft.memory`) exceeds it, before anything loads,
+    in one line naming the switches to add."""
+    if budget is None or not isinstance(model, DiffusionFineTuner) or not isinstance(datamodule, SizedData):
+        return
+    from sdft.memory import parse_size, plan_fit, size_text
+
+    planned, line = plan_fit(trainer, model, datamodule, parse_size(budget, "--memory_budget"))
+    if line is not None:
+        raise UserError(f"--memory_budget: {line}")
+    rank_zero_info(f"memory plan: {size_text(planned.peak)} per device, within --memory_budget {budget}")
+
+
+def configured_fit(argv: list[str]) -> tuple[Trainer, LightningModule, LightningDataModule]:
+    """The trainer, fine-tuner and data module of a fit's arguments (``--config`` ...), instantiated and checked
+    as ``sdft fit`` checks them before loading, nothing loaded."""
+    quiet_lightning()
+    cli = SdftCLI(
+        DiffusionFineTuner,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        args=argv,
+        run=False,
+    )
+    check_before_loading(cli.trainer, cli.model, cli.datamodule)
+    if not isinstance(cli.model, DiffusionFineTuner) or not isinstance(cli.datamodule, SizedData):
+        raise UserError("sdft plan needs one of sdft's fine-tuners (model) and data modules (data)")
+    return cli.trainer, cli.model, cli.datamodule
 
 
 def check_trainer_options(options: Any) -> None:
@@ -231,13 +271,7 @@ def continue_run_folder(config, save_config_kwargs: dict[str, Any]) -> None:
 
 def run_lightning(argv: list[str]) -> None:
     """Run a LightningCLI subcommand, without the warnings every sdft run would print."""
-    for message, category in QUIET:
-        warnings.filterwarnings("ignore", message=message, category=category)
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(existing, DropAdvertisements) for existing in rank_zero_log.filters):
-        rank_zero_log.addFilter(DropAdvertisements())
-    diffusers_logging.disable_progress_bar()  # loading a model is not progress worth a bar
-    transformers_logging.disable_progress_bar()
+    quiet_lightning()
     SdftCLI(
         DiffusionFineTuner,
         LightningDataModule,
@@ -246,6 +280,17 @@ def run_lightning(argv: list[str]) -> None:
         seed_everything_default=0,
         args=argv,
     )
+
+
+def quiet_lightning() -> None:
+    """Silence the warnings, tips and progress bars every sdft run would print."""
+    for message, category in QUIET:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(existing, DropAdvertisements) for existing in rank_zero_log.filters):
+        rank_zero_log.addFilter(DropAdvertisements())
+    diffusers_logging.disable_progress_bar()  # loading a model is not progress worth a bar
+    transformers_logging.disable_progress_bar()
 
 
 def interruption_exit_code(trainer) -> int:

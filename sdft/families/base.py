@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sdft.assets import resolve
 from sdft.batches import Batch
@@ -157,6 +157,18 @@ class Capabilities:
     pixel_multiple: int = 8
 
 
+def meta_component(component_class: type[nn.Module], source: str, subfolder: str, revision: str | None) -> nn.Module:
+    """A diffusers or transformers model built from its config alone on the meta device: its parameters have their
+    shapes and dtypes (a transformers model's saved ``dtype``, as ``from_pretrained`` keeps it) but no storage."""
+    if issubclass(component_class, PreTrainedModel):
+        config = component_class.config_class.from_pretrained(source, subfolder=subfolder, revision=revision)
+        with torch.device("meta"):
+            return component_class._from_config(config, dtype=getattr(config, "dtype", None))
+    config = component_class.load_config(source, subfolder=subfolder, revision=revision)
+    with torch.device("meta"):
+        return component_class.from_config(config)
+
+
 class ModelFamily(nn.Module, ABC):
     """A family of text-to-image models (SD 1.x/2.x, SDXL, SD3, ...): how it loads, encodes, noises and samples.
 
@@ -200,6 +212,9 @@ class ModelFamily(nn.Module, ABC):
         #: False: :meth:`load` builds the denoiser from its config on the meta device, without reading its weights
         #: (a sharded run's ranks other than 0, whose shards come from rank 0)
         self.load_denoiser_weights = True
+        #: False: :meth:`load` builds every component from its config on the meta device, reading no weights at all
+        #: (a memory plan, :mod:`sdft.memory`)
+        self.load_weights = True
 
     @property
     def denoiser(self) -> nn.Module:
@@ -284,10 +299,9 @@ class ModelFamily(nn.Module, ABC):
         """
         for name, component_class in classes.items():
             options = {"revision": self.revision}
-            if name == self.denoiser_name and not self.load_denoiser_weights:
-                config = component_class.load_config(source, subfolder=name, **options)
-                with torch.device("meta"):
-                    setattr(self, name, component_class.from_config(config))
+            weighted = issubclass(component_class, nn.Module)
+            if weighted and not (self.load_weights and (name != self.denoiser_name or self.load_denoiser_weights)):
+                setattr(self, name, meta_component(component_class, source, name, self.revision))
                 continue
             if not issubclass(component_class, PreTrainedTokenizerBase):
                 options["variant"] = self.variant
@@ -337,7 +351,7 @@ class ModelFamily(nn.Module, ABC):
     ) -> LatentPosterior:
         """Run the VAE encoder on images in its own dtype (outside any autocast when ``capabilities.vae_dtype`` pins
         it) and map its posterior into the latent space ``(z - shift) * factor``, in the dtype of ``pixels``."""
-        pinned = self.capabilities.vae_dtype is not None
+        pinned = self.capabilities.vae_dtype is not None and not pixels.is_meta  # autocast knows no meta device
         with torch.autocast(pixels.device.type, enabled=False) if pinned else contextlib.nullcontext():
             distribution = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
             return LatentPosterior.of(distribution, shift, factor, pixels.dtype)

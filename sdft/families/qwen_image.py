@@ -151,12 +151,14 @@ class QwenImage(ModelFamily):
         noisy = noised.noisy
         batch, _, height, width = noisy.shape
         mask = conditioning.kwargs["encoder_hidden_states_mask"]
-        length = int(mask.sum(dim=1).max())
+        # a mask without values (the meta device of a memory plan) keeps every position: the longest a prompt can be
+        length = mask.shape[1] if mask.is_meta else int(mask.sum(dim=1).max())
         mask = mask[:, :length]
         output = self.transformer(
             hidden_states=pack_latents(noisy),
             encoder_hidden_states=conditioning.kwargs["encoder_hidden_states"][:, :length],
-            encoder_hidden_states_mask=None if mask.all() else mask,  # the pipeline passes no mask when none pads
+            # the pipeline passes no mask when none pads
+            encoder_hidden_states_mask=None if mask.is_meta or mask.all() else mask,
             timestep=noised.timesteps / self.noise_schedule.num_train_timesteps,
             img_shapes=[[(1, height // PACKING, width // PACKING)]] * batch,
             return_dict=False,

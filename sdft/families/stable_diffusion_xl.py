@@ -20,6 +20,7 @@ from sdft.families.base import (
     LatentPosterior,
     ModelFamily,
     NoisedLatents,
+    meta_component,
     token_ids,
 )
 from sdft.families.ddpm import (
@@ -136,6 +137,11 @@ class StableDiffusionXL(ModelFamily):
 
     def load_vae(self, source: str, dtype: torch.dtype | None) -> AutoencoderKL:
         """The model's own VAE, or the one ``vae_name_or_path`` names, in ``dtype`` (None: diffusers' default)."""
+        if not self.load_weights:
+            own = self.vae_name_or_path is None
+            folder, subfolder, revision = (source, "vae", self.revision) if own else (self.vae_name_or_path, None, None)
+            vae = meta_component(AutoencoderKL, resolve(folder), subfolder, revision)
+            return vae if dtype in (None, vae.dtype) else vae.to(dtype)
         if self.vae_name_or_path is None:
             weights = {"revision": self.revision, "variant": self.variant}
             return AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=dtype, **weights)
