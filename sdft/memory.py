@@ -8,8 +8,9 @@ adds its adapters or new tokens as in a real fit. What the copy measures, the pl
 - the encoding cache (a VAE posterior per image, an embedding per prompt): exact per entry;
 - the activations, as the bytes autograd saves for the backward pass of one training batch at the configured
   resolution, counted on the meta device. With gradient checkpointing each checkpointed block keeps its inputs and
-  only one block's activations live at once (while it is recomputed). Under a 16-bit mixed precision the floating-point
-  activations count two bytes each. Prompts count at the longest the family reads (its ``max_sequence_length``),
+  only one block's activations live at once (while it is recomputed). A 16-bit mixed precision is emulated
+  (:class:`MetaAutocast`: autocast does not reach the meta device), its 16-bit copies of 32-bit weights included.
+  Prompts count at the longest the family reads (its ``max_sequence_length``),
   which bounds the families whose sequence is as long as the prompt (Z-Image, Qwen-Image). An estimate: the kernels'
   scratch memory and the allocator's fragmentation are not in it.
 
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from sdft.errors import UserError
+from sdft.speed import cast_frozen, denoiser_blocks
 
 GIB = 2**30
 #: trainer precisions whose autocast computes in 16 bits
@@ -51,6 +53,7 @@ class Switches:
     quantize: str | None = None
     gradient_checkpointing: bool = False
     offload_text_encoders: bool = False
+    offload_blocks: int | str | None = None
 
     def changes(self, other: Switches) -> list[str]:
         """The config settings that turn ``self`` into ``other``."""
@@ -82,8 +85,9 @@ class Footprint:
         optimizer_bytes: the optimizer's state for the trained parameters.
         optimizer_name: its class.
         cache_bytes: the encoding cache's entries (float32), for every image and prompt of the data.
-        activations: bytes saved for backward (float32 counting) by checkpointing off / on.
-        activations_16: the same counting floating-point activations at two bytes.
+        saved: the bytes one batch saves for backward, by gradient checkpointing (off, on) and run mode
+            (:data:`RUN_MODES`).
+        blocks: the frozen parameters of each of the denoiser's blocks (``speed.offload_blocks``), in order.
         text_encoders: the names of the text encoders.
         vae: the name of the VAE component and the dtype the family pins it to, if any.
     """
@@ -93,8 +97,8 @@ class Footprint:
     optimizer_bytes: int
     optimizer_name: str
     cache_bytes: int
-    activations: dict[bool, int]
-    activations_16: dict[bool, int]
+    saved: dict[tuple[bool, str], int]
+    blocks: list[list[FrozenTensor]]
     text_encoders: tuple[str, ...]
     vae_dtype: str | None = None
 
@@ -115,6 +119,7 @@ class Plan:
     cache: int
     activations: int
     offloaded: int
+    offloaded_blocks: int
     devices: int
     strategy: str
     optimizer_name: str
@@ -145,6 +150,8 @@ class Plan:
             lines.append(f"  {component:<22}{sum(by_dtype.values()) / scale:8.2f}  frozen weights ({parts or 'none'})")
         if self.offloaded:
             lines.append(f"  {'(in CPU memory)':<22}{self.offloaded / scale:8.2f}  offloaded text encoders")
+        if self.offloaded_blocks:
+            lines.append(f"  {'(in CPU memory)':<22}{self.offloaded_blocks / scale:8.2f}  offloaded denoiser blocks")
         rows = [
             ("trained parameters", self.trained, "float32"),
             ("gradients", self.gradients, "float32"),
@@ -254,29 +261,73 @@ def optimizer_state_bytes(meta: Any) -> int:
 
 
 class SavedBytes:
-    """Counts the bytes autograd saves for backward (``saved_tensors_hooks``), each storage once and parameters
-    not: ``total`` at the tensors' own sizes, ``total_16`` with floating-point tensors at two bytes (a 16-bit
-    autocast's activations)."""
+    """Counts the bytes autograd saves for backward (``saved_tensors_hooks``), each storage once and the model's
+    parameters not (they are weights, not activations).
 
-    def __init__(self, excluded: set[int]) -> None:
-        self.excluded = excluded
+    Args:
+        parameters: the storages of the model's parameters.
+        counted: storages already counted elsewhere.
+    """
+
+    def __init__(self, parameters: set[int], counted: set[int] = frozenset()) -> None:
+        self.parameters, self.counted = parameters, counted
         self.seen: set[int] = set()
         self.kept: list[torch.Tensor] = []  # alive while counting, so storage ids stay unique
-        self.total = self.total_16 = 0
+        self.total = 0
 
     def add(self, tensor: Any) -> Any:
         if isinstance(tensor, torch.Tensor):
             storage = tensor.untyped_storage()
-            if storage._cdata not in self.seen and storage._cdata not in self.excluded:
-                self.seen.add(storage._cdata)
+            key = storage._cdata
+            if key not in self.seen and key not in self.counted and key not in self.parameters:
+                self.seen.add(key)
                 self.kept.append(tensor)
                 self.total += storage.nbytes()
-                elements = storage.nbytes() // tensor.element_size()
-                self.total_16 += elements * (2 if tensor.is_floating_point() else tensor.element_size())
         return tensor
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
         return torch.autograd.graph.saved_tensors_hooks(self.add, lambda tensor: tensor)
+
+
+F = torch.nn.functional
+#: what autocast runs in its 16-bit dtype: the matrix products and convolutions
+LOWER_PRECISION = {
+    F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose2d, torch.matmul, torch.mm, torch.bmm, torch.addmm,
+    torch.baddbmm, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.einsum,
+}  # fmt: skip
+#: what autocast runs in float32: normalisations, softmax and losses
+FULL_PRECISION = {
+    F.layer_norm, torch.layer_norm, F.group_norm, torch.group_norm, F.softmax, torch.softmax, torch.Tensor.softmax,
+    F.log_softmax, F.mse_loss, F.rms_norm,
+}  # fmt: skip
+
+
+class MetaAutocast(torch.overrides.TorchFunctionMode):
+    """Autocast's casts on the meta device, which autocast does not reach: matrix products and convolutions in
+    ``dtype``, normalisations and softmax in float32, the rest in what its inputs promote to. A 32-bit weight cast
+    for a product is a new tensor, saved for backward as autocast saves it."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        target = self.dtype if func in LOWER_PRECISION else torch.float32 if func in FULL_PRECISION else None
+        if target is not None:
+            args, kwargs = cast_floats((args, kwargs), target)
+        return func(*args, **kwargs)
+
+
+def cast_floats(tree: Any, dtype: torch.dtype) -> Any:
+    """Every floating-point meta tensor in nested tuples, lists and dicts in ``dtype``."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(dtype) if tree.is_meta and tree.is_floating_point() and tree.dtype != dtype else tree
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(cast_floats(item, dtype) for item in tree)
+    if isinstance(tree, dict):
+        return {key: cast_floats(value, dtype) for key, value in tree.items()}
+    return tree
 
 
 class FusedAttention(torch.autograd.Function):
@@ -298,40 +349,61 @@ class FusedAttention(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def fused_attention() -> Iterator[None]:
-    """``scaled_dot_product_attention`` on meta tensors counted as a fused kernel (:class:`FusedAttention`)."""
-    original = torch.nn.functional.scaled_dot_product_attention
+def fused_attention(dtype: torch.dtype | None) -> Iterator[None]:
+    """``scaled_dot_product_attention`` on meta tensors counted as a fused kernel (:class:`FusedAttention`), in
+    ``dtype`` when an autocast is emulated."""
+    original = F.scaled_dot_product_attention
 
     def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if query.is_meta and torch.is_grad_enabled():
+            if dtype is not None:
+                query, key, value = cast_floats((query, key, value), dtype)
             return FusedAttention.apply(query, key, value)
         return original(query, key, value, *args, **kwargs)
 
-    torch.nn.functional.scaled_dot_product_attention = attention
+    F.scaled_dot_product_attention = attention
     try:
         yield
     finally:
-        torch.nn.functional.scaled_dot_product_attention = original
+        F.scaled_dot_product_attention = original
 
 
-def saved_activations(meta: Any, batch_size: int, resolution: int, checkpointing: bool) -> tuple[int, int]:
+#: how a plan's batch runs: float32; under a 16-bit autocast with float32 frozen weights; with 16-bit frozen weights
+RUN_MODES = ("32", "mixed", "mixed-16-bit-weights")
+
+
+def saved_activations(meta: Any, batch_size: int, resolution: int, checkpointing: bool, mode: str = "32") -> int:
     """The bytes saved for backward by one training batch of the meta fine-tuner (its denoiser, and its text
-    encoders where they train; frozen encoders and the VAE run without gradients, as with the cache), at the
-    tensors' own sizes and with two-byte floating-point activations."""
+    encoders where they train; frozen encoders and the VAE run without gradients, as with the cache).
+
+    Args:
+        meta: a fine-tuner built on the meta device (:func:`meta_copy`).
+        batch_size: examples in the batch.
+        resolution: their side, in pixels.
+        checkpointing: with gradient checkpointing of the denoiser's blocks.
+        mode: one of :data:`RUN_MODES`; the 16-bit ones emulate a bfloat16 autocast (:class:`MetaAutocast`), the
+            last with the frozen weights in bfloat16.
+    """
     family = meta.family
+    dtype = None if mode == "32" else torch.bfloat16
+    if mode == "mixed-16-bit-weights":
+        meta = copy.deepcopy(meta)  # meta tensors: nothing to copy but their descriptions
+        family = meta.family
+        cast_frozen(family, torch.bfloat16)
     parameters = {p.untyped_storage()._cdata for p in meta.parameters()}
     counter = SavedBytes(parameters)
-    recomputed = [0, 0]
+    recomputed = 0
 
     def checkpointed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """What non-reentrant checkpointing keeps: the block's inputs; its own activations live only while it
         is recomputed, one block at a time."""
+        nonlocal recomputed
         for value in [*args, *kwargs.values()]:
             counter.add(value)
-        inner = SavedBytes(parameters | counter.seen)
+        inner = SavedBytes(parameters, counter.seen)
         with inner.hooks():
             output = function(*args, **kwargs)
-        recomputed[:] = max(recomputed[0], inner.total), max(recomputed[1], inner.total_16)
+        recomputed = max(recomputed, inner.total)
         return output
 
     denoiser = family.denoiser
@@ -344,8 +416,9 @@ def saved_activations(meta: Any, batch_size: int, resolution: int, checkpointing
         "original_size": torch.full((batch_size, 2), resolution),
         "crop_top_left": torch.zeros(batch_size, 2, dtype=torch.long),
     }
+    autocast = contextlib.nullcontext() if dtype is None else MetaAutocast(dtype)
     try:
-        with meta_language_models(), fused_attention(), counter.hooks():
+        with meta_language_models(), fused_attention(dtype), counter.hooks(), autocast:
             with torch.no_grad():
                 latents = family.encode_posterior(pixels).mean
             with contextlib.nullcontext() if meta.text_encoders_train() else torch.no_grad():
@@ -353,11 +426,11 @@ def saved_activations(meta: Any, batch_size: int, resolution: int, checkpointing
             conditioning = family.condition(embeddings, batch)
             noised = family.noise_latents(latents, torch.empty_like(latents), torch.empty(batch_size, device="meta"))
             prediction = family.predict(noised, conditioning)
-            ((prediction.float() - noised.target.float()) ** 2).mean()
+            F.mse_loss(prediction.float(), noised.target.float())
     finally:
         if checkpointing:
             denoiser.disable_gradient_checkpointing()
-    return counter.total + recomputed[0], counter.total_16 + recomputed[1]
+    return counter.total + recomputed
 
 
 def cache_bytes(meta: Any, images: int, prompts: int, resolution: int) -> int:
@@ -400,11 +473,11 @@ def measure(model: Any, batch_size: int, resolution: int, images: int, prompts: 
     own = sum(p.numel() for n, p in meta.named_parameters() if p.requires_grad and not n.startswith("family."))
     if own:
         trained["method"] = own
-    activations, activations_16 = {}, {}
-    for checkpointing in (False, True):
-        activations[checkpointing], activations_16[checkpointing] = saved_activations(
-            meta, batch_size, resolution, checkpointing
-        )
+    saved = {
+        (checkpointing, mode): saved_activations(meta, batch_size, resolution, checkpointing, mode)
+        for checkpointing in (False, True)
+        for mode in RUN_MODES
+    }
     vae_dtype = family.capabilities.vae_dtype
     return Footprint(
         frozen=frozen,
@@ -412,8 +485,8 @@ def measure(model: Any, batch_size: int, resolution: int, images: int, prompts: 
         optimizer_bytes=optimizer_state_bytes(meta),
         optimizer_name=type(meta.optimizer(meta.parameter_groups())).__name__,
         cache_bytes=cache_bytes(meta, images, prompts, resolution),
-        activations=activations,
-        activations_16=activations_16,
+        saved=saved,
+        blocks=[frozen_tensors(block, True) for block in denoiser_blocks(family)],
         text_encoders=tuple(family.text_encoder_names),
         vae_dtype=None if vae_dtype is None else str(vae_dtype).removeprefix("torch."),
     )
@@ -464,16 +537,24 @@ def plan(
             offloaded += sum(by_dtype.values())
             by_dtype = Counter()
         frozen[component] = dict(by_dtype)
+    blocks_offloaded = offloaded_blocks(footprint, switches)
+    if blocks_offloaded:
+        denoiser = max(frozen, key=lambda c: sum(frozen[c].values()) if c not in footprint.text_encoders else 0)
+        dtype = max(frozen[denoiser], key=frozen[denoiser].get)
+        frozen[denoiser][dtype] -= blocks_offloaded
     trained = 4 * sum(footprint.trained.values())
     gradients = trained * (2 if strategy == "ddp" and devices > 1 else 1)
     optimizer = footprint.optimizer_bytes
     notes = []
-    if strategy == "sharded" and devices > 1:
+    sharded = strategy == "sharded" and devices > 1
+    if sharded:
         frozen = {c: {d: size // devices for d, size in sizes.items()} for c, sizes in frozen.items()}
         trained, gradients, optimizer = trained // devices, gradients // devices, optimizer // devices
+        offloaded //= devices
         notes.append("sharded: weights, gradients and optimizer state divided among the ranks")
-    sixteen = precision in SIXTEEN_BIT
-    activations = (footprint.activations_16 if sixteen else footprint.activations)[switches.gradient_checkpointing]
+    full_weights = switches.frozen_dtype in (None, "float32") and switches.quantize is None
+    mode = "32" if precision not in SIXTEEN_BIT else "mixed" if full_weights else "mixed-16-bit-weights"
+    activations = footprint.saved[switches.gradient_checkpointing, mode]
     return Plan(
         switches=switches,
         frozen=frozen,
@@ -482,7 +563,8 @@ def plan(
         optimizer=optimizer,
         cache=footprint.cache_bytes,
         activations=activations,
-        offloaded=offloaded // (devices if strategy == "sharded" and devices > 1 else 1),
+        offloaded=offloaded,
+        offloaded_blocks=blocks_offloaded,
         devices=devices,
         strategy=strategy,
         optimizer_name=footprint.optimizer_name,
@@ -490,21 +572,37 @@ def plan(
     )
 
 
+def offloaded_blocks(footprint: Footprint, switches: Switches) -> int:
+    """The bytes of frozen block weights ``speed.offload_blocks`` keeps in CPU memory: the chosen blocks' but for
+    the two (the one computing, the next one arriving) on the accelerator at a time."""
+    if switches.offload_blocks is None or not footprint.blocks:
+        return 0
+    count = len(footprint.blocks) if switches.offload_blocks == "all" else int(switches.offload_blocks)
+    sizes = [sum(frozen_bytes(t, switches.frozen_dtype, None)[1] for t in block) for block in footprint.blocks[:count]]
+    return max(0, sum(sizes) - min(2, len(sizes)) * max(sizes))
+
+
 def next_switches(switches: Switches, precision: str, quantize_available: bool) -> Iterator[tuple[Switches, str]]:
-    """The switches to add one after another, cheapest in speed first, each with what it needs beside it."""
-    steps: list[tuple[dict[str, Any], str]] = [
-        ({"gradient_checkpointing": True}, ""),
-        ({"frozen_dtype": "bfloat16"}, "" if precision == "bf16-mixed" else " (with trainer.precision: bf16-mixed)"),
-        ({"offload_text_encoders": True}, ""),
-    ]
-    if quantize_available:
-        steps.append(({"quantize": "float8"}, ""))
-    for change, needs in steps:
-        if any(getattr(switches, key) != value for key, value in change.items()) and not (
-            "frozen_dtype" in change and switches.frozen_dtype in ("bfloat16", "float16")
-        ):
-            switches = dataclasses.replace(switches, **change)
-            yield switches, needs
+    """Switch settings to try in turn, each adding to the last, cheapest in speed first: gradient checkpointing, a
+    bf16 frozen base, offloaded text encoders, then a float8 base or (instead, as they do not combine) offloaded
+    denoiser blocks; each with what it needs beside it."""
+    needs_bf16 = "" if precision == "bf16-mixed" else " (with trainer.precision: bf16-mixed)"
+    if switches.frozen_dtype in ("bfloat16", "float16"):
+        needs_bf16 = ""
+    checkpointed = dataclasses.replace(switches, gradient_checkpointing=True)
+    cast = (
+        checkpointed
+        if needs_bf16 == "" and switches.frozen_dtype
+        else dataclasses.replace(checkpointed, frozen_dtype="bfloat16")
+    )
+    encoders = dataclasses.replace(cast, offload_text_encoders=True)
+    yield checkpointed, ""
+    yield cast, needs_bf16 if cast.frozen_dtype != switches.frozen_dtype else ""
+    yield encoders, ""
+    if quantize_available and switches.offload_blocks is None:
+        yield dataclasses.replace(encoders, quantize="float8"), ""
+    if switches.quantize is None:
+        yield dataclasses.replace(encoders, offload_blocks="all"), ""
 
 
 def advice(footprint: Footprint, switches: Switches, budget: int, **options: Any) -> tuple[Plan, str | None]:
@@ -515,21 +613,24 @@ def advice(footprint: Footprint, switches: Switches, budget: int, **options: Any
         return current, None
     import importlib.util
 
-    added: list[str] = []
-    candidate = current
+    best, best_changes = current, []
     for candidate_switches, needs in next_switches(
         switches, options.get("precision", "32"), importlib.util.find_spec("torchao") is not None
     ):
-        added = [f"{change}{needs}" for change in switches.changes(candidate_switches)]
+        changes = switches.changes(candidate_switches)
+        added = [f"{change}{needs if 'frozen_dtype' in change else ''}" for change in changes]
         candidate = plan(footprint, candidate_switches, **options)
         if candidate.peak <= budget:
             return current, (
                 f"this fit plans {size_text(current.peak)} per device, over the budget of {size_text(budget)}: "
                 f"set {'; '.join(added)} (planned {size_text(candidate.peak)})"
             )
+        if candidate.peak < best.peak:
+            best, best_changes = candidate, added
+    candidate, added = best, best_changes
     return current, (
         f"this fit plans {size_text(current.peak)} per device, over the budget of {size_text(budget)}, and "
-        f"{size_text(candidate.peak)} with every switch sdft has ({'; '.join(added) or 'all already on'}): lower "
+        f"{size_text(candidate.peak)} at best with sdft's switches ({'; '.join(added) or 'all already on'}): lower "
         "data.resolution or data.batch_size, or train on a larger device"
     )
 
@@ -545,6 +646,7 @@ def switches_of(model: Any) -> Switches:
         quantize=speed.quantize,
         gradient_checkpointing=bool(model.gradient_checkpointing),
         offload_text_encoders=speed.offload_text_encoders,
+        offload_blocks=speed.offload_blocks,
     )
 
 
