@@ -18,11 +18,12 @@ from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
     EulerDiscreteScheduler,
+    ModelMixin,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, PreTrainedModel
 
 from sdft.tokenizers import write_clip_tokenizer
 
@@ -48,8 +49,21 @@ def seeded(seed: int, build: Callable[[], Built]) -> Built:
 
 
 def save_pipeline(pipeline: DiffusionPipeline, directory: Path) -> Path:
-    """Save ``pipeline`` as a diffusers folder with safetensors weights; return the folder."""
-    pipeline.save_pretrained(directory, safe_serialization=True)
+    """Save ``pipeline`` as a diffusers folder with safetensors weights; return the folder. A pipeline of modules
+    on the meta device (an architecture without weights) is saved as its configs alone, which is what a family
+    reads to build it on the meta device again (a memory plan, :mod:`sdft.memory`)."""
+    modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+    if not any(p.is_meta for module in modules for p in module.parameters()):
+        pipeline.save_pretrained(directory, safe_serialization=True)
+        return directory
+    pipeline.save_config(directory)
+    for name, component in pipeline.components.items():
+        if isinstance(component, ModelMixin):
+            component.save_config(directory / name)
+        elif isinstance(component, PreTrainedModel):
+            component.config.save_pretrained(directory / name)
+        elif component is not None:  # tokenizers, processors, schedulers
+            component.save_pretrained(directory / name)
     return directory
 
 

@@ -24,7 +24,9 @@ for _ in range(3):
 @pytest.fixture(scope="module")
 def scripts():
     """The benchmark's modules, imported from scripts/ as the script itself imports them."""
-    with script_modules("benchmark", "benchmark_runs", "benchmark_report", "real_architectures") as modules:
+    with script_modules(
+        "benchmark", "benchmark_runs", "benchmark_report", "real_architectures", "memory_report"
+    ) as modules:
         yield modules
 
 
@@ -115,3 +117,26 @@ def test_real_architectures_have_the_published_sizes(scripts):
     assert sdxl == [123_060_480, 694_659_840, 2_567_463_684, 83_653_863]  # + OpenCLIP bigG, SDXL's UNet
     assert sd35[0] == 2_243_171_520 and sd35[4] == 4_762_310_656  # MMDiT, T5-XXL encoder
     assert flux[0] == 11_901_408_320 and flux[1] == 83_819_683  # FLUX.1-dev transformer, its VAE
+    builders = (real.zimage_modules, real.qwen_image_modules, real.flux2_dev_modules, real.flux2_klein_modules)
+    with torch.device("meta"):
+        counts = [[sum(p.numel() for p in module.parameters()) for module in build()] for build in builders]
+    zimage, qwen_image, flux2_dev, flux2_klein = counts
+    assert zimage[0] == 6_154_908_736 and zimage[2] == 4_022_468_096  # Z-Image's 6B transformer, Qwen3-4B
+    assert qwen_image[0] == 20_430_401_088 and qwen_image[2] == 8_292_166_656  # 20B MMDiT, Qwen2.5-VL-7B
+    assert flux2_dev[0] == 32_223_281_152 and flux2_dev[2] == 24_011_361_280  # 32B, Mistral Small 3.1 24B
+    assert 3.8e9 < flux2_klein[0] < 4e9 and flux2_klein[2] == zimage[2]  # [klein] 4B with Qwen3-4B
+
+
+def test_the_memory_plan_of_a_published_architecture(scripts, tmp_path):
+    """Configs alone, planned on the meta device: FLUX.2 [klein] 4B's frozen weights are its 7.98B parameters,
+    and each switch lowers the training step's plan."""
+    footprint, _ = scripts.memory_report.footprint_of("FLUX.2 [klein] 4B", tmp_path)
+    combinations = scripts.memory_report.COMBINATIONS.values()
+    plans = [scripts.memory_report.plan(footprint, switches, precision="bf16-mixed") for switches in combinations]
+    assert plans[0].frozen_total == 4 * sum(t.elements for tensors in footprint.frozen.values() for t in tensors)
+    assert 7.9e9 < plans[0].frozen_total / 4 < 8.1e9
+    steps = [planned.training for planned in plans]
+    assert steps[:5] == sorted(steps[:5], reverse=True) and len(set(steps[:5])) == 5
+    assert steps[5] < steps[3]  # offloading the blocks instead of the float8 base
+    section = "\n".join(scripts.memory_report.architecture_section("FLUX.2 [klein] 4B", footprint, 1.0))
+    assert section.count("| + ") == 5 and "**" in section
