@@ -37,14 +37,15 @@ IMAGES, PROMPTS = 10, 1
 CHECKPOINTED = Switches(gradient_checkpointing=True)
 BF16 = dataclasses.replace(CHECKPOINTED, frozen_dtype="bfloat16")
 ENCODERS = dataclasses.replace(BF16, offload_text_encoders=True)
-#: the switch combinations, each adding to the one before (the last two are alternatives: they do not combine)
+#: the switch combinations, each adding to the one before; the last three are alternatives to each other
 COMBINATIONS = {
     "none (float32 base)": Switches(),
     "+ gradient checkpointing": CHECKPOINTED,
     "+ bf16 base": BF16,
     "+ text encoders offloaded": ENCODERS,
     "+ float8 base": dataclasses.replace(ENCODERS, quantize="float8"),
-    "+ every block offloaded (no float8)": dataclasses.replace(ENCODERS, offload_blocks="all"),
+    "+ nf4 base (instead of float8)": dataclasses.replace(ENCODERS, quantize="nf4"),
+    "+ every block offloaded (no quantized base)": dataclasses.replace(ENCODERS, offload_blocks="all"),
 }
 #: what the peers publish for a LoRA of these models (their own documentation), and this issue's goals
 PEERS = {
@@ -112,8 +113,9 @@ def report(names: list[str]) -> str:
         "(GiB per device, from the configs on the meta device), not measurements.",
         "",
         f"Setting: LoRA rank {RANK} on each family's default targets, batch 1, `{PRECISION}`, AdamW, {IMAGES} photos "
-        "and one prompt in the encoding cache. Each row adds its switch to the row above; the last row offloads "
-        "every denoiser block instead of the float8 base (the two do not combine). *Training step*: weights, LoRA, "
+        "and one prompt in the encoding cache. Each row adds its switch to the row above, but the last three are "
+        "alternatives: a float8 base, an nf4 base, or every denoiser block offloaded (offloading takes no quantized "
+        "base). *Training step*: weights, LoRA, "
         "its gradients and AdamW state, cache and the activations saved for backward. *With sampling*: previews "
         "and evaluation between steps, when offloaded text encoders come back and gradients are gone. Weights, "
         "trained parameters, gradients and optimizer state are exact (tested against real loads of the tiny "

@@ -34,13 +34,13 @@ import torch
 from torch import nn
 
 from sdft.errors import UserError
-from sdft.speed import cast_frozen, denoiser_blocks
+from sdft.speed import NF4_BLOCK, NF4_SCALER_BLOCK, cast_frozen, denoiser_blocks, nf4_quantizes
 
 GIB = 2**30
 #: trainer precisions whose autocast computes in 16 bits
 SIXTEEN_BIT = ("bf16-mixed", "16-mixed", "bf16-true", "16-true", "bf16", "16")
 #: dtype name -> bytes per element
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "int8": 1}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 #: prompt used for the planned batch (its length does not matter: encoders pad to their maximum length)
 PLAN_PROMPT = "a photo of sks dog"
 
@@ -496,10 +496,14 @@ def measure(model: Any, batch_size: int, resolution: int, images: int, prompts: 
 
 
 def frozen_bytes(tensor: FrozenTensor, dtype: str | None, quantize: str | None) -> tuple[str, int]:
-    """A frozen parameter's dtype and bytes under the switches: quantized linear weights hold one byte per element
-    plus a scale per row in their loaded dtype, and int8 a zero point per row (torchao's weight-only layouts); a
-    cast after quantizing keeps them."""
-    if quantize is not None and tensor.rows is not None:
+    """A frozen parameter's dtype and bytes under the switches. Quantized linear weights (torchao's weight-only
+    layouts, whose scales keep the loaded dtype, so that a later cast leaves them): int8 and float8 hold a byte
+    per element and a scale per row (int8 also a zero point); nf4 half a byte per element, an int8 scale per block
+    of 64, a float32 factor per 256 scales, their mean and the 16 code values."""
+    if quantize == "nf4" and tensor.rows is not None and nf4_quantizes(tensor.elements):
+        blocks = tensor.elements // NF4_BLOCK
+        return quantize, tensor.elements // 2 + blocks + 4 * (blocks // NF4_SCALER_BLOCK) + 4 + 4 * 16
+    if quantize in ("int8", "float8") and tensor.rows is not None:
         per_row = DTYPE_BYTES.get(tensor.dtype, 4) + (1 if quantize == "int8" else 0)
         return quantize, tensor.elements + tensor.rows * per_row
     target = dtype or tensor.dtype
@@ -584,8 +588,8 @@ def offloaded_blocks(footprint: Footprint, switches: Switches) -> int:
 
 def next_switches(switches: Switches, precision: str, quantize_available: bool) -> Iterator[tuple[Switches, str]]:
     """Switch settings to try in turn, each adding to the last, cheapest in speed first: gradient checkpointing, a
-    bf16 frozen base, offloaded text encoders, then a float8 base or (instead, as they do not combine) offloaded
-    denoiser blocks; each with what it needs beside it."""
+    bf16 frozen base, offloaded text encoders, then a float8 base, an nf4 base, or (instead, as they do not combine)
+    offloaded denoiser blocks; each with what it needs beside it."""
     needs_bf16 = "" if precision == "bf16-mixed" else " (with trainer.precision: bf16-mixed)"
     if switches.frozen_dtype in ("bfloat16", "float16"):
         needs_bf16 = ""
@@ -601,6 +605,7 @@ def next_switches(switches: Switches, precision: str, quantize_available: bool) 
     yield encoders, ""
     if quantize_available and switches.offload_blocks is None:
         yield dataclasses.replace(encoders, quantize="float8"), ""
+        yield dataclasses.replace(encoders, quantize="nf4"), ""
     if switches.quantize is None:
         yield dataclasses.replace(encoders, offload_blocks="all"), ""
 

@@ -52,10 +52,12 @@ class SpeedOptions:
             ``_native_math``, ``flash`` (needs flash-attn), ``sage`` (needs sageattention); diffusers also makes it
             the process's default. Only denoisers whose attention goes through diffusers' dispatcher take one
             (Flux); None keeps the default, torch's SDPA.
-        quantize: store the frozen base's linear layers (denoiser and text encoders) in ``int8`` or ``float8``
-            weight-only form through torchao, after loading and before adapters wrap them; adapters and new embeddings
-            stay in full precision and exports are unchanged (they load on an unquantized base). About a quarter of
-            the float32 weights' memory, a half of bf16's. Full fine-tuning (which trains the quantized weights) and
+        quantize: store the frozen base's linear layers (denoiser and text encoders) in ``int8``, ``float8`` or
+            ``nf4`` (QLoRA's 4-bit NormalFloat) weight-only form through torchao, after loading and before adapters
+            wrap them; adapters and new embeddings stay in full precision and exports are unchanged (they load on an
+            unquantized base). int8 and float8 hold about a quarter of the float32 weights' memory (a half of
+            bf16's), nf4 about an eighth (a quarter of bf16's); nf4 leaves a weight whose size is not a multiple of
+            16,384 elements as it is. Full fine-tuning (which trains the quantized weights) and
             sharding refuse it.
         offload_text_encoders: keep the frozen text encoders in CPU memory during a fit. Before the first step
             every prompt the data can produce is encoded into the prompt cache with the encoders on the
@@ -79,7 +81,7 @@ class SpeedOptions:
     compile: bool = False
     attention_backend: str | None = None
     offload_text_encoders: bool = False
-    quantize: Literal["int8", "float8"] | None = None
+    quantize: Literal["int8", "float8", "nf4"] | None = None
     offload_blocks: int | Literal["all"] | None = None
 
     def __post_init__(self) -> None:
@@ -182,13 +184,24 @@ def check_denoiser(family: ModelFamily, options: SpeedOptions) -> None:
         )
 
 
-#: the weight-only quantizations of ``speed.quantize``, by name -> torchao's config class
-QUANTIZATIONS = {"int8": "Int8WeightOnlyConfig", "float8": "Float8WeightOnlyConfig"}
+#: the weight-only quantizations of ``speed.quantize``, by name -> torchao's config class (None: NF4, below)
+QUANTIZATIONS = {"int8": "Int8WeightOnlyConfig", "float8": "Float8WeightOnlyConfig", "nf4": None}
+#: NF4's blocks (QLoRA's): a scale per 64 weights, the scales themselves quantized in blocks of 256
+NF4_BLOCK, NF4_SCALER_BLOCK = 64, 256
+
+
+def nf4_quantizes(elements: int) -> bool:
+    """Whether a linear weight of this many elements takes NF4: it must split into whole blocks of scales."""
+    return elements % (NF4_BLOCK * NF4_SCALER_BLOCK) == 0
 
 
 def quantize_frozen(family: ModelFamily, kind: str) -> None:
     """Quantize the linear layers of the denoiser and of every text encoder in place (weight-only, torchao), before
     any adapter wraps them: peft then adds its adapters beside the quantized weights.
+
+    ``int8`` and ``float8`` go through torchao's ``quantize_``. ``nf4`` stores each weight as torchao's
+    ``NF4Tensor`` (QLoRA's 4-bit NormalFloat with double-quantized block scales), which computes a linear layer by
+    dequantizing the weight into the input's dtype; a weight too small to split into its blocks stays as it is.
 
     Args:
         family: a loaded family, nothing trainable yet.
@@ -196,8 +209,16 @@ def quantize_frozen(family: ModelFamily, kind: str) -> None:
     """
     from torchao import quantization
 
+    components = [family.denoiser, *family.text_encoders().values()]
+    if kind == "nf4":
+        for component in components:
+            for module in component.modules():
+                if type(module) is torch.nn.Linear and nf4_quantizes(module.weight.numel()):
+                    weight = quantization.to_nf4(module.weight.detach(), NF4_BLOCK, NF4_SCALER_BLOCK)
+                    module.weight = torch.nn.Parameter(weight, requires_grad=False)
+        return
     config = getattr(quantization, QUANTIZATIONS[kind])()
-    for module in [family.denoiser, *family.text_encoders().values()]:
+    for module in components:
         quantization.quantize_(module, config)
 
 

@@ -136,7 +136,7 @@ def test_the_memory_plan_of_a_published_architecture(scripts, tmp_path):
     assert plans[0].frozen_total == 4 * sum(t.elements for tensors in footprint.frozen.values() for t in tensors)
     assert 7.9e9 < plans[0].frozen_total / 4 < 8.1e9
     steps = [planned.training for planned in plans]
-    assert steps[:5] == sorted(steps[:5], reverse=True) and len(set(steps[:5])) == 5
-    assert steps[5] < steps[3]  # offloading the blocks instead of the float8 base
+    assert steps[:6] == sorted(steps[:6], reverse=True) and len(set(steps[:6])) == 6  # nf4 below float8
+    assert steps[6] < steps[3]  # offloading the blocks instead of quantizing
     section = "\n".join(scripts.memory_report.architecture_section("FLUX.2 [klein] 4B", footprint, 1.0))
-    assert section.count("| + ") == 5 and "**" in section
+    assert section.count("| + ") == 6 and "**" in section
