@@ -129,16 +129,7 @@ def check_memory_budget(budget: str | None, trainer: Trainer, model: LightningMo
 def configured_fit(argv: list[str]) -> tuple[Trainer, LightningModule, LightningDataModule]:
     """The trainer, fine-tuner and data module of a fit's arguments (``--config`` ...), instantiated and checked
     as ``sdft fit`` checks them before loading, nothing loaded."""
-    quiet_lightning()
-    cli = SdftCLI(
-        DiffusionFineTuner,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        args=argv,
-        run=False,
-    )
+    cli = sdft_cli(argv, run=False)
     check_before_loading(cli.trainer, cli.model, cli.datamodule)
     if not isinstance(cli.model, DiffusionFineTuner) or not isinstance(cli.datamodule, SizedData):
         raise UserError("sdft plan needs one of sdft's fine-tuners (model) and data modules (data)")
@@ -271,14 +262,20 @@ def continue_run_folder(config, save_config_kwargs: dict[str, Any]) -> None:
 
 def run_lightning(argv: list[str]) -> None:
     """Run a LightningCLI subcommand, without the warnings every sdft run would print."""
+    sdft_cli(argv)
+
+
+def sdft_cli(argv: list[str], **options: Any) -> SdftCLI:
+    """sdft's LightningCLI over any fine-tuner and data module, quiet; ``options`` go to LightningCLI (``run``)."""
     quiet_lightning()
-    SdftCLI(
+    return SdftCLI(
         DiffusionFineTuner,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
         args=argv,
+        **options,
     )
 
 
