@@ -152,6 +152,38 @@ def per_example_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
 
 
+def latent_loss_mask(pixel_weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel loss weights (B, 1, H, W) -> the latents' (B, 1, h, w): each latent pixel weighs the mean of the pixels
+    it stands for (area averaging), whatever the factor from pixels to latents (8 for the SD, SD3 and FLUX.1
+    autoencoders, 16 for FLUX.2's 2x2-patchified latents).
+
+    Args:
+        pixel_weights: each pixel's loss weight, (B, 1, H, W).
+        size: the latents' (h, w).
+    """
+    return F.interpolate(pixel_weights.float(), size=tuple(size), mode="area")
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each example under latent-pixel weights, in float32: ``sum(w * (prediction -
+    target)^2) / sum(w)`` over channels and pixels, (B, C, h, w) x2 and weights (B, 1, h, w) -> (B,).
+
+    The sum is divided by the weights' sum (OneTrainer's ``normalize_masked_area_loss``), not by the number of
+    pixels (kohya's and SimpleTuner's mean of weighted errors): weights of ones give :func:`per_example_mse`, so an
+    image without a mask (a class image) trains as it would without masks, and an example's loss, so its learning
+    rate, does not shrink with the subject's share of the frame. Weights that are all 0 give a loss of 0.
+
+    Args:
+        prediction: the denoiser's output (B, C, h, w).
+        target: what it should have predicted, the same shape.
+        weights: each latent pixel's weight (B, 1, h, w), from :func:`latent_loss_mask`.
+    """
+    errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    weights = weights.float().expand_as(errors)
+    total = weights.flatten(1).sum(dim=1)
+    return (errors * weights).flatten(1).sum(dim=1) / total.clamp(min=torch.finfo(total.dtype).tiny)
+
+
 def prior_preservation_loss(instance: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
     """DreamBooth's loss (Ruiz et al. 2022, arXiv 2208.12242, eq. 2): ``mean(instance) + weight * mean(prior)``.
 

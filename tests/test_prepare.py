@@ -255,3 +255,44 @@ def test_options_that_cannot_work_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"nowhere does not exist; give the folder of photos"):
         prepare(tmp_path / "nowhere", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_masks_are_written_from_the_alpha_of_cut_out_photos(tmp_path: Path) -> None:
+    from sdft.data import SubjectDataModule
+
+    photos = tmp_path / "photos"
+    save_photos(photos, range(3), size=(80, 48))
+    alpha = np.zeros((48, 80), np.uint8)
+    alpha[8:40, 30:50] = 255  # the subject, cut out
+    cut_out = np.dstack([np.asarray(photo(7, (80, 48))), alpha])
+    Image.fromarray(cut_out).save(photos / "cut_out.png")
+    Image.fromarray(alpha).save(photos / "photo_1_mask.png")  # a mask beside its photo goes with it
+
+    save_photos(tmp_path / "uncut", range(3))
+    with pytest.raises(UserError, match=r"--masks: no photo in \S*uncut has a mask \(<stem>_mask\.png beside it, or"):
+        prepare(tmp_path / "uncut", tmp_path / "none", resolution=32, masks=True)
+    assert not (tmp_path / "none").exists()
+    rows = rows_by_file(prepare(photos, tmp_path / "out", resolution=32, masks=True))
+
+    out = tmp_path / "out"
+    assert rows["cut_out.png"].details.endswith("mask written as cut_out_mask.png")
+    assert rows["photo_1.png"].details.endswith("mask written as photo_1_mask.png")
+    assert "photo_1_mask.png" not in rows  # not a photo
+    assert sorted(path.name for path in out.iterdir()) == [
+        "cut_out.png",
+        "cut_out_mask.png",
+        "photo_0.png",
+        "photo_1.png",
+        "photo_1_mask.png",
+        "photo_2.png",
+    ]
+    expected = np.asarray(Image.fromarray(alpha).resize((53, 32), Image.Resampling.BICUBIC))[:, 10:42]
+    for name in ("cut_out_mask.png", "photo_1_mask.png"):
+        with Image.open(out / name) as mask:
+            assert mask.mode == "L" and np.array_equal(np.asarray(mask), expected)  # resized and cropped as its photo
+    subject = SubjectDataModule(str(out), "a photo of sks dog", resolution=32, mask_weight=0.0)
+    with pytest.warns(UserWarning, match="2 of 4 images .* have no mask"):
+        subject.check()
+    assert [mask is not None for mask in subject.masks] == [True, False, True, False]
+    plain = rows_by_file(prepare(photos, tmp_path / "plain", resolution=32))
+    assert plain["photo_1_mask.png"].result == "rejected" and "--masks" in plain["photo_1_mask.png"].details

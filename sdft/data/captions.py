@@ -8,6 +8,9 @@ Two layouts are read, chosen by ``caption_source``:
 - ``txt``: a ``.txt`` file beside each image with the same stem (``cat.png`` and ``cat.txt``);
 - ``auto`` (default): ``metadata`` when ``metadata.jsonl`` exists, else ``txt``.
 
+With ``mask_weight``, an image's mask (:mod:`sdft.data.masks`) is the file its row names under ``mask`` (relative to
+the folder), else ``<stem>_mask.png`` beside it, else its alpha channel.
+
 Empty captions are allowed (the image then trains unconditionally, as caption dropout does) but warned about by
 file; a set whose captions are all empty is an error. An image listed twice in ``metadata.jsonl``, or two files
 with identical bytes, are warned about by name. Examples follow the step-indexed scheme of
@@ -35,6 +38,7 @@ from sdft.data.images import (
     read_resized,
     warn_duplicate_images,
 )
+from sdft.data.masks import LossMasks, check_mask_weight, read_masks
 from sdft.data.sampling import AugmentedImages, train_loader
 from sdft.errors import UserError
 
@@ -54,7 +58,7 @@ class CaptionDataModule(LightningDataModule):
     """A folder of captioned images, for text-to-image fine-tuning: each image trains with its own caption.
 
     Training draws ``trainer.max_steps`` batches by run position (see :mod:`sdft.data.sampling`); validation
-    shows every image once, centre-cropped and unflipped, with its caption.
+    shows every image once, centre-cropped and unflipped, with its caption (and its mask, with ``mask_weight``).
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class CaptionDataModule(LightningDataModule):
         batch_size: int = 1,
         num_workers: int = 0,
         seed: int = 0,
+        mask_weight: float | None = None,
     ) -> None:
         """
         Args:
@@ -81,16 +86,23 @@ class CaptionDataModule(LightningDataModule):
             batch_size: examples per batch on each device.
             num_workers: data-loader worker processes.
             seed: seeds the order, augmentation and caption dropout of the examples.
+            mask_weight: train with masks (a ``mask`` in the image's metadata row, ``<stem>_mask.png`` beside it,
+                or its alpha channel): the loss weight of background pixels, e.g. 0.1, or 0 for a background not
+                learnt at all; an image without a mask counts every pixel. None: masks are not read.
         """
         super().__init__()
         if caption_source not in CAPTION_SOURCES:
             raise UserError(f"data.caption_source must be one of {', '.join(CAPTION_SOURCES)}, got {caption_source!r}")
         check_probability("data.caption_dropout", caption_dropout)
         check_data_options(resolution, random_flip, batch_size, num_workers)
+        check_mask_weight(mask_weight)
         self.data_dir, self.caption_source, self.caption_dropout = data_dir, caption_source, caption_dropout
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.mask_weight = mask_weight
         self.images: list[Image.Image] = []
+        #: each example's mask (None: its image has none), when ``mask_weight`` is set
+        self.masks: list[Image.Image | None] = []
         self.captions: list[str] = []
         self.files: list[Path] = []
 
@@ -105,13 +117,19 @@ class CaptionDataModule(LightningDataModule):
         """
         if self.images:
             return
-        pairs = read_captions(Path(assets.resolve(self.data_dir)), self.caption_source)
+        folder = Path(assets.resolve(self.data_dir))
+        pairs = read_captions(folder, self.caption_source)
         decoded: dict[Path, Image.Image] = {}
         for path, _ in pairs:
             if path not in decoded:
                 decoded[path] = read_resized(path, self.resolution)
         self.files = [path for path, _ in pairs]
         self.captions = [caption for _, caption in pairs]
+        if self.mask_weight is not None:
+            metadata = metadata_file(folder, self.caption_source)
+            named = {} if metadata is None else metadata_masks(metadata)
+            masks = dict(zip(decoded, read_masks(list(decoded), list(decoded.values()), named, folder), strict=True))
+            self.masks = [masks[path] for path in self.files]
         self.images = [decoded[path] for path in self.files]
 
     def setup(self, stage: str) -> None:
@@ -127,6 +145,7 @@ class CaptionDataModule(LightningDataModule):
             self.random_flip if augment else 0.0,
             self.seed,
             caption_dropout=self.caption_dropout if augment else 0.0,
+            loss_masks=None if self.mask_weight is None else LossMasks(self.masks, self.mask_weight),
         )
 
     def training_prompts(self) -> set[str]:
@@ -151,13 +170,23 @@ def read_captions(folder: Path, source: str) -> Captioned:
         source: ``metadata``, ``txt`` or ``auto`` (see the module docstring).
     """
     check_folder(folder, "data.data_dir")
-    if source == "metadata" or (source == "auto" and (folder / METADATA).is_file()):
-        pairs = read_metadata(folder / METADATA)
-    else:
-        pairs = read_txt_captions(folder, source)
+    metadata = metadata_file(folder, source)
+    pairs = read_txt_captions(folder, source) if metadata is None else read_metadata(metadata)
     check_captions(pairs, folder)
     warn_duplicate_images(list(dict.fromkeys(path for path, _ in pairs)))
     return pairs
+
+
+def metadata_file(folder: Path, source: str) -> Path | None:
+    """The ``metadata.jsonl`` a caption source reads (it may not exist for ``metadata``); None for ``.txt`` captions.
+
+    Args:
+        folder: the data folder.
+        source: ``metadata``, ``txt`` or ``auto`` (see the module docstring).
+    """
+    if source == "metadata" or (source == "auto" and (folder / METADATA).is_file()):
+        return folder / METADATA
+    return None
 
 
 def read_metadata(metadata: Path) -> Captioned:
@@ -217,6 +246,30 @@ def metadata_row(metadata: Path, number: int, line: str) -> tuple[Path, str]:
             f"data.data_dir) or remove the row"
         )
     return image, row["text"].strip()
+
+
+def metadata_masks(metadata: Path) -> dict[Path, Path]:
+    """The mask files that the rows of a (checked) ``metadata.jsonl`` name under ``mask``, by image file; a row
+    without one, or with null, names none. The errors name the file and line.
+
+    Args:
+        metadata: the ``metadata.jsonl`` file, read by :func:`read_metadata`.
+    """
+    masks = {}
+    for number, line in enumerate(read_text(metadata).splitlines(), start=1):
+        row = json.loads(line) if line.strip() else {}
+        if row.get("mask") is None:
+            continue
+        where, mask = f"{metadata} line {number}", row["mask"]
+        if not isinstance(mask, str):
+            raise CaptionDataError(f"{where}: mask must be a string (a path relative to data.data_dir) or null")
+        if not (metadata.parent / mask).is_file():
+            raise CaptionDataError(
+                f"{where}: mask {mask!r} does not exist ({metadata.parent / mask}); fix the path (relative to "
+                f"data.data_dir) or remove the key"
+            )
+        masks[metadata.parent / row["file_name"]] = metadata.parent / mask
+    return masks
 
 
 def read_txt_captions(folder: Path, source: str) -> Captioned:

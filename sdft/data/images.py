@@ -28,6 +28,8 @@ WHITE = (255, 255, 255, 255)
 ORIGINAL_SIZE = "original_size"
 #: the VAE's downsampling factor: the training resolution must be a multiple of it
 LATENT_FACTOR = 8
+#: how a mask beside its image is named: ``cat.jpg`` -> ``cat_mask.png``
+MASK_SUFFIX = "_mask.png"
 
 
 class ImageDataError(UserError):
@@ -35,7 +37,8 @@ class ImageDataError(UserError):
 
 
 def list_images(folder: Path, key: str) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name; hidden files and sidecars are skipped.
+    """The image files directly inside ``folder``, sorted by name; hidden files, sidecars and the images' masks
+    (``cat_mask.png`` beside ``cat.jpg``) are skipped.
 
     Args:
         folder: the folder of images.
@@ -43,7 +46,7 @@ def list_images(folder: Path, key: str) -> list[Path]:
     """
     folder = Path(folder)
     check_folder(folder, key)
-    images = [path for path in sorted(folder.iterdir()) if _is_image_file(path)]
+    images = without_masks([path for path in sorted(folder.iterdir()) if _is_image_file(path)])
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ImageDataError(
@@ -82,14 +85,28 @@ def check_folder(folder: Path, key: str) -> None:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder`` by name, none if it does not exist; other entries are ignored."""
+    """The image files directly inside ``folder`` by name, none if it does not exist; other entries and the images'
+    masks are ignored."""
     if not folder.is_dir():
         return []
-    return [
-        path
-        for path in sorted(folder.iterdir())
-        if not path.name.startswith(".") and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-    ]
+    return without_masks(
+        [
+            path
+            for path in sorted(folder.iterdir())
+            if not path.name.startswith(".") and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    )
+
+
+def mask_file(image: Path) -> Path:
+    """Where an image's mask lies beside it: ``cat.jpg`` -> ``cat_mask.png``."""
+    return image.with_name(f"{image.stem}{MASK_SUFFIX}")
+
+
+def without_masks(paths: list[Path]) -> list[Path]:
+    """``paths`` less the masks of the others (``cat_mask.png`` beside ``cat.jpg``): a mask is never an image."""
+    masks = {mask_file(path) for path in paths}
+    return [path for path in paths if path not in masks]
 
 
 def _is_image_file(path: Path) -> bool:

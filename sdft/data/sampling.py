@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from sdft.caching import content_key
 from sdft.data.images import original_size, prepare_crop
+from sdft.data.masks import LossMasks
 from sdft.errors import UserError
 from sdft.objectives import step_seed
 
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
 
 #: one training example: pixels (3, R, R) in [-1, 1] under ``pixel_values``, its prompt under ``prompts``, the
 #: image's size in its file and the crop's top-left corner, (2,) each, under ``original_size`` and ``crop_top_left``,
-#: its run position under ``position`` (the key of its training noise), and under ``image_key`` the key of its exact
-#: pixels for a latent cache (``""``: not worth caching)
+#: its run position under ``position`` (the key of its training noise), under ``image_key`` the key of its exact
+#: pixels for a latent cache (``""``: not worth caching), and, when its data module reads masks, each pixel's loss
+#: weight (1, R, R) under ``loss_mask`` (see :mod:`sdft.data.masks`)
 Example = dict[str, torch.Tensor | str]
 
 
@@ -162,12 +164,14 @@ class Augmented:
         index: which image.
         pixels: the crop (3, R, R) in [-1, 1], flipped or not.
         crop_top_left: the crop's (top, left) corner in the resized image as shown (mirrored when flipped).
+        flipped: whether the crop is mirrored.
         generator: the position's generator, for further draws (a prompt template, a caption dropout).
     """
 
     index: int
     pixels: torch.Tensor
     crop_top_left: tuple[int, int]
+    flipped: bool
     generator: torch.Generator
 
 
@@ -196,7 +200,7 @@ def augmented_image_at(
     flip = bool(torch.rand((), generator=generator) < flip_probability)
     index = item_at(position, len(images), seed)
     pixels, crop_top_left = prepare_crop(images[index], resolution, center_crop, flip, generator)
-    return Augmented(index, pixels, crop_top_left, generator)
+    return Augmented(index, pixels, crop_top_left, flip, generator)
 
 
 class AugmentedImages(Dataset):
@@ -217,6 +221,7 @@ class AugmentedImages(Dataset):
         seed: int,
         templates: tuple[str, ...] = (),
         caption_dropout: float = 0.0,
+        loss_masks: LossMasks | None = None,
     ) -> None:
         """
         Args:
@@ -228,10 +233,12 @@ class AugmentedImages(Dataset):
             seed: seeds the order and augmentation.
             templates: prompt templates, one drawn per position; empty uses the prompts as they are.
             caption_dropout: probability per position that the prompt is replaced by ``""``.
+            loss_masks: the images' masks, cropped and mirrored with each example into its ``loss_mask``; None:
+                examples carry no ``loss_mask``.
         """
         self.images, self.prompts, self.resolution = images, prompts, resolution
         self.center_crop, self.flip_probability, self.seed = center_crop, flip_probability, seed
-        self.templates, self.caption_dropout = templates, caption_dropout
+        self.templates, self.caption_dropout, self.loss_masks = templates, caption_dropout, loss_masks
 
     def __len__(self) -> int:
         return len(self.images)
@@ -250,7 +257,7 @@ class AugmentedImages(Dataset):
             prompt = self.templates[int(torch.randint(len(self.templates), (), generator=generator))].format(prompt)
         if self.caption_dropout and torch.rand((), generator=generator) < self.caption_dropout:
             prompt = ""
-        return {
+        example = {
             "pixel_values": shown.pixels,
             "prompts": prompt,
             "original_size": torch.tensor(original_size(self.images[shown.index])),
@@ -259,3 +266,8 @@ class AugmentedImages(Dataset):
             # random crops rarely repeat: not worth a cache entry
             "image_key": content_key(shown.pixels) if self.center_crop else "",
         }
+        if self.loss_masks is not None:
+            example["loss_mask"] = self.loss_masks.weights(
+                shown.index, self.resolution, shown.crop_top_left, shown.flipped
+            )
+        return example

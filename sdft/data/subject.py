@@ -21,6 +21,7 @@ from sdft.data.images import (
     read_resized,
     warn_duplicate_images,
 )
+from sdft.data.masks import LossMasks, check_mask_weight, read_masks
 from sdft.data.sampling import AugmentedImages, Example, train_loader
 from sdft.data.templates import prompt_templates as prompt_templates_of
 from sdft.errors import UserError
@@ -80,6 +81,9 @@ class SubjectDataModule(LightningDataModule):
     With a ``class_prompt`` (prior preservation, DreamBooth) each batch also holds as many class images as instance
     images; class images come from ``class_dir`` and, where it holds fewer than ``num_class_images``, are generated
     by the base model before training (see :mod:`sdft.data.class_images`).
+
+    With ``mask_weight`` each example carries its photo's mask as pixel loss weights (``loss_mask``, see
+    :mod:`sdft.data.masks`), validation examples too, so that ``val/loss`` measures what training optimises.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class SubjectDataModule(LightningDataModule):
         num_class_images: int = 100,
         class_generation_steps: int = 30,
         class_generation_batch_size: int = 4,
+        mask_weight: float | None = None,
     ) -> None:
         """
         Args:
@@ -119,9 +124,13 @@ class SubjectDataModule(LightningDataModule):
             num_class_images: class images to train with (100-200 is usual).
             class_generation_steps: sampler steps per generated class image.
             class_generation_batch_size: class images per pipeline call when generating.
+            mask_weight: train with masks (``<stem>_mask.png`` beside a photo, or its alpha channel): the loss weight
+                of background pixels, e.g. 0.1, or 0 for a background not learnt at all; a photo without a mask
+                counts every pixel, class images are never masked. None: masks are not read.
         """
         super().__init__()
         check_data_options(resolution, random_flip, batch_size, num_workers)
+        check_mask_weight(mask_weight)
         if not instance_prompt.strip():
             raise UserError("data.instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'")
         check_class_options(
@@ -138,7 +147,10 @@ class SubjectDataModule(LightningDataModule):
             class_generation_steps,
             class_generation_batch_size,
         )
+        self.mask_weight = mask_weight
         self.images: list[Image.Image] = []
+        #: each photo's mask once read (None: the photo has none), when ``mask_weight`` is set
+        self.masks: list[Image.Image | None] = []
         self.class_images: list[Image.Image] = []
         #: the class images already in ``class_dir``, decoded by :meth:`check` (None: not read yet)
         self.found_class_images: dict[Path, Image.Image] | None = None
@@ -177,12 +189,17 @@ class SubjectDataModule(LightningDataModule):
         return read_resized(path, self.resolution)
 
     def read_photos(self) -> None:
-        """Decode the subject's photos, once; identical files are warned about by name."""
+        """Decode the subject's photos and, with ``mask_weight``, their masks, once; identical files are warned
+        about by name."""
         if self.images:
             return
-        photos = list_images(Path(assets.resolve(self.instance_dir)), "data.instance_dir")
+        folder = Path(assets.resolve(self.instance_dir))
+        photos = list_images(folder, "data.instance_dir")
         warn_duplicate_images(photos)
-        self.images = [self.read_image(path) for path in photos]
+        images = [self.read_image(path) for path in photos]
+        if self.mask_weight is not None:
+            self.masks = read_masks(photos, images, {}, folder)
+        self.images = images
 
     def read_class_folder(self) -> None:
         """Decode the class images already in ``class_dir`` that training would use, once (none without one)."""
@@ -235,12 +252,19 @@ class SubjectDataModule(LightningDataModule):
         center_crop = self.center_crop or not augment
         flip = self.random_flip if augment else 0.0
         templates = self.templates if augment else self.templates[:1]
-        return AugmentedImages(self.images, prompts, self.resolution, center_crop, flip, self.seed, templates)
+        masks = None if self.mask_weight is None else LossMasks(self.masks, self.mask_weight)
+        return AugmentedImages(
+            self.images, prompts, self.resolution, center_crop, flip, self.seed, templates, loss_masks=masks
+        )
 
     def class_dataset(self) -> AugmentedImages:
-        """The class examples: the class prompt on class images, augmented like the instance examples."""
+        """The class examples: the class prompt on class images, augmented like the instance examples; with masks,
+        a ``loss_mask`` of ones (class images are never masked)."""
         prompts, seed = [self.class_prompt] * len(self.class_images), step_seed(self.seed, CLASS_STREAM)
-        return AugmentedImages(self.class_images, prompts, self.resolution, self.center_crop, self.random_flip, seed)
+        masks = None if self.mask_weight is None else LossMasks.unmasked(len(self.class_images))
+        return AugmentedImages(
+            self.class_images, prompts, self.resolution, self.center_crop, self.random_flip, seed, loss_masks=masks
+        )
 
     def training_prompts(self) -> set[str]:
         """Every prompt a training or validation example can carry (the class prompt with prior preservation)."""

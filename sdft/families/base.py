@@ -81,13 +81,16 @@ class Conditioning:
 
 @dataclass
 class NoisedLatents:
-    """A training example after the forward process: the denoiser input, what it should predict, and the weight of
-    its loss (1 unless the family's objective weights examples, e.g. flow matching's ``sigma_sqrt``)."""
+    """A training example after the forward process: the denoiser input, what it should predict, the weight of
+    its loss (1 unless the family's objective weights examples, e.g. flow matching's ``sigma_sqrt``) and, for masked
+    images, the weight of each latent pixel in it (``loss_mask`` (B, 1, h, w), set by the method from the batch's
+    masks; None: every pixel weighs 1)."""
 
     noisy: torch.Tensor
     timesteps: torch.Tensor
     target: torch.Tensor
     weight: torch.Tensor | None = None
+    loss_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.weight is None:
@@ -95,8 +98,19 @@ class NoisedLatents:
 
     @classmethod
     def cat(cls, parts: list[NoisedLatents]) -> NoisedLatents:
-        """Join examples noised separately (e.g. instance and class examples) into one denoiser batch."""
-        return cls(**{field.name: torch.cat([getattr(p, field.name) for p in parts]) for field in fields(cls)})
+        """Join examples noised separately (e.g. instance and class examples) into one denoiser batch; a part
+        without a loss mask weighs every pixel 1 beside a part with one."""
+        names = [field.name for field in fields(cls) if field.name != "loss_mask"]
+        joined = {name: torch.cat([getattr(part, name) for part in parts]) for name in names}
+        if any(part.loss_mask is not None for part in parts):
+            joined["loss_mask"] = torch.cat([part.pixel_weights() for part in parts])
+        return cls(**joined)
+
+    def pixel_weights(self) -> torch.Tensor:
+        """Each latent pixel's loss weight (B, 1, h, w): the loss mask, or ones."""
+        if self.loss_mask is not None:
+            return self.loss_mask
+        return torch.ones_like(self.target[:, :1], dtype=torch.float32)
 
 
 @dataclass

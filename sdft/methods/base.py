@@ -37,7 +37,15 @@ from sdft.interop.model_card import (
     write_model_card,
 )
 from sdft.methods.run_notes import RunNotes, SizedData, SubjectData, tensors_digest
-from sdft.objectives import offset_noise, per_example_mse, perturbed_noise, prior_preservation_loss, step_seed
+from sdft.objectives import (
+    latent_loss_mask,
+    masked_mse,
+    offset_noise,
+    per_example_mse,
+    perturbed_noise,
+    prior_preservation_loss,
+    step_seed,
+)
 from sdft.offloading import BlockOffload
 from sdft.sharding import ShardedStrategy, shard_family
 from sdft.speed import NO_SWITCHES, SpeedOptions, apply_speed_options, offload_blocks, quantize_frozen
@@ -439,9 +447,11 @@ class DiffusionFineTuner(LightningModule):
         noise) comes from a generator keyed by its run position and ``stream`` alone, so an example draws the same
         whatever the batch size, accumulation, device count or resume. Training examples get the noise offset, and
         an input made from perturbed noise with the target and weight of the unperturbed noise, when so configured.
+        A batch with masks (``loss_mask``) gives each latent pixel the mean weight of the pixels it stands for.
 
         Args:
-            batch: ``pixel_values`` (B, 3, H, W) in [-1, 1] and each example's ``position``.
+            batch: ``pixel_values`` (B, 3, H, W) in [-1, 1], each example's ``position`` and, for masked images,
+                each pixel's loss weight ``loss_mask`` (B, 1, H, W).
             stream: separates draws of the same position (instance, class and validation examples).
             levels: noise levels in [0, 1) for each of the B * repeats examples; None draws them.
             repeats: noise each image this many times (consecutive rows), e.g. at several fixed levels.
@@ -457,6 +467,9 @@ class DiffusionFineTuner(LightningModule):
         if drawn.offsets is not None:
             noise = offset_noise(noise, self.noise_offset, drawn.offsets)
         noised = self.family.noise_latents(latents, noise, levels)
+        if "loss_mask" in batch:
+            mask = latent_loss_mask(batch["loss_mask"], latents.shape[-2:])
+            noised = replace(noised, loss_mask=mask.repeat_interleave(repeats, 0))
         if drawn.perturbations is None:
             return noised
         perturbed = perturbed_noise(noise, self.input_perturbation, drawn.perturbations)
@@ -660,5 +673,8 @@ def check_positive_rate(rate: float | torch.Tensor) -> None:
 
 
 def weighted_losses(prediction: torch.Tensor, noised: NoisedLatents) -> torch.Tensor:
-    """Each example's loss: its MSE against the target, times the family's per-example weight (B,)."""
-    return per_example_mse(prediction, noised.target) * noised.weight
+    """Each example's loss: its MSE against the target (weighted per latent pixel where it has a loss mask, see
+    :func:`sdft.objectives.masked_mse`), times the family's per-example weight (B,)."""
+    if noised.loss_mask is None:
+        return per_example_mse(prediction, noised.target) * noised.weight
+    return masked_mse(prediction, noised.target, noised.loss_mask) * noised.weight

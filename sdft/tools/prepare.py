@@ -7,7 +7,9 @@ with the reason. The others are
 resized (short side to the resolution) and, with ``crop="center"``, centre-cropped to a square, exactly as training
 would, and written as ``<stem>.png``. With an instance prompt a ``metadata.jsonl`` captions each photo, so the
 folder trains both as ``data.instance_dir`` (:class:`~sdft.data.SubjectDataModule`) and as ``data.data_dir``
-(:class:`~sdft.data.CaptionDataModule`).
+(:class:`~sdft.data.CaptionDataModule`). With ``masks``, each photo's mask (``<stem>_mask.png`` beside it, else its
+alpha channel: a cut-out photo) is resized and cropped with it and written as ``<output stem>_mask.png``, which
+training reads with ``data.mask_weight`` (:mod:`sdft.data.masks`).
 
 The originals are only read. The output folder is built beside its final place and renamed into it, so it exists
 complete or not at all; nothing is written when too few photos are usable.
@@ -93,12 +95,14 @@ class Photo:
         image: the upright RGB image at the training resolution.
         changes: what was done to its pixels, in order.
         output: its file name in the output folder.
+        mask: its mask, 8-bit greyscale at the image's size; None when it has none or masks are not written.
     """
 
     path: Path
     image: Image.Image
     changes: list[str] = field(default_factory=list)
     output: str = ""
+    mask: Image.Image | None = None
 
 
 def prepare(
@@ -112,6 +116,7 @@ def prepare(
     min_side: int | None = None,
     near_duplicate_distance: int | None = 5,
     min_photos: int = 3,
+    masks: bool = False,
 ) -> list[PhotoRow]:
     """Check a folder of photos and write the usable ones, upright, RGB and sized for training, to a new folder.
 
@@ -132,13 +137,16 @@ def prepare(
         near_duplicate_distance: a photo whose difference hash is at most this many bits (of 64) from an earlier
             photo's is rejected as a near-duplicate (0: only identical hashes); null keeps near-duplicates.
         min_photos: fewer usable photos is an error, and nothing is written.
+        masks: write each photo's mask, from ``<stem>_mask.png`` beside it or from its alpha channel (a cut-out
+            photo), resized and cropped as the photo, as ``<output stem>_mask.png`` (for ``data.mask_weight``).
+            Without it, mask files are rejected.
     """
     check_options(resolution, min_side, near_duplicate_distance, min_photos, instance_prompt, caption_template)
     input, output = Path(input), Path(output)
     check_input(input)
     check_output(output)
     smallest = resolution // 2 if min_side is None else min_side
-    photos, rows = read_photos(input, resolution, crop, smallest, near_duplicate_distance)
+    photos, rows = read_photos(input, resolution, crop, smallest, near_duplicate_distance, masks)
     name_outputs(photos, IMAGE_SUFFIXES[file_format])
     rows = [*(photo_row(photo) for photo in photos), *rows]
     rows.sort(key=lambda row: file_order(Path(row.file)))
@@ -147,6 +155,11 @@ def prepare(
         raise UserError(
             f"{input} has {len(photos)} usable photos ({len(rows) - len(photos)} rejected, see the table above), "
             f"fewer than min_photos={min_photos}; add photos to {input}, or lower --min_photos"
+        )
+    if masks and not any(photo.mask is not None for photo in photos):
+        raise UserError(
+            f"--masks: no photo in {input} has a mask (<stem>_mask.png beside it, or transparency around a cut-out "
+            f"subject); cut the subjects out as PNGs with transparency, or leave out --masks"
         )
     captions = None if instance_prompt is None else caption_template.replace("{}", instance_prompt)
     write_folder_atomic(output, lambda staging: write_photos(staging, photos, file_format, captions))
@@ -202,7 +215,7 @@ def check_output(folder: Path) -> None:
 
 
 def read_photos(
-    folder: Path, resolution: int, crop: str, min_side: int, near_distance: int | None
+    folder: Path, resolution: int, crop: str, min_side: int, near_distance: int | None, masks: bool = False
 ) -> tuple[list[Photo], list[PhotoRow]]:
     """The usable photos of ``folder`` (in :func:`file_order`), ready to write, and a row for each rejected file.
 
@@ -212,22 +225,54 @@ def read_photos(
         crop: ``center`` or ``none``.
         min_side: the smallest short side accepted.
         near_distance: the largest difference-hash distance of a near-duplicate; None keeps them.
+        masks: read each photo's mask (its mask file, else its alpha channel); without it, mask files are rejected.
     """
+    from sdft.data.images import without_masks
+
     photos, rejected = [], []
     pixels_seen: dict[str, str] = {}
     hashes_seen: list[tuple[int, str]] = []
     files = [entry for entry in folder.iterdir() if entry.is_file() and not entry.name.startswith(".")]
-    for path in sorted(files, key=file_order):
+    files.sort(key=file_order)
+    photo_files = set(without_masks(files))
+    for path in files:
+        if path not in photo_files:  # a mask goes with its photo
+            if not masks:
+                rejected.append(
+                    PhotoRow(path.name, "rejected", "a photo's mask; --masks true writes it with its photo")
+                )
+            continue
         try:
             image, changes = decode(path)
             check_size(image, min_side)
             check_duplicates(image, path.name, pixels_seen, hashes_seen, near_distance)
+            mask = read_photo_mask(path, image) if masks else None
         except Rejected as reason:
             rejected.append(PhotoRow(path.name, "rejected", str(reason)))
             continue
         image, sizing = fit(image, resolution, crop)
-        photos.append(Photo(path, image, changes + sizing))
+        mask = None if mask is None else fit(mask, resolution, crop)[0]
+        photos.append(Photo(path, image, changes + sizing, mask=mask))
     return photos, rejected
+
+
+def read_photo_mask(path: Path, image: Image.Image) -> Image.Image | None:
+    """A photo's mask (its mask file, else its alpha channel), None when it has none; :class:`Rejected` when its
+    mask file is unreadable or not the photo's size.
+
+    Args:
+        path: the photo file.
+        image: the photo as decoded.
+    """
+    from sdft.data.images import ImageDataError, mask_file
+    from sdft.data.masks import load_alpha, load_mask
+
+    try:
+        if mask_file(path).is_file():
+            return load_mask(mask_file(path), path, (image.height, image.width))
+    except ImageDataError as error:
+        raise Rejected(str(error)) from error
+    return load_alpha(path)
 
 
 def file_order(path: Path) -> tuple[str, str]:
@@ -398,6 +443,8 @@ def write_photos(folder: Path, photos: list[Photo], file_format: str, caption: s
     options = {"format": "PNG"} if file_format == "png" else {"format": "JPEG", "quality": JPEG_QUALITY}
     for photo in photos:
         write_atomic(folder / photo.output, lambda file, image=photo.image: image.save(file, **options))
+        if photo.mask is not None:
+            write_atomic(folder / mask_name(photo), lambda file, mask=photo.mask: mask.save(file, format="PNG"))
     if caption is not None:
         write_jsonl(folder / METADATA, [{"file_name": photo.output, "text": caption} for photo in photos])
 
@@ -405,9 +452,17 @@ def write_photos(folder: Path, photos: list[Photo], file_format: str, caption: s
 # -- the table -------------------------------------------------------------------------------------------------------
 
 
+def mask_name(photo: Photo) -> str:
+    """The file name of a photo's mask in the output folder: ``<output stem>_mask.png``."""
+    from sdft.data.images import mask_file
+
+    return mask_file(Path(photo.output)).name
+
+
 def photo_row(photo: Photo) -> PhotoRow:
-    """The table row of a photo that is written."""
-    return PhotoRow(photo.path.name, "changed" if photo.changes else "kept", "; ".join(photo.changes), photo.output)
+    """The table row of a photo that is written (its details name its mask, when one is written)."""
+    details = photo.changes + ([f"mask written as {mask_name(photo)}"] if photo.mask is not None else [])
+    return PhotoRow(photo.path.name, "changed" if photo.changes else "kept", "; ".join(details), photo.output)
 
 
 def format_table(rows: list[PhotoRow]) -> str:
