@@ -27,6 +27,7 @@ from sdft.callbacks import (
     SubjectEvaluator,
 )
 from sdft.checkpointing import AtomicCheckpointIO
+from sdft.data.buckets import BucketedData
 from sdft.data.sampling import check_max_steps
 from sdft.errors import UserError
 from sdft.methods import DiffusionFineTuner
@@ -182,6 +183,10 @@ def check_before_loading(trainer, model: LightningModule, datamodule: LightningD
         datamodule.check()
     if isinstance(model, DiffusionFineTuner) and isinstance(datamodule, SizedData):
         model.family.check_resolution(datamodule.resolution)
+    if isinstance(model, DiffusionFineTuner) and isinstance(datamodule, BucketedData):
+        for width, height in datamodule.bucket_sizes:
+            for side in (width, height):
+                model.family.check_resolution(side, f"each side of the bucket {width}x{height} (data.buckets)")
     if isinstance(model, DiffusionFineTuner):  # last: the settings above are named even with a model still missing
         model.family.check_source()
 

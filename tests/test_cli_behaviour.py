@@ -182,6 +182,14 @@ def test_a_data_mistake_is_one_line_before_any_model_loads(option, message, caps
             r"data.resolution must be a multiple of 16 for Flux .*, got 24; use e.g. 32",
         ),
         (
+            ["--model.init_args.family=sdft.families.Flux", "--data.init_args.buckets=[[48, 24], [32, 32]]"],
+            r"each side of the bucket 48x24 \(data.buckets\) must be a multiple of 16 for Flux .*, got 24",
+        ),
+        (
+            ["--data.init_args.buckets=12"],
+            r"data.buckets as a step must be a positive multiple of 8 pixels",
+        ),
+        (
             ["--model=sdft.methods.TextualInversion", "--model.init_args.family=sdft.families.StableDiffusion3"]
             + ["--model.init_args.placeholder_token=<sks>", "--model.init_args.initializer_token=toy"],
             r"model.init_args.family: StableDiffusion3 takes no new tokens, .* or a family that does: StableDiffusion",
@@ -202,6 +210,8 @@ def test_a_data_mistake_is_one_line_before_any_model_loads(option, message, caps
         "fsdp",
         "sharded-on-one-device",
         "flux-resolution",
+        "flux-bucket-sides",
+        "bucket-step",
         "textual-inversion-on-sd3",
         "pivotal-tuning-on-flux",
     ],

@@ -315,3 +315,19 @@ def test_a_fault_on_one_rank_skips_the_step_on_every_rank(tmp_path):
     }
     assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-5)
     check_equal_exports(parallel, single)
+
+
+@pytest.mark.slow
+def test_aspect_ratio_buckets_on_two_processes_equal_one(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, size in enumerate([(96, 64), (108, 72), (64, 64), (64, 96)]):
+        Image.effect_noise(size, 40 + 10 * index).convert("RGB").save(photos / f"{index}.png")
+    options = (f"--data.init_args.instance_dir={photos}", "--data.init_args.resolution=64")
+    options += ("--data.init_args.buckets=16",)
+    single = run(tmp_path / "single", "lora", "single", *options)
+    parallel = run(tmp_path / "ddp", "lora", "ddp", *options)
+    losses = {name: dict(read_curves(folder)["train/loss"]) for name, folder in (("1", single), ("2", parallel))}
+    assert sorted(losses["2"]) == list(range(STEPS))
+    assert losses["2"] == pytest.approx(losses["1"], rel=1e-5)
+    check_equal_exports(parallel, single)

@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from sdft import assets
+from sdft.data.buckets import BucketPlan, bucket_sizes, plan_buckets
 from sdft.data.images import (
     check_data_options,
     check_folder,
@@ -39,7 +40,7 @@ from sdft.data.images import (
     warn_duplicate_images,
 )
 from sdft.data.masks import LossMasks, check_mask_weight, read_masks
-from sdft.data.sampling import AugmentedImages, train_loader
+from sdft.data.sampling import AugmentedImages, examples_per_step, train_loader
 from sdft.errors import UserError
 
 Captioned = list[tuple[Path, str]]
@@ -59,6 +60,10 @@ class CaptionDataModule(LightningDataModule):
 
     Training draws ``trainer.max_steps`` batches by run position (see :mod:`sdft.data.sampling`); validation
     shows every image once, centre-cropped and unflipped, with its caption (and its mask, with ``mask_weight``).
+
+    With ``buckets`` each image trains in the aspect-ratio bucket nearest its own (see :mod:`sdft.data.buckets`)
+    and every batch holds one bucket. Validation stays square at ``resolution``, so that ``val/loss`` compares with
+    runs without buckets and a batch may mix images of any shape.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class CaptionDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         mask_weight: float | None = None,
+        buckets: int | list[tuple[int, int]] | None = None,
     ) -> None:
         """
         Args:
@@ -89,6 +95,9 @@ class CaptionDataModule(LightningDataModule):
             mask_weight: train with masks (a ``mask`` in the image's metadata row, ``<stem>_mask.png`` beside it,
                 or its alpha channel): the loss weight of background pixels, e.g. 0.1, or 0 for a background not
                 learnt at all; an image without a mask counts every pixel. None: masks are not read.
+            buckets: train each image at the aspect ratio nearest its own instead of a square crop: a step in pixels
+                (e.g. 64: every size with sides multiples of it, at most ``resolution ** 2`` pixels, from 1:2 to
+                2:1) or the sizes as ``[width, height]`` pairs. None: square crops of side ``resolution``.
         """
         super().__init__()
         if caption_source not in CAPTION_SOURCES:
@@ -96,6 +105,8 @@ class CaptionDataModule(LightningDataModule):
         check_probability("data.caption_dropout", caption_dropout)
         check_data_options(resolution, random_flip, batch_size, num_workers)
         check_mask_weight(mask_weight)
+        #: the aspect-ratio buckets' (width, height); empty: square crops
+        self.bucket_sizes = bucket_sizes(resolution, buckets)
         self.data_dir, self.caption_source, self.caption_dropout = data_dir, caption_source, caption_dropout
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -135,8 +146,9 @@ class CaptionDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         self.check()
 
-    def dataset(self, augment: bool) -> AugmentedImages:
-        """The examples, augmented as configured or (for validation) centre-cropped, unflipped, never dropped."""
+    def dataset(self, augment: bool, buckets: BucketPlan | None = None) -> AugmentedImages:
+        """The examples, augmented as configured or (for validation) centre-cropped, unflipped, never dropped; with
+        ``buckets``, each cropped into its bucket."""
         return AugmentedImages(
             self.images,
             self.captions,
@@ -146,6 +158,7 @@ class CaptionDataModule(LightningDataModule):
             self.seed,
             caption_dropout=self.caption_dropout if augment else 0.0,
             loss_masks=None if self.mask_weight is None else LossMasks(self.masks, self.mask_weight),
+            buckets=buckets,
         )
 
     def training_prompts(self) -> set[str]:
@@ -153,7 +166,11 @@ class CaptionDataModule(LightningDataModule):
         return self.dataset(augment=True).possible_prompts() | self.dataset(augment=False).possible_prompts()
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(self.dataset(augment=True), self.trainer, self.batch_size, self.num_workers)
+        buckets = plan_buckets(
+            self.images, self.bucket_sizes, examples_per_step(self.trainer, self.batch_size), self.seed
+        )
+        dataset = self.dataset(augment=True, buckets=buckets)
+        return train_loader(dataset, self.trainer, self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset(augment=False), batch_size=self.batch_size, num_workers=self.num_workers)

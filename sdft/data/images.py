@@ -265,18 +265,53 @@ def prepare_crop(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """:func:`prepare_image`, and where the crop's top-left corner lies in the resized image as shown (mirrored
     when flipped): ``(pixels (3, R, R), (top, left))``, the crop SDXL is conditioned on."""
-    if image.mode != "RGB":
-        raise ValueError(f"prepare_image needs an RGB image, got mode {image.mode}; load it with load_rgb")
     if resolution < 1:
         raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
-    image = resize_short_side(image, resolution)
-    left, top = _crop_offsets(image.size, resolution, center_crop, generator)
-    crop = image.crop((left, top, left + resolution, top + resolution))
+    return prepare_sized_crop(image, (resolution, resolution), center_crop, flip, generator)
+
+
+def prepare_sized_crop(
+    image: Image.Image,
+    size: tuple[int, int],
+    center_crop: bool,
+    flip: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resize to cover ``size``, crop it, optionally mirror: ``(pixels (3, H, W) in [-1, 1], (top, left))``, the
+    crop's corner in the resized image as shown (mirrored when flipped).
+
+    Args:
+        image: an RGB image, as from :func:`load_rgb`.
+        size: the (width W, height H) of the output, in pixels (an aspect-ratio bucket, or a square).
+        center_crop: crop the centre; otherwise a random offset drawn from ``generator``.
+        flip: mirror left-right (the caller draws this decision).
+        generator: the source of the random crop offsets; torch's default generator when None.
+    """
+    if image.mode != "RGB":
+        raise ValueError(f"prepare_image needs an RGB image, got mode {image.mode}; load it with load_rgb")
+    image = resize_to_cover(image, size)
+    left, top = _crop_offsets(image.size, size, center_crop, generator)
+    crop = image.crop((left, top, left + size[0], top + size[1]))
     if flip:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        left = image.width - left - resolution
+        left = image.width - left - size[0]
     pixels = torch.from_numpy(np.array(crop, dtype=np.uint8))
     return (pixels.permute(2, 0, 1).float() / 127.5 - 1.0).contiguous(), (top, left)
+
+
+def resize_to_cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Scale (bicubic) so the image just covers ``size`` (width, height), keeping its aspect ratio; for a square
+    this is :func:`resize_short_side`.
+
+    Args:
+        image: the image to scale.
+        size: the (width, height) it must cover.
+    """
+    scale = max(size[0] / image.width, size[1] / image.height)
+    cover = (max(size[0], round(image.width * scale)), max(size[1], round(image.height * scale)))
+    if cover == image.size:
+        return image
+    return image.resize(cover, Image.Resampling.BICUBIC)
 
 
 def resize_short_side(image: Image.Image, resolution: int) -> Image.Image:
@@ -297,22 +332,22 @@ def resize_short_side(image: Image.Image, resolution: int) -> Image.Image:
 def center_square(image: Image.Image, side: int | None = None) -> Image.Image:
     """The centred ``side`` x ``side`` square of an image (default: the largest one)."""
     side = min(image.size) if side is None else side
-    left, top = _crop_offsets(image.size, side, center=True, generator=None)
+    left, top = _crop_offsets(image.size, (side, side), center=True, generator=None)
     return image.crop((left, top, left + side, top + side))
 
 
 def _crop_offsets(
-    size: tuple[int, int], resolution: int, center: bool, generator: torch.Generator | None
+    size: tuple[int, int], crop: tuple[int, int], center: bool, generator: torch.Generator | None
 ) -> tuple[int, int]:
-    """The (left, top) corner of a ``resolution`` square inside ``size``: centred or uniformly random.
+    """The (left, top) corner of a ``crop`` (width, height) inside ``size``: centred or uniformly random.
 
     Args:
         size: the (width, height) of the image to crop.
-        resolution: the side of the square.
-        center: centre the square instead of drawing its position.
+        crop: the (width, height) of the crop.
+        center: centre the crop instead of drawing its position.
         generator: the source of the random offsets.
     """
-    slack_x, slack_y = size[0] - resolution, size[1] - resolution
+    slack_x, slack_y = size[0] - crop[0], size[1] - crop[1]
     if center:
         return slack_x // 2, slack_y // 2
     left = int(torch.randint(slack_x + 1, (1,), generator=generator))

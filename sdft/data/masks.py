@@ -25,7 +25,7 @@ from sdft.data.images import (
     ImageDataError,
     mask_file,
     original_size,
-    resize_short_side,
+    resize_to_cover,
 )
 from sdft.errors import UserError
 
@@ -140,21 +140,22 @@ class LossMasks:
         """Masks of ``count`` images that count every pixel (class images)."""
         return cls([None] * count, 1.0)
 
-    def weights(self, index: int, resolution: int, crop_top_left: tuple[int, int], flipped: bool) -> torch.Tensor:
-        """The pixel loss weights (1, R, R) of image ``index`` as an example shows it, in [``background_weight``, 1].
+    def weights(self, index: int, size: tuple[int, int], crop_top_left: tuple[int, int], flipped: bool) -> torch.Tensor:
+        """The pixel loss weights (1, H, W) of image ``index`` as an example shows it, in [``background_weight``, 1].
 
         Args:
             index: which image.
-            resolution: the side R of the example's square crop.
+            size: the (width W, height H) of the example's crop (a square, or its aspect-ratio bucket).
             crop_top_left: the crop's (top, left) corner in the resized image as shown (mirrored when flipped).
             flipped: whether the example is mirrored.
         """
         mask = self.masks[index]
+        width, height = size
         if mask is None:
-            return torch.ones(1, resolution, resolution)
-        mask = resize_short_side(mask, resolution)  # as the image is (already at its size when read for training)
+            return torch.ones(1, height, width)
+        mask = resize_to_cover(mask, size)  # as the image is (already at its size for square crops)
         if flipped:
             mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         top, left = crop_top_left
-        crop = np.array(mask.crop((left, top, left + resolution, top + resolution)), dtype=np.float32) / 255.0
+        crop = np.array(mask.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
         return self.background_weight + (1.0 - self.background_weight) * torch.from_numpy(crop)[None]

@@ -3,7 +3,8 @@
 A run that sees ``max_steps`` optimizer steps consumes positions ``0 .. max_steps * global_batch``. Position ``p``
 is image ``permutation(epoch)[p mod n]`` with its own seeded augmentation, and rank ``r`` of ``w`` takes positions
 ``p = r (mod w)``. Resuming at step ``k`` starts at position ``k * global_batch``, so an interrupted run sees exactly
-the batches the uninterrupted run would have seen, whatever the number of data-loader workers.
+the batches the uninterrupted run would have seen, whatever the number of data-loader workers. With aspect-ratio
+buckets (:mod:`sdft.data.buckets`) each step's global batch comes from one bucket, drawn from the seed and the step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from sdft.caching import content_key
-from sdft.data.images import original_size, prepare_crop
+from sdft.data.buckets import BucketPlan, Size
+from sdft.data.images import original_size, prepare_sized_crop
 from sdft.data.masks import LossMasks
 from sdft.errors import UserError
 from sdft.objectives import step_seed
@@ -25,11 +27,12 @@ from sdft.objectives import step_seed
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
-#: one training example: pixels (3, R, R) in [-1, 1] under ``pixel_values``, its prompt under ``prompts``, the
-#: image's size in its file and the crop's top-left corner, (2,) each, under ``original_size`` and ``crop_top_left``,
-#: its run position under ``position`` (the key of its training noise), under ``image_key`` the key of its exact
-#: pixels for a latent cache (``""``: not worth caching), and, when its data module reads masks, each pixel's loss
-#: weight (1, R, R) under ``loss_mask`` (see :mod:`sdft.data.masks`)
+#: one training example: pixels (3, R, R) in [-1, 1] under ``pixel_values`` ((3, H, W) in an aspect-ratio bucket),
+#: its prompt under ``prompts``, the image's size in its file and the crop's top-left corner, (2,) each, under
+#: ``original_size`` and ``crop_top_left``, its run position under ``position`` (the key of its training noise), under
+#: ``image_key`` the key of its exact pixels for a latent cache (``""``: not worth caching; the key holds the pixels'
+#: shape, so another bucket is another key), and, when its data module reads masks, each pixel's loss weight
+#: (1, H, W) under ``loss_mask`` (see :mod:`sdft.data.masks`)
 Example = dict[str, torch.Tensor | str]
 
 
@@ -49,6 +52,20 @@ def item_at(position: int, num_items: int, seed: int) -> int:
     """The index of the item shown at a run position: ``epoch_order(epoch)[position mod num_items]``."""
     epoch, slot = divmod(position, num_items)
     return epoch_order(num_items, epoch, seed)[slot]
+
+
+def bucketed_item_at(buckets: BucketPlan, position: int, seed: int) -> tuple[int, Size]:
+    """The index of the image shown at a run position and the (width, height) it is cropped to: the position's
+    bucket (:meth:`BucketPlan.bucket_at`), and in it ``item_at`` over the bucket's images, in an order of its own.
+
+    Args:
+        buckets: the images' buckets and the per-step draw.
+        position: the run position.
+        seed: the data set's seed.
+    """
+    bucket = buckets.bucket_at(position)
+    members = buckets.members[bucket]
+    return members[item_at(position, len(members), step_seed(seed, bucket))], buckets.sizes[bucket]
 
 
 class RunSampler(DistributedSampler):
@@ -162,7 +179,7 @@ class Augmented:
 
     Attributes:
         index: which image.
-        pixels: the crop (3, R, R) in [-1, 1], flipped or not.
+        pixels: the crop (3, H, W) in [-1, 1], flipped or not (H = W = R without buckets).
         crop_top_left: the crop's (top, left) corner in the resized image as shown (mirrored when flipped).
         flipped: whether the crop is mirrored.
         generator: the position's generator, for further draws (a prompt template, a caption dropout).
@@ -182,11 +199,12 @@ def augmented_image_at(
     resolution: int,
     center_crop: bool,
     flip_probability: float,
+    buckets: BucketPlan | None = None,
 ) -> Augmented:
     """The image a run position shows, augmented.
 
-    The image is ``item_at(position)``; the flip and crop are drawn from a generator seeded by (seed, position),
-    which is returned for further per-position draws.
+    The image is ``item_at(position)`` (with buckets, :func:`bucketed_item_at`); the flip and crop are drawn from a
+    generator seeded by (seed, position), which is returned for further per-position draws.
 
     Args:
         images: decoded images, short side at ``resolution``.
@@ -195,11 +213,15 @@ def augmented_image_at(
         resolution: side of the square crop.
         center_crop: crop the centre; otherwise a random crop.
         flip_probability: probability of a left-right mirror.
+        buckets: crop each image into its aspect-ratio bucket, drawn per step; None: square crops.
     """
     generator = torch.Generator().manual_seed(step_seed(seed, position, 1))
     flip = bool(torch.rand((), generator=generator) < flip_probability)
-    index = item_at(position, len(images), seed)
-    pixels, crop_top_left = prepare_crop(images[index], resolution, center_crop, flip, generator)
+    if buckets is None:
+        index, size = item_at(position, len(images), seed), (resolution, resolution)
+    else:
+        index, size = bucketed_item_at(buckets, position, seed)
+    pixels, crop_top_left = prepare_sized_crop(images[index], size, center_crop, flip, generator)
     return Augmented(index, pixels, crop_top_left, flip, generator)
 
 
@@ -222,6 +244,7 @@ class AugmentedImages(Dataset):
         templates: tuple[str, ...] = (),
         caption_dropout: float = 0.0,
         loss_masks: LossMasks | None = None,
+        buckets: BucketPlan | None = None,
     ) -> None:
         """
         Args:
@@ -235,10 +258,12 @@ class AugmentedImages(Dataset):
             caption_dropout: probability per position that the prompt is replaced by ``""``.
             loss_masks: the images' masks, cropped and mirrored with each example into its ``loss_mask``; None:
                 examples carry no ``loss_mask``.
+            buckets: crop each example into its aspect-ratio bucket (:mod:`sdft.data.buckets`); None: square crops.
         """
         self.images, self.prompts, self.resolution = images, prompts, resolution
         self.center_crop, self.flip_probability, self.seed = center_crop, flip_probability, seed
         self.templates, self.caption_dropout, self.loss_masks = templates, caption_dropout, loss_masks
+        self.buckets = buckets
 
     def __len__(self) -> int:
         return len(self.images)
@@ -250,7 +275,7 @@ class AugmentedImages(Dataset):
 
     def __getitem__(self, position: int) -> Example:
         shown = augmented_image_at(
-            self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability
+            self.images, position, self.seed, self.resolution, self.center_crop, self.flip_probability, self.buckets
         )
         prompt, generator = self.prompts[shown.index], shown.generator
         if self.templates:
@@ -267,7 +292,6 @@ class AugmentedImages(Dataset):
             "image_key": content_key(shown.pixels) if self.center_crop else "",
         }
         if self.loss_masks is not None:
-            example["loss_mask"] = self.loss_masks.weights(
-                shown.index, self.resolution, shown.crop_top_left, shown.flipped
-            )
+            size = (shown.pixels.shape[2], shown.pixels.shape[1])
+            example["loss_mask"] = self.loss_masks.weights(shown.index, size, shown.crop_top_left, shown.flipped)
         return example

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sdft import assets
 from sdft.batches import collate_pairs
+from sdft.data.buckets import BucketPlan, bucket_sizes, plan_buckets
 from sdft.data.class_images import ClassImageSpec, class_image_order, default_class_dir, ensure_class_images
 from sdft.data.images import (
     check_data_options,
@@ -22,7 +23,7 @@ from sdft.data.images import (
     warn_duplicate_images,
 )
 from sdft.data.masks import LossMasks, check_mask_weight, read_masks
-from sdft.data.sampling import AugmentedImages, Example, train_loader
+from sdft.data.sampling import AugmentedImages, Example, examples_per_step, train_loader
 from sdft.data.templates import prompt_templates as prompt_templates_of
 from sdft.errors import UserError
 from sdft.objectives import step_seed
@@ -84,6 +85,11 @@ class SubjectDataModule(LightningDataModule):
 
     With ``mask_weight`` each example carries its photo's mask as pixel loss weights (``loss_mask``, see
     :mod:`sdft.data.masks`), validation examples too, so that ``val/loss`` measures what training optimises.
+
+    With ``buckets`` each photo trains in the aspect-ratio bucket nearest its own (see :mod:`sdft.data.buckets`)
+    and every batch holds one bucket; class images are cropped into the bucket of their batch. Validation stays
+    square at ``resolution``, so that ``val/loss`` compares with runs without buckets and a batch may mix photos
+    of any shape.
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class SubjectDataModule(LightningDataModule):
         class_generation_steps: int = 30,
         class_generation_batch_size: int = 4,
         mask_weight: float | None = None,
+        buckets: int | list[tuple[int, int]] | None = None,
     ) -> None:
         """
         Args:
@@ -127,10 +134,15 @@ class SubjectDataModule(LightningDataModule):
             mask_weight: train with masks (``<stem>_mask.png`` beside a photo, or its alpha channel): the loss weight
                 of background pixels, e.g. 0.1, or 0 for a background not learnt at all; a photo without a mask
                 counts every pixel, class images are never masked. None: masks are not read.
+            buckets: train each photo at the aspect ratio nearest its own instead of a square crop: a step in pixels
+                (e.g. 64: every size with sides multiples of it, at most ``resolution ** 2`` pixels, from 1:2 to
+                2:1) or the sizes as ``[width, height]`` pairs. None: square crops of side ``resolution``.
         """
         super().__init__()
         check_data_options(resolution, random_flip, batch_size, num_workers)
         check_mask_weight(mask_weight)
+        #: the aspect-ratio buckets' (width, height); empty: square crops
+        self.bucket_sizes = bucket_sizes(resolution, buckets)
         if not instance_prompt.strip():
             raise UserError("data.instance_prompt is empty; name the subject, e.g. 'a photo of sks dog'")
         check_class_options(
@@ -246,24 +258,42 @@ class SubjectDataModule(LightningDataModule):
             guidance_options=family.guidance_options,
         )
 
-    def instance_dataset(self, augment: bool) -> AugmentedImages:
-        """The subject's examples, augmented as configured or (for validation) centre-cropped and unflipped."""
+    def instance_dataset(self, augment: bool, buckets: BucketPlan | None = None) -> AugmentedImages:
+        """The subject's examples, augmented as configured or (for validation) centre-cropped and unflipped; with
+        ``buckets``, each cropped into its bucket."""
         prompts = [self.instance_prompt] * len(self.images)
         center_crop = self.center_crop or not augment
         flip = self.random_flip if augment else 0.0
         templates = self.templates if augment else self.templates[:1]
         masks = None if self.mask_weight is None else LossMasks(self.masks, self.mask_weight)
         return AugmentedImages(
-            self.images, prompts, self.resolution, center_crop, flip, self.seed, templates, loss_masks=masks
+            self.images,
+            prompts,
+            self.resolution,
+            center_crop,
+            flip,
+            self.seed,
+            templates,
+            loss_masks=masks,
+            buckets=buckets,
         )
 
-    def class_dataset(self) -> AugmentedImages:
+    def class_dataset(self, buckets: BucketPlan | None = None) -> AugmentedImages:
         """The class examples: the class prompt on class images, augmented like the instance examples; with masks,
-        a ``loss_mask`` of ones (class images are never masked)."""
+        a ``loss_mask`` of ones (class images are never masked); with the instances' ``buckets``, each cropped into
+        the bucket of its step."""
         prompts, seed = [self.class_prompt] * len(self.class_images), step_seed(self.seed, CLASS_STREAM)
         masks = None if self.mask_weight is None else LossMasks.unmasked(len(self.class_images))
+        shared = None if buckets is None else buckets.sharing(len(self.class_images))
         return AugmentedImages(
-            self.class_images, prompts, self.resolution, self.center_crop, self.random_flip, seed, loss_masks=masks
+            self.class_images,
+            prompts,
+            self.resolution,
+            self.center_crop,
+            self.random_flip,
+            seed,
+            loss_masks=masks,
+            buckets=shared,
         )
 
     def training_prompts(self) -> set[str]:
@@ -272,10 +302,16 @@ class SubjectDataModule(LightningDataModule):
         prompts |= self.instance_dataset(augment=False).possible_prompts()
         return prompts | ({self.class_prompt} if self.prior_preservation else set())
 
+    def bucket_plan(self) -> BucketPlan | None:
+        """The photos' buckets and the per-step draw of this fit (None without buckets)."""
+        per_step = examples_per_step(self.trainer, self.batch_size)
+        return plan_buckets(self.images, self.bucket_sizes, per_step, self.seed)
+
     def train_dataloader(self) -> DataLoader:
-        dataset, collate = self.instance_dataset(augment=True), default_collate
+        buckets = self.bucket_plan()
+        dataset, collate = self.instance_dataset(augment=True, buckets=buckets), default_collate
         if self.prior_preservation:
-            dataset, collate = PriorPreservationExamples(dataset, self.class_dataset()), collate_pairs
+            dataset, collate = PriorPreservationExamples(dataset, self.class_dataset(buckets)), collate_pairs
         return train_loader(dataset, self.trainer, self.batch_size, self.num_workers, collate)
 
     def val_dataloader(self) -> DataLoader:

@@ -271,18 +271,20 @@ class ModelFamily(nn.Module, ABC):
                 f"{key}: {source} does not exist; give a diffusers model folder, a hub id or a builtin: model"
             )
 
-    def check_resolution(self, resolution: int) -> None:
-        """Refuse a training resolution that the family's latents cannot tile (``capabilities.pixel_multiple``),
-        before anything loads.
+    def check_resolution(self, resolution: int, key: str = "data.resolution") -> None:
+        """Refuse a training side that the family's latents cannot tile (``capabilities.pixel_multiple``), before
+        anything loads.
 
         Args:
-            resolution: the side of the square training images (``data.resolution``), in pixels.
+            resolution: the side of the square training images (``data.resolution``), or of an aspect-ratio bucket,
+                in pixels.
+            key: the config key that set it, quoted in the error.
         """
         multiple = self.capabilities.pixel_multiple
         if resolution % multiple:
             nearest = max(multiple, multiple * round(resolution / multiple))
             raise UserError(
-                f"data.resolution must be a multiple of {multiple} for {type(self).__name__} (its VAE's factor times "
+                f"{key} must be a multiple of {multiple} for {type(self).__name__} (its VAE's factor times "
                 f"its latent patch), got {resolution}; use e.g. {nearest}"
             )
 
