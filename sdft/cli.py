@@ -38,7 +38,8 @@ def export(checkpoint: Path, output: Path | None = None, format: list[str] | Non
     Args:
         checkpoint: a .ckpt file in <run>/checkpoints/.
         output: destination folder; default <run>/exports/<checkpoint name>.
-        format: LoRA files to write, diffusers and/or kohya; default the run's model.init_args.export_formats.
+        format: LoRA files to write, diffusers and/or kohya (each adapter kind in the formats that read it: LoKr and
+            LoHa kohya, DoRA diffusers); default the run's model.init_args.export_formats.
     """
     from sdft.runs import export_checkpoint
 

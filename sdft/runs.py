@@ -110,7 +110,7 @@ def export_checkpoint(checkpoint: Path, output: Path | None = None, formats: lis
     model.run_notes = run_notes(config, run_dir)
     if isinstance(model, LoRAFineTuner):
         if formats is not None:
-            check_formats(formats, "--format")
+            check_formats(formats, "--format", model.adapter)
             model.export_formats = list(formats)
     elif formats is not None:
         raise UserError(

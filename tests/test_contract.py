@@ -4,6 +4,10 @@ For each (family, method) on the family's tiny model: a short fit lowers the fix
 checkpoint holds exactly the tensors that train, resuming from a mid-run checkpoint gives the uninterrupted losses,
 and the family's stock diffusers pipeline loads the export and reproduces the trained model's images while they
 differ from the untrained model's. LoRA is the fast representative of each family; the other cells are ``slow``.
+
+The other adapter kinds (DoRA, LoKr, LoHa) run on one UNet family (SD 1.x) and one transformer family (Qwen-Image),
+one fast cell per kind; each export is read by the loader that reads it: diffusers' ``load_lora_weights`` for DoRA,
+ComfyUI's weight formulas (:mod:`comfyui_weights`) applied to the stock pipeline's weights for LoKr and LoHa.
 """
 
 from __future__ import annotations
@@ -13,17 +17,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from comfyui_weights import apply_comfyui
 from families import FAMILY_CASES, FamilyCase
 from training import Fit, adamw, fit, full_tuner, lora_tuner, resumed_losses, stock_images, subject_data, trained_images
 
 from sdft.methods import DiffusionFineTuner, PivotalTuning, TextualInversion
-from sdft.methods.lora import LORA_WEIGHTS
+from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
 from sdft.methods.tokens import EMBEDDINGS_FILE
 
 STEPS = 4
 #: textual inversion moves the tiny random model's loss slowly: a few more steps make the fall deterministic
 STEPS_OF = {"textual_inversion": 10}
 PROMPT = "a photo of <sks> toy"
+#: the adapter kinds beside LoRA, exported in the format whose loader each cell checks
+ADAPTERS = ("dora", "lokr", "loha")
+#: LoKr and LoHa start from products with a zero factor and move slower: a larger step makes the change visible
+LR_OF = {"lokr": 3e-2, "loha": 3e-2}
 
 
 def build_method(method: str, case: FamilyCase) -> DiffusionFineTuner:
@@ -31,6 +40,8 @@ def build_method(method: str, case: FamilyCase) -> DiffusionFineTuner:
     tokens = {"placeholder_token": "<sks>", "initializer_token": "toy"}
     if method == "lora":
         return lora_tuner(case.family(), lr=5e-3, train_text_encoder=True)
+    if method in ADAPTERS:
+        return lora_tuner(case.family(), lr=LR_OF.get(method, 5e-3), train_text_encoder=True, adapter=method)
     if method == "full":
         return full_tuner(case.family())
     if method == "textual_inversion":
@@ -43,7 +54,10 @@ def load_export(method: str, case: FamilyCase, export: Path, model: DiffusionFin
     if method == "full":
         return case.stock_pipeline(export)
     pipeline = case.stock_pipeline()
-    if method in ("lora", "pivotal_tuning"):
+    if method in ("lokr", "loha"):
+        assert export.name == KOHYA_WEIGHTS
+        apply_comfyui(pipeline, export, case.family_class.capabilities.lora_components)
+    if method in ("lora", "dora", "pivotal_tuning"):
         pipeline.load_lora_weights(str(export.parent if export.suffix else export), weight_name=LORA_WEIGHTS)
     if method in ("textual_inversion", "pivotal_tuning"):
         case.load_embeddings(
@@ -59,10 +73,23 @@ def fit_cell(method: str, case: FamilyCase, subject_dir: Path, root: Path) -> Fi
 
 
 METHODS = ["lora", "full", "textual_inversion", "pivotal_tuning"]
+#: the adapters' cells: SD 1.x and Qwen-Image, one fast cell per kind
+ADAPTER_FAMILIES = ("sd1", "qwen-image")
+FAST_ADAPTER_CELLS = {("sd1", "lokr"), ("qwen-image", "dora"), ("qwen-image", "loha")}
 CELLS = [
     pytest.param(case, method, id=f"{case.name}-{method}", marks=() if method == "lora" else pytest.mark.slow)
     for case in FAMILY_CASES
     for method in METHODS
+] + [
+    pytest.param(
+        case,
+        kind,
+        id=f"{case.name}-{kind}",
+        marks=() if (case.name, kind) in FAST_ADAPTER_CELLS else pytest.mark.slow,
+    )
+    for case in FAMILY_CASES
+    if case.name in ADAPTER_FAMILIES
+    for kind in ADAPTERS
 ]
 
 

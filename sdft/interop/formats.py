@@ -1,10 +1,12 @@
 """LoRA files of any format read into :data:`~sdft.interop.lora_weights.LoraWeights`, and the formats an export writes.
 
-- ``diffusers``: peft keys ``<component>.<module>.lora_A.weight`` / ``.lora_B.weight``, as diffusers'
-  ``save_lora_weights`` writes them (sdft's ``pytorch_lora_weights.safetensors``). A module's alpha comes from a
+- ``diffusers``: peft keys ``<component>.<module>.lora_A.weight`` / ``.lora_B.weight`` (and a DoRA's
+  ``.lora_magnitude_vector``), as diffusers' ``save_lora_weights`` writes them (sdft's
+  ``pytorch_lora_weights.safetensors``); diffusers loads LoRA and DoRA, not LoKr or LoHa. A module's alpha comes from a
   ``<component>.<module>.alpha`` tensor, else from the peft config in the header (``lora_adapter_metadata``: the
   component's ``lora_alpha``, ``alpha_pattern`` and ``use_rslora``), else it is the rank, as diffusers loads the file.
-- ``kohya``: kohya / A1111 / ComfyUI files, see :mod:`sdft.interop.kohya`.
+- ``kohya``: kohya / A1111 / ComfyUI files, and LyCORIS's LoKr and LoHa in the same names, see
+  :mod:`sdft.interop.kohya`; they cannot carry peft's DoRA.
 
 Other layouts that diffusers converts itself (e.g. ai-toolkit or XLabs Flux.1 files) are read through the family's
 pipeline class (``lora_state_dict``). Module names follow the installed transformers: a file that has
@@ -32,27 +34,47 @@ from sdft.errors import UserError
 from sdft.families import ModelFamily
 from sdft.interop.kohya import from_kohya, is_kohya
 from sdft.interop.kohya_names import adaptable_modules, kohya_names
-from sdft.interop.lora_weights import LoraLayer, LoraWeights
+from sdft.interop.lora_weights import KIND_NAMES, MAGNITUDE, LoraLayer, LoraWeights
 
 #: the LoRA file formats an export can write
 EXPORT_FORMATS = ("diffusers", "kohya")
+#: the formats whose consumers load each adapter kind as it trained
+FORMATS_OF_KIND = {"lora": EXPORT_FORMATS, "dora": ("diffusers",), "lokr": ("kohya",), "loha": ("kohya",)}
+#: why a format cannot carry a kind: its consumers would misread the file
+UNREADABLE = {
+    ("diffusers", "lokr"): "diffusers' load_lora_weights loads LoRA and DoRA only",
+    ("diffusers", "loha"): "diffusers' load_lora_weights loads LoRA and DoRA only",
+    ("kohya", "dora"): "A1111 reads DoRA magnitudes per input column and ComfyUI normalises peft's per-row ones by "
+    "the base weight, so both would misread it",
+}
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+#: a DoRA magnitude's key suffixes in diffusers files: peft's, and the one transformers' loader reads
+MAGNITUDES = (".lora_magnitude_vector", MAGNITUDE)
 #: the header key of the peft config diffusers writes, each field prefixed by the component: ``unet.lora_alpha``
 ADAPTER_METADATA = "lora_adapter_metadata"
 
 
-def check_formats(formats: list[str] | tuple[str, ...], key: str) -> None:
-    """Raise a :class:`UserError` naming the config ``key`` unless ``formats`` lists known formats, at least one."""
+def check_formats(formats: list[str] | tuple[str, ...], key: str, kind: str = "lora") -> None:
+    """Raise a :class:`UserError` naming the config ``key`` unless ``formats`` lists known formats, at least one,
+    each of which its consumers read for the adapter ``kind`` (``lora``, ``dora``, ``lokr``, ``loha``)."""
     unknown = [name for name in formats if name not in EXPORT_FORMATS]
     if unknown or not formats:
         raise UserError(f"{key} must list one or more of {', '.join(EXPORT_FORMATS)}, got {list(formats)}")
+    for name in formats:
+        if (name, kind) in UNREADABLE:
+            raise UserError(
+                f"{key}: {name} cannot carry a {KIND_NAMES[kind]} ({UNREADABLE[name, kind]}): use "
+                f"{key.rsplit('.', 1)[-1]}: [{', '.join(FORMATS_OF_KIND[kind])}]"
+            )
 
 
 def read_lora(path: str | Path, family: ModelFamily) -> LoraWeights:
-    """The LoRA weights of a file in any format, by module path of ``family``'s model.
+    """The adapter weights of a file in any format, by module path of ``family``'s model: LoRA and DoRA layers, and
+    LyCORIS LoKr and LoHa layers.
 
     Args:
-        path: a ``.safetensors`` LoRA file (diffusers / peft, kohya / A1111 / ComfyUI, or a layout diffusers reads).
+        path: a ``.safetensors`` file: a diffusers / peft LoRA or DoRA, a kohya / A1111 / ComfyUI LoRA, a LyCORIS
+            LoKr, LoHa or DoRA in kohya names, or a LoRA of a layout diffusers reads.
         family: the model family and base model the LoRA is for; loaded or not (then only its configs are read).
     """
     path = Path(path)
@@ -65,7 +87,8 @@ def read_lora(path: str | Path, family: ModelFamily) -> LoraWeights:
             state = converted_by_diffusers(path, family)
         if not any(key.endswith(LORA_A) for key in state):
             raise UserError(
-                f"{path} is not a LoRA file (it has no lora_A / lora_down tensors): pass a diffusers or kohya LoRA file"
+                f"{path} is not a LoRA file (it has no lora_A, lora_down, lokr_w1 or hada_w1_a tensors): pass a "
+                "diffusers, kohya or LyCORIS file"
             )
         weights = from_diffusers(state, json.loads(metadata.get(ADAPTER_METADATA, "{}")), components, path)
     if not weights:
@@ -118,11 +141,11 @@ def from_diffusers(
         components: the model's LoRA components by pipeline component name.
         path: the file, named in errors.
     """
-    odd = sorted(key for key in state if not key.endswith((LORA_A, LORA_B, ".alpha")))
+    odd = sorted(key for key in state if not key.endswith((LORA_A, LORA_B, ".alpha", *MAGNITUDES)))
     if odd:
         raise UserError(
-            f"{path} holds tensors that are not plain LoRA (first: {odd[0]}; DoRA and other variants are not "
-            "supported): pass a plain diffusers or kohya LoRA file"
+            f"{path} holds tensors that are neither LoRA nor DoRA (first: {odd[0]}): pass a diffusers LoRA or DoRA "
+            "file, or a kohya / LyCORIS file"
         )
     names = {component: set(adaptable_modules(module)) for component, module in components.items()}
     weights: LoraWeights = {}
@@ -138,7 +161,8 @@ def from_diffusers(
             continue
         down, up = state[key], state[stem + LORA_B]
         alpha = module_alpha(state, config, stem, down.shape[0])
-        weights[f"{component}.{name}"] = LoraLayer(down, up, alpha)
+        magnitude = next((state[stem + suffix] for suffix in MAGNITUDES if stem + suffix in state), None)
+        weights[f"{component}.{name}"] = LoraLayer(down, up, alpha, magnitude)
     if unknown:
         raise UserError(
             f"{path} adapts {len(unknown)} modules the model lacks or sdft does not train (first: {unknown[0]}): it "
@@ -179,10 +203,10 @@ def check_shapes(weights: LoraWeights, components: Mapping[str, nn.Module], path
     }
     for module, layer in weights.items():
         shape = shapes[module]
-        if layer.up.shape[0] != shape[0] or tuple(layer.down.shape[1:]) != tuple(shape[1:]):
+        if not layer.fits(shape):
             raise UserError(
-                f"{path}: the LoRA of {module} is {tuple(layer.up.shape[:1])} x {tuple(layer.down.shape[1:])} where "
-                f"the model's weight is {tuple(shape)}: it is a LoRA of another model; pass one of this base model"
+                f"{path}: the {KIND_NAMES[layer.kind]} of {module} does not fit the model's weight {tuple(shape)}: it "
+                "is a LoRA of another model; pass one of this base model"
             )
 
 

@@ -1,5 +1,5 @@
-"""kohya / A1111 / ComfyUI LoRA files (the layout of kohya sd-scripts' ``networks.lora``) to and from
-:data:`~sdft.interop.lora_weights.LoraWeights`.
+"""kohya / A1111 / ComfyUI LoRA files (the layout of kohya sd-scripts' ``networks.lora``), and the LyCORIS files
+ComfyUI and LyCORIS read in the same names, to and from :data:`~sdft.interop.lora_weights.LoraWeights`.
 
 Each module, named as :mod:`sdft.interop.kohya_names` describes, has ``<name>.lora_down.weight`` (rank, in),
 ``<name>.lora_up.weight`` (out, rank) and a 0-dim ``<name>.alpha``; the consumers add ``alpha / rank * up @ down``
@@ -9,6 +9,16 @@ block-diagonal in the parts' ups, so its rank is the sum of theirs and its alpha
 LoRA gets zero rows. Reading splits such a module back into its parts exactly where its up is block-diagonal (as
 written here); otherwise (a LoRA trained on the fused layer) every part gets the whole down and its own rows of the
 up, which is the same update. A module whose up is all zero reads as no module (it changes nothing).
+
+A LyCORIS module holds its LoKr tensors (``<name>.lokr_w1`` or ``.lokr_w1_a`` / ``.lokr_w1_b``, ``.lokr_w2`` or
+``.lokr_w2_a`` / ``.lokr_w2_b``, ``.lokr_t2``) or LoHa tensors (``.hada_w1_a`` ... ``.hada_w2_b``, ``.hada_t1`` /
+``.hada_t2``) and its ``.alpha`` (see :mod:`sdft.interop.lycoris` for the formulas); a DoRA module adds
+``.dora_scale`` to any of them. A LoHa of fused parts is written exactly as a LoRA's is (its ``w*_a`` block-diagonal,
+its ``w*_b`` stacked) and read back row by row. A LoKr of fused parts cannot be written (a stack of Kronecker
+products is not one); one read from a file splits into its parts where they fall on its ``w1``'s rows. Files
+cannot carry peft's DoRA: its magnitudes are per output row, which A1111 does not read and ComfyUI normalises by the
+base weight instead of the adapted one (``comfy/weight_adapter/base.py``, ``weight_decompose``); a ``dora_scale``
+read from a file follows LyCORIS's formula, per output row for ``(out, 1)`` and per input column for ``(1, in)``.
 
 The header holds kohya's ``ss_*`` training keys and the Stability AI model spec's ``modelspec.*`` keys
 (:func:`kohya_metadata`); consumers read the strength from the ``.alpha`` tensors, never from the header.
@@ -38,10 +48,15 @@ from torch import Tensor
 from sdft.errors import UserError
 from sdft.families import ModelFamily, StableDiffusion
 from sdft.interop.kohya_names import KohyaModule, KohyaNames
-from sdft.interop.lora_weights import LoraLayer, LoraWeights
+from sdft.interop.lora_weights import KIND_NAMES, AdapterLayer, LoraLayer, LoraWeights
+from sdft.interop.lycoris import LOHA_NAMES, LOKR_NAMES, LohaLayer, LokrLayer, stacked_loha
 
 #: the tensors of one kohya module, by key suffix
-DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+DOWN, UP, ALPHA, DORA_SCALE = ".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale"
+#: the suffixes of a LyCORIS module's LoKr and LoHa tensors
+LYCORIS_SUFFIXES = tuple(f".{name}" for name in LOKR_NAMES + LOHA_NAMES)
+#: the suffix that tells each kind of module is there
+FIRST_SUFFIXES = (DOWN, ".lokr_w1", ".lokr_w1_a", ".hada_w1_a")
 
 
 def to_kohya(weights: LoraWeights, names: KohyaNames) -> dict[str, Tensor]:
@@ -57,13 +72,46 @@ def to_kohya(weights: LoraWeights, names: KohyaNames) -> dict[str, Tensor]:
             f"{len(unnamed)} adapted modules have no name in kohya / A1111 / ComfyUI LoRA files (first: "
             f"{unnamed[0]}): leave them out of the LoRA's targets, or export only the diffusers format"
         )
+    dora = next((path for path, layer in weights.items() if layer.magnitude is not None), None)
+    if dora is not None:
+        raise UserError(
+            f"{dora} is a DoRA, which kohya / A1111 / ComfyUI files cannot carry (A1111 reads DoRA magnitudes per "
+            "input column, ComfyUI normalises per-row ones by the base weight): export only the diffusers format"
+        )
     state = {}
     for module in dict.fromkeys(names.by_path[path] for path in weights):
-        layer = fused_layer(module, weights)
-        state[module.name + DOWN] = layer.down.contiguous()
-        state[module.name + UP] = layer.up.contiguous()
-        state[module.name + ALPHA] = torch.tensor(layer.alpha, dtype=torch.float32)
+        layer = module_layer(module, weights)
+        state.update(module_tensors(module.name, layer))
     return state
+
+
+def module_tensors(name: str, layer: AdapterLayer) -> dict[str, Tensor]:
+    """The tensors of one module of a file: a LoRA's down and up or a LyCORIS layer's factors, and the alpha."""
+    if isinstance(layer, LoraLayer):
+        tensors = {DOWN: layer.down, UP: layer.up}
+    else:
+        tensors = {f".{key}": tensor for key, tensor in layer.tensors.items()}
+    state = {name + suffix: tensor.contiguous() for suffix, tensor in tensors.items()}
+    state[name + ALPHA] = torch.tensor(layer.alpha, dtype=torch.float32)
+    return state
+
+
+def module_layer(module: KohyaModule, weights: LoraWeights) -> AdapterLayer:
+    """The one layer of a kohya module (see the module docstring): its only part's, halves swapped where the
+    original swaps them, or its fused parts'."""
+    present = [weights[path] for path in module.parts if path in weights]
+    kinds = {layer.kind for layer in present}
+    if kinds == {"lora"}:
+        return fused_layer(module, weights)
+    if len(module.parts) == 1:
+        return swap_halves(present[0], module.name) if module.swapped else present[0]
+    if kinds == {"loha"} and not any(layer.tucker for layer in present):
+        return stacked_loha([(size, weights.get(path)) for path, size in zip(module.parts, module.sizes, strict=True)])
+    kind = KIND_NAMES[sorted(kinds)[0]]
+    raise UserError(
+        f"the {kind} of {', '.join(module.parts)} cannot be written as the one module {module.name} that kohya / "
+        f"ComfyUI files hold for them: leave these modules out of the targets, or train adapter: loha or lora"
+    )
 
 
 def fused_layer(module: KohyaModule, weights: LoraWeights) -> LoraLayer:
@@ -71,7 +119,7 @@ def fused_layer(module: KohyaModule, weights: LoraWeights) -> LoraLayer:
     downs stacked over a block-diagonal up, scaled like the first part present."""
     if len(module.parts) == 1:
         layer = weights[module.parts[0]]
-        return swap_halves(layer) if module.swapped else layer
+        return swap_halves(layer, module.name) if module.swapped else layer
     present = [(index, weights[path]) for index, path in enumerate(module.parts) if path in weights]
     scale = present[0][1].scale
     down = torch.cat([layer.down for _, layer in present])
@@ -85,27 +133,46 @@ def fused_layer(module: KohyaModule, weights: LoraWeights) -> LoraLayer:
     return LoraLayer(down, up, scale * down.shape[0])
 
 
-def swap_halves(layer: LoraLayer) -> LoraLayer:
-    """The layer with the two halves of its output rows exchanged (shift, scale <-> scale, shift)."""
-    first, second = layer.up.chunk(2)
-    return LoraLayer(layer.down, torch.cat([second, first]), layer.alpha)
+def swap_halves(layer: AdapterLayer, name: str) -> AdapterLayer:
+    """The layer with the two halves of its output rows exchanged (shift, scale <-> scale, shift), a per-row DoRA
+    magnitude with them.
+
+    Args:
+        layer: the layer.
+        name: the kohya module, named in errors.
+    """
+    half = layer.out_features // 2
+    magnitude = layer.magnitude
+    if magnitude is not None and magnitude.shape[0] == layer.out_features:
+        magnitude = torch.cat([magnitude[half:], magnitude[:half]])
+    if isinstance(layer, LoraLayer):
+        first, second = layer.up.chunk(2)
+        return LoraLayer(layer.down, torch.cat([second, first]), layer.alpha, magnitude)
+    if isinstance(layer, LohaLayer) and not layer.tucker:
+        keys, split = ("hada_w1_a", "hada_w2_a"), half
+    elif isinstance(layer, LokrLayer) and half % layer.w2_shape[0] == 0:
+        keys, split = (layer.first,), half // layer.w2_shape[0]
+    else:
+        raise UserError(f"{name}: the halves of its {KIND_NAMES[layer.kind]}'s rows cannot be exchanged exactly")
+    rows = {key: torch.cat([layer.tensors[key][split:], layer.tensors[key][:split]]) for key in keys}
+    return type(layer)({**layer.tensors, **rows}, layer.alpha, magnitude)
 
 
 def from_kohya(state: Mapping[str, Tensor], names: KohyaNames, path: Path) -> LoraWeights:
-    """A kohya state dict -> LoRA weights (fused modules split as the module docstring says).
+    """A kohya or LyCORIS state dict -> adapter weights (fused modules split as the module docstring says).
 
     Args:
         state: the file's tensors.
         names: the kohya modules of the model the file should adapt.
         path: the file, named in errors.
     """
-    odd = sorted(key for key in state if not key.endswith((DOWN, UP, ALPHA)))
+    odd = sorted(key for key in state if not key.endswith((DOWN, UP, ALPHA, DORA_SCALE, *LYCORIS_SUFFIXES)))
     if odd:
         raise UserError(
-            f"{path} holds tensors that are not plain LoRA (first: {odd[0]}; LyCORIS, LoHa, LoKr and DoRA files are "
-            "not supported): use a plain kohya LoRA or a diffusers LoRA file"
+            f"{path} holds tensors of an adapter sdft does not read (first: {odd[0]}; it reads LoRA, DoRA, LoKr and "
+            "LoHa): use a file of one of those"
         )
-    modules = [key.removesuffix(DOWN) for key in state if key.endswith(DOWN)]
+    modules = list(dict.fromkeys(key.split(".")[0] for key in state if key.endswith(FIRST_SUFFIXES)))
     unknown = sorted(name for name in modules if name not in names.readable)
     if unknown:
         raise UserError(
@@ -114,21 +181,56 @@ def from_kohya(state: Mapping[str, Tensor], names: KohyaNames, path: Path) -> Lo
         )
     weights: LoraWeights = {}
     for name in modules:
-        down, up = state[name + DOWN], state[name + UP]
-        alpha = float(state[name + ALPHA]) if name + ALPHA in state else float(down.shape[0])
-        weights.update(split_layer(names.readable[name], LoraLayer(down, up, alpha), path))
+        weights.update(split_layer(names.readable[name], module_of(state, name), path))
     return weights
 
 
-def split_layer(module: KohyaModule, layer: LoraLayer, path: Path) -> LoraWeights:
+def module_of(state: Mapping[str, Tensor], name: str) -> AdapterLayer:
+    """The layer of one module of a file: LoRA, LoKr or LoHa, with its DoRA scale; without an alpha, alpha = rank
+    (scale 1), as the consumers read it."""
+    magnitude = state.get(name + DORA_SCALE)
+    alpha = state.get(name + ALPHA)
+    if name + DOWN in state:
+        down, up = state[name + DOWN], state[name + UP]
+        return LoraLayer(down, up, float(down.shape[0] if alpha is None else alpha), magnitude)
+    names = LOKR_NAMES if name + ".lokr_w1" in state or name + ".lokr_w1_a" in state else LOHA_NAMES
+    tensors = {key: state[f"{name}.{key}"] for key in names if f"{name}.{key}" in state}
+    layer = (LokrLayer if names is LOKR_NAMES else LohaLayer)(tensors, 1.0, magnitude)
+    return type(layer)(tensors, float(layer.rank or 1) if alpha is None else float(alpha), magnitude)
+
+
+def split_layer(module: KohyaModule, layer: AdapterLayer, path: Path) -> LoraWeights:
     """One kohya module's layer -> the layers of its parts (halves swapped back where the original swaps them)."""
     if len(module.parts) == 1:
-        return {module.parts[0]: swap_halves(layer) if module.swapped else layer}
-    if layer.up.shape[0] != sum(module.sizes):
+        return {module.parts[0]: swap_halves(layer, module.name) if module.swapped else layer}
+    if layer.out_features != sum(module.sizes):
         raise UserError(
-            f"{path}: {module.name} has {layer.up.shape[0]} outputs where the model has {sum(module.sizes)}: it is "
+            f"{path}: {module.name} has {layer.out_features} outputs where the model has {sum(module.sizes)}: it is "
             "a LoRA of another model; pass a LoRA trained on this base model"
         )
+    if layer.magnitude is not None:
+        raise UserError(
+            f"{path}: {module.name} is a DoRA of the fused {', '.join(module.parts)}, which sdft does not split: "
+            "pass a file without DoRA on those modules"
+        )
+    if isinstance(layer, LoraLayer):
+        return split_lora(module, layer)
+    starts = [sum(module.sizes[:index]) for index in range(len(module.sizes) + 1)]
+    parts = {part: layer.rows(starts[i], starts[i + 1]) for i, part in enumerate(module.parts)}
+    if None in parts.values():
+        raise UserError(
+            f"{path}: the {KIND_NAMES[layer.kind]} of {module.name} does not split into the model's "
+            f"{', '.join(module.parts)}: pass a file that adapts them apart"
+        )
+    flat = {
+        part: torch.Size([found.out_features, found.weight_elements // found.out_features])
+        for part, found in parts.items()
+    }
+    return {part: found for part, found in parts.items() if found.update(flat[part]).any()}
+
+
+def split_lora(module: KohyaModule, layer: LoraLayer) -> LoraWeights:
+    """A fused module's LoRA -> its parts' LoRAs (see the module docstring)."""
     rows = layer.up.split(list(module.sizes))
     columns = block_columns(rows)
     if columns is None:
@@ -185,6 +287,7 @@ class TrainingNotes:
         resolution: the side of the square training images, in pixels.
         trigger: the prompt (or word) that calls up what was learned, e.g. the instance prompt.
         title: a human-readable name, e.g. the run's name.
+        network_args: a LyCORIS adapter's ``ss_network_args`` (``algo`` and its options, as text); None for LoRA.
     """
 
     base_model: str
@@ -194,6 +297,7 @@ class TrainingNotes:
     resolution: int | None = None
     trigger: str | None = None
     title: str | None = None
+    network_args: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -245,8 +349,9 @@ def architecture_of(family: ModelFamily) -> Architecture:
 
 def kohya_metadata(family: ModelFamily, notes: TrainingNotes) -> dict[str, str]:
     """The header of a kohya file: kohya's ``ss_*`` keys (network module, dim, alpha, base model, steps, resolution,
-    the trigger as a tag) and the model spec's ``modelspec.*`` keys (architecture ``<base>/lora``, implementation,
-    title, resolution ``WxH``, trigger phrase).
+    the trigger as a tag; a LyCORIS adapter's module ``lycoris.kohya`` and its ``ss_network_args``) and the model
+    spec's ``modelspec.*`` keys (architecture ``<base>/lora``, implementation, title, resolution ``WxH``, trigger
+    phrase).
 
     Args:
         family: the base model (loaded).
@@ -266,6 +371,9 @@ def kohya_metadata(family: ModelFamily, notes: TrainingNotes) -> dict[str, str]:
         "modelspec.implementation": architecture.implementation,
         "modelspec.title": title,
     }
+    if notes.network_args is not None:
+        metadata["ss_network_module"] = "lycoris.kohya"
+        metadata["ss_network_args"] = json.dumps(dict(notes.network_args))
     if isinstance(family, StableDiffusion):
         metadata["ss_v2"] = str(architecture.version.startswith("sd_v2"))
     if notes.steps is not None:
@@ -280,12 +388,13 @@ def kohya_metadata(family: ModelFamily, notes: TrainingNotes) -> dict[str, str]:
 
 
 def write_kohya(weights: LoraWeights, names: KohyaNames, metadata: dict[str, str], path: Path) -> Path:
-    """Write LoRA weights as a kohya ``.safetensors`` file with the given header; return its path."""
+    """Write adapter weights as a kohya / LyCORIS ``.safetensors`` file with the given header; return its path."""
     save_file(to_kohya(weights, names), path, metadata=metadata)
     return path
 
 
 def is_kohya(keys: list[str]) -> bool:
-    """Whether a state dict's keys are kohya's: ``.lora_down.weight`` tensors, of ``lora_*`` modules only."""
-    downs = [key for key in keys if key.endswith(DOWN)]
-    return bool(downs) and all(key.startswith("lora_") for key in downs)
+    """Whether a state dict's keys are kohya's or LyCORIS's: ``.lora_down.weight``, ``.lokr_w1`` (or ``_a``) or
+    ``.hada_w1_a`` tensors, of ``lora_*`` modules only."""
+    firsts = [key for key in keys if key.endswith(FIRST_SUFFIXES)]
+    return bool(firsts) and all(key.startswith("lora_") for key in firsts)

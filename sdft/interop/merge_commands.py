@@ -3,7 +3,9 @@ models, extract a LoRA from a fine-tuned model and its base, and resize a LoRA.
 
 Models are diffusers folders (or ``builtin:tiny-*``); a model output is a diffusers folder, or an original-layout
 single ``.safetensors`` file (SD 1.x/2.x, SDXL) when its name ends in ``.safetensors``. LoRA files are read in any
-format sdft reads (diffusers, kohya / A1111 / ComfyUI) and written in diffusers' or kohya's. This module imports
+format sdft reads (diffusers, kohya / A1111 / ComfyUI, LyCORIS) and written as LoRAs in diffusers' or kohya's format.
+The adapter kinds each command takes: ``merge loras`` and ``extract --resize`` LoRA, and LoKr and LoHa with a
+``rank`` (turned into LoRAs by truncated SVD); ``merge fuse`` LoRA, DoRA, LoKr and LoHa. This module imports
 only what parsing needs; the work is :mod:`sdft.interop.merge_operations`'.
 """
 
@@ -54,14 +56,15 @@ class Merge:
         dtype: Precision = "float32",
     ) -> None:
         """Merge LoRAs into one: exactly, with their ranks side by side, or cut to one rank by truncated SVD.
+        Takes LoRA files, and LoKr and LoHa files with a rank; a DoRA only fuses (merge fuse).
 
         Args:
             model: the base model the LoRAs were trained on (a diffusers folder or builtin:tiny-*).
-            loras: the LoRA files (diffusers, kohya, ComfyUI), as a list: '[a.safetensors,b.safetensors]'.
+            loras: the LoRA files (diffusers, kohya, ComfyUI, LyCORIS), as a list: '[a.safetensors,b.safetensors]'.
             output: the merged LoRA file (.safetensors).
             weights: one multiplier per LoRA; 1 for each when omitted.
             rank: the merged rank (truncated SVD of each module's summed update; prints the error); omitted:
-                exact, the ranks concatenated.
+                exact, the ranks concatenated (LoRA files only).
             format: the merged file's format: diffusers, or kohya (for ComfyUI, A1111, kohya sd-scripts).
             dtype: the dtype of the written tensors.
         """
@@ -79,11 +82,12 @@ class Merge:
             print(errors.summary())
 
     def fuse(self, model: str, lora: Path, output: Path, scale: float = 1.0, dtype: Precision | None = None) -> None:
-        """Fuse a LoRA into its base model's weights; write a diffusers folder or a single-file checkpoint.
+        """Fuse a LoRA, DoRA, LoKr or LoHa into its base model's weights; write a diffusers folder or a single-file
+        checkpoint.
 
         Args:
             model: the LoRA's base model (a diffusers folder or builtin:tiny-*).
-            lora: the LoRA file (diffusers, kohya, ComfyUI).
+            lora: the adapter file (diffusers, kohya, ComfyUI, LyCORIS).
             output: a folder for a diffusers model, or a .safetensors name for an original-layout single file
                 (SD 1.x/2.x, SDXL) that AUTOMATIC1111 and ComfyUI load.
             scale: the LoRA's strength (1 = as trained).
@@ -137,7 +141,8 @@ def extract(
     format: LoraFormat = "diffusers",
     dtype: Precision = "float32",
 ) -> None:
-    """Extract a LoRA from a fine-tuned model and its base (truncated SVD of each weight's change), or resize a LoRA.
+    """Extract a LoRA from a fine-tuned model and its base (truncated SVD of each weight's change), or resize a LoRA
+    (or turn a LoKr or LoHa into a LoRA of the given rank; a DoRA is refused: fuse it first).
 
     Prints the relative Frobenius error of the result (overall and worst module).
 
@@ -146,7 +151,7 @@ def extract(
             the LoRA to resize was trained on.
         output: the LoRA file to write (.safetensors).
         tuned: the fine-tuned model (a diffusers folder, e.g. a full fine-tune's export).
-        resize: instead of tuned: a LoRA file to bring to the given rank.
+        resize: instead of tuned: a LoRA, LoKr or LoHa file to bring to the given rank.
         rank: the rank of the Linear modules (at most; exact when the change's rank is lower).
         conv_rank: also extract the denoiser's Conv2d modules, at this rank.
         modules: attention: the modules the family's LoRA adapts by default (attention projections; for Flux.1

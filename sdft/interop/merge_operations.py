@@ -1,6 +1,7 @@
 """What ``sdft merge`` and ``sdft extract`` do, with the files: LoRA files read in any format sdft reads and written
-in diffusers' or kohya's, models read from diffusers folders one component at a time and written as diffusers
-folders or original-layout single files. The arithmetic is :mod:`sdft.interop.merging`'s.
+in diffusers' or kohya's (LoKr and LoHa files become LoRAs by truncated SVD; a DoRA is only fused), models read from
+diffusers folders one component at a time and written as diffusers folders or original-layout single files. The
+arithmetic is :mod:`sdft.interop.merging`'s.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from sdft.families import (
 from sdft.files import write_atomic, write_named_atomic
 from sdft.interop.formats import lora_components, read_lora
 from sdft.interop.kohya import TrainingNotes, kohya_metadata, write_kohya
-from sdft.interop.kohya_names import kohya_names
-from sdft.interop.lora_weights import LoraLayer, LoraWeights, diffusers_state_dict
+from sdft.interop.kohya_names import adaptable_modules, kohya_names
+from sdft.interop.lora_weights import KIND_NAMES, LoraLayer, LoraWeights, diffusers_state_dict
 from sdft.interop.merging import (
     Approximation,
     check_same_architecture,
@@ -38,7 +39,6 @@ from sdft.interop.merging import (
     fuse_lora,
     merge_loras,
     merge_tensor,
-    resize_lora,
 )
 from sdft.interop.model_folders import ModelFolder, converted, write_model_folder
 from sdft.interop.single_file import COMPONENTS, check_single_file_support, write_single_file
@@ -102,6 +102,32 @@ def read_lora_file(path: Path, family: ModelFamily, argument: str) -> LoraWeight
         raise UserError(f"{argument}: {error}") from None
 
 
+def check_mergeable(lora: LoraWeights, path: Path, argument: str, rank: int | None) -> None:
+    """Refuse a file that ``sdft merge loras`` or ``sdft extract --resize`` cannot take: a DoRA (its update depends
+    on the base weights' norms), or a LoKr / LoHa without a rank (it becomes a LoRA by truncated SVD only)."""
+    kinds = {layer.kind for layer in lora.values()}
+    if "dora" in kinds:
+        raise UserError(
+            f"{argument}: {path} is a DoRA, whose update depends on the base model's weights; merging and resizing "
+            "take LoRA, LoKr and LoHa: fuse it into its model (sdft merge fuse), then extract a LoRA (sdft extract)"
+        )
+    lycoris = sorted(kinds - {"lora"})
+    if lycoris and rank is None:
+        raise UserError(
+            f"rank: {path} ({argument}) is a {KIND_NAMES[lycoris[0]]}, which becomes a LoRA only by the truncated "
+            "SVD of its update: give the rank"
+        )
+
+
+def weight_shapes(family: ModelFamily) -> dict[str, torch.Size]:
+    """The shape of every weight an adapter may change, by module path (from the configs alone)."""
+    return {
+        f"{component}.{name}": shape
+        for component, module in lora_components(family).items()
+        for name, shape in adaptable_modules(module).items()
+    }
+
+
 def write_lora_file(
     lora: LoraWeights, path: Path, family: ModelFamily, form: Literal["diffusers", "kohya"], dtype: torch.dtype
 ) -> Path:
@@ -134,7 +160,7 @@ def write_kohya_file(lora: LoraWeights, path: Path, family: ModelFamily, dtype: 
     family.load_components(
         family.pretrained_model_name_or_path, {family.denoiser_name: type(components[family.denoiser_name])}
     )
-    cast = {module: LoraLayer(layer.down.to(dtype), layer.up.to(dtype), layer.alpha) for module, layer in lora.items()}
+    cast = {module: layer.cast(dtype) for module, layer in lora.items()}
     try:
         names = kohya_names(family.pipeline_class, components)
         metadata = kohya_metadata(family, notes)
@@ -171,10 +197,13 @@ def check_model_output(output: Path, model: ModelFolder) -> None:
 def merge_lora_files(
     model: str, files: list[Path], weights: list[float], rank: int | None, output: Path, form: str, dtype: torch.dtype
 ) -> tuple[Path, Approximation]:
-    """Merge LoRA files of one base model (see :func:`sdft.interop.merging.merge_loras`) into ``output``."""
+    """Merge LoRA, LoKr and LoHa files of one base model (see :func:`sdft.interop.merging.merge_loras`) into
+    ``output``."""
     family = family_of(ModelFolder.open(model, "model"), "model")
     loras = [read_lora_file(file, family, "loras") for file in files]
-    merged, errors = merge_loras(loras, weights, rank)
+    for lora, file in zip(loras, files, strict=True):
+        check_mergeable(lora, file, "loras", rank)
+    merged, errors = merge_loras(loras, weights, rank, weight_shapes(family))
     return write_lora_file(merged, output, family, form, dtype), errors
 
 
@@ -243,10 +272,12 @@ def merged_component(name: str, a: ModelFolder, others: dict[str, ModelFolder], 
 def resize_lora_file(
     model: str, file: Path, rank: int, output: Path, form: str, dtype: torch.dtype
 ) -> tuple[Path, int, Approximation]:
-    """Bring a LoRA file to ``rank`` (see :func:`sdft.interop.merging.resize_lora`); return the file written, its
-    module count and the approximation errors."""
+    """Bring a LoRA file to ``rank`` (see :func:`sdft.interop.merging.resize_lora`), or turn a LoKr or LoHa file into
+    the LoRA of that rank nearest to it; return the file written, its module count and the approximation errors."""
     family = family_of(ModelFolder.open(model, "base"), "base")
-    lora, errors = resize_lora(read_lora_file(file, family, "resize"), rank)
+    lora = read_lora_file(file, family, "resize")
+    check_mergeable(lora, file, "resize", rank)
+    lora, errors = merge_loras([lora], [1.0], rank, weight_shapes(family))
     return write_lora_file(lora, output, family, form, dtype), len(lora), errors
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from sdft.errors import UserError
-from sdft.interop.lora_weights import LoraLayer, LoraWeights
+from sdft.interop.lora_weights import LoraLayer, LoraWeights, adapted_weight
 
 
 @dataclass
@@ -154,18 +154,35 @@ def resize_lora(lora: LoraWeights, rank: int) -> tuple[LoraWeights, Approximatio
 
 
 def merge_loras(
-    loras: Sequence[LoraWeights], weights: Sequence[float], rank: int | None = None
+    loras: Sequence[LoraWeights],
+    weights: Sequence[float],
+    rank: int | None = None,
+    shapes: Mapping[str, torch.Size] | None = None,
 ) -> tuple[LoraWeights, Approximation]:
     """Merge LoRAs into one whose update is ``sum_i weights[i] * delta_i``: exact with the ranks concatenated when
     ``rank`` is None, else each module's summed update cut to ``rank`` by its truncated SVD (kohya's svd_merge_lora).
+    LoKr and LoHa layers, whose updates are not low-rank, make a LoRA only by the truncated SVD of each module's
+    summed update formed whole (``rank`` and ``shapes`` needed).
 
     Args:
-        loras: the LoRAs, as module path -> layer.
+        loras: the LoRAs, as module path -> layer (LoRA, LoKr or LoHa; no DoRA).
         weights: one multiplier per LoRA.
-        rank: the rank of every merged module; None keeps the exact concatenation.
+        rank: the rank of every merged module; None keeps the exact concatenation (LoRA layers only).
+        shapes: module path -> the adapted weight's shape, for LoKr and LoHa layers.
     """
-    merged = concatenate_loras(loras, weights)
-    return (merged, Approximation()) if rank is None else resize_lora(merged, rank)
+    if all(isinstance(layer, LoraLayer) for lora in loras for layer in lora.values()):
+        merged = concatenate_loras(loras, weights)
+        return (merged, Approximation()) if rank is None else resize_lora(merged, rank)
+    if rank is None or shapes is None:
+        raise ValueError("LoKr and LoHa layers merge into a LoRA only at a given rank, with the weights' shapes")
+    merged: LoraWeights = {}
+    errors = Approximation()
+    for path in module_union(loras):
+        terms = zip(loras, weights, strict=True)
+        delta = sum(weight * lora[path].update(shapes[path]) for lora, weight in terms if path in lora)
+        merged[path], singular_values = difference_layer(torch.zeros_like(delta), delta, rank)
+        errors.add(path, singular_values, merged[path].rank)
+    return merged, errors
 
 
 def difference_layer(base: Tensor, tuned: Tensor, rank: int) -> tuple[LoraLayer, Tensor]:
@@ -223,12 +240,14 @@ def find_module(modules: Mapping[str, nn.Module], name: str) -> nn.Module | None
 
 
 def fuse_lora(components: Mapping[str, nn.Module], lora: LoraWeights, scale: float, source: str) -> int:
-    """Add ``scale`` times each layer's update to the weight it adapts, in place; return how many weights changed.
+    """Move each weight a layer adapts ``scale`` of the way to the weight the layer makes of it
+    (:func:`~sdft.interop.lora_weights.adapted_weight`: ``W + scale * update``; for a DoRA, as ComfyUI applies its
+    strength), in place; return how many weights changed.
 
     Args:
         components: pipeline component name -> module (e.g. ``{"unet": unet, "text_encoder": text_encoder}``).
-        lora: module path -> layer.
-        scale: the LoRA's strength (1 = as trained).
+        lora: module path -> layer of any kind.
+        scale: the adapter's strength (1 = as trained).
         source: what ``lora`` came from, for error messages (a file name).
     """
     tables = {name: dict(component.named_modules()) for name, component in components.items()}
@@ -237,10 +256,11 @@ def fuse_lora(components: Mapping[str, nn.Module], lora: LoraWeights, scale: flo
         if name not in tables:
             raise UserError(f"{source}: adapts {path} but the model has no component {name}; use the LoRA's base model")
         module = find_module(tables[name], module_name)
-        if module is None or getattr(module, "weight", None) is None or module.weight.shape != weight_shape(layer):
+        if module is None or getattr(module, "weight", None) is None or not layer.fits(module.weight.shape):
             raise UserError(f"{source}: {path} does not match the model (missing or another shape); use its base model")
         with torch.no_grad():
-            module.weight += (layer.delta(torch.float32) * scale).to(module.weight.dtype)
+            weight = module.weight.float()
+            module.weight.copy_(weight + scale * (adapted_weight(layer, weight) - weight))
     return len(lora)
 
 

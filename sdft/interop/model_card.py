@@ -231,7 +231,13 @@ def files_section(card: ModelCard) -> str:
 
 
 def usage_section(card: ModelCard) -> str:
-    """How to load the export with diffusers, as a Python block ending in one image of the card's prompt."""
+    """How to load the export with diffusers, as a Python block ending in one image of the card's prompt; for an
+    export diffusers does not load (a LyCORIS adapter), where it loads instead."""
+    if not card.method.loading and not card.method.whole_pipeline:
+        return (
+            "## Use\n\ndiffusers does not load this adapter: load the files above as their table says, or sample it "
+            f"with `sdft generate --model {card.base_model} --lora path/to/this/folder`."
+        )
     pipeline = card.pipeline
     source = "folder" if card.method.whole_pipeline else json.dumps(card.base_model)
     code = [

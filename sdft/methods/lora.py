@@ -1,13 +1,19 @@
-"""LoRA (Hu et al. 2021, arXiv 2106.09685) on the denoiser and optionally the text encoders, through peft.
+"""Low-rank adapters on the denoiser and optionally the text encoders, through peft: LoRA (Hu et al. 2021, arXiv
+2106.09685), DoRA (Liu et al. 2024, arXiv 2402.09353: LoRA with a trained magnitude per output row), and LyCORIS's
+LoKr (a Kronecker product, after KronA, arXiv 2212.10650) and LoHa (a Hadamard product, FedPara, arXiv 2108.06098).
 
-An export writes the LoRA in each of the method's ``export_formats`` into one folder:
+An export writes the adapter in each of the method's ``export_formats`` into one folder:
 
 - ``diffusers``: ``pytorch_lora_weights.safetensors``, diffusers / peft keys with the peft config (alpha included)
-  in the header; ``pipe.load_lora_weights(folder)`` loads it at the trained strength;
-- ``kohya``: ``lora_kohya.safetensors``, the layout ComfyUI, A1111 (stable-diffusion-webui) and kohya sd-scripts read
-  (see :mod:`sdft.interop.kohya`): a ``.alpha`` tensor per module, and ``ss_*`` / ``modelspec.*`` header metadata
-  naming the base model, rank, alpha, resolution, steps and the instance prompt as trigger phrase. Copy it into
-  ComfyUI's ``models/loras`` or A1111's ``models/Lora`` folder (renamed as the prompt should call it).
+  in the header; ``pipe.load_lora_weights(folder)`` loads it at the trained strength (LoRA and DoRA);
+- ``kohya``: ``lora_kohya.safetensors``, the layout ComfyUI, A1111 (stable-diffusion-webui), kohya sd-scripts and
+  LyCORIS read (see :mod:`sdft.interop.kohya`): a ``.alpha`` tensor per module, and ``ss_*`` / ``modelspec.*``
+  header metadata naming the base model, rank, alpha, resolution, steps and the instance prompt as trigger phrase.
+  Copy it into ComfyUI's ``models/loras`` or A1111's ``models/Lora`` folder (renamed as the prompt should call it).
+  LoKr and LoHa go into it as LyCORIS writes them (``lokr_w1`` ..., ``hada_w1_a`` ...).
+
+Each kind is exported only in the formats whose consumers read it as it trained
+(:data:`~sdft.interop.formats.FORMATS_OF_KIND`): LoRA both, DoRA diffusers, LoKr and LoHa kohya.
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from peft import LoraConfig
+from peft import PeftConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from sdft.errors import UserError
-from sdft.interop.formats import EXPORT_FORMATS, check_formats, read_lora
-from sdft.interop.kohya import TrainingNotes, kohya_metadata, write_kohya
+from sdft.interop.formats import FORMATS_OF_KIND, check_formats, read_lora
+from sdft.interop.kohya import TrainingNotes, kohya_metadata, to_kohya, write_kohya
 from sdft.interop.kohya_names import kohya_names
-from sdft.interop.lora_weights import load_lora_weights_into, lora_weights_of
+from sdft.interop.lora_weights import KIND_NAMES, load_lora_weights_into, lora_weights_of, magnitudes_as_weights
 from sdft.interop.model_card import MethodFacts
+from sdft.methods.adapters import Adapter, check_adapter_options, check_like_trained, peft_config
 from sdft.methods.base import DiffusionFineTuner
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -35,18 +42,28 @@ KOHYA_WEIGHTS = "lora_kohya.safetensors"
 #: the file of each export format, and what it is for (the model card's words)
 FORMAT_FILES = {"diffusers": LORA_WEIGHTS, "kohya": KOHYA_WEIGHTS}
 FILE_USES = {
-    LORA_WEIGHTS: "diffusers / peft LoRA: `pipe.load_lora_weights(folder)`, at the trained strength",
-    KOHYA_WEIGHTS: "kohya LoRA for ComfyUI (`models/loras`), A1111 (`models/Lora`) and kohya sd-scripts",
+    LORA_WEIGHTS: "diffusers / peft {kind}: `pipe.load_lora_weights(folder)`, at the trained strength",
+    KOHYA_WEIGHTS: "kohya {kind} for ComfyUI (`models/loras`), A1111 (`models/Lora`) and kohya sd-scripts",
+}
+LYCORIS_USE = "LyCORIS {kind} for ComfyUI (`models/loras`) and kohya sd-scripts with LyCORIS (`lycoris.kohya`)"
+#: the Hub tags of each kind's card
+KIND_TAGS = {
+    "lora": ("lora", "template:sd-lora"),
+    "dora": ("lora", "dora", "template:sd-lora"),
+    "lokr": ("lycoris", "lokr"),
+    "loha": ("lycoris", "loha"),
 }
 
 
 class LoRAFineTuner(DiffusionFineTuner):
-    """Train low-rank adapters; export them for diffusers (``pytorch_lora_weights.safetensors``, loaded by
-    ``load_lora_weights`` at the trained strength) and for ComfyUI / A1111 / kohya (``lora_kohya.safetensors``)."""
+    """Train low-rank adapters (LoRA, DoRA, LoKr or LoHa); export them for diffusers
+    (``pytorch_lora_weights.safetensors``, loaded by ``load_lora_weights`` at the trained strength) and for ComfyUI /
+    A1111 / kohya / LyCORIS (``lora_kohya.safetensors``), each kind in the formats that read it."""
 
     def __init__(
         self,
         *args,
+        adapter: Adapter = "lora",
         rank: int = 16,
         alpha: float | None = None,
         dropout: float = 0.0,
@@ -54,31 +71,46 @@ class LoRAFineTuner(DiffusionFineTuner):
         target_blocks: list[int] | None = None,
         train_text_encoder: bool = False,
         text_encoder_target_modules: list[str] | None = None,
-        export_formats: tuple[str, ...] = EXPORT_FORMATS,
+        export_formats: tuple[str, ...] | None = None,
         init_lora: str | None = None,
+        lokr_factor: int = -1,
+        decompose_both: bool = False,
         **kwargs,
     ) -> None:
         """
         Args:
-            rank: LoRA rank r of every adapted projection.
-            alpha: LoRA alpha; the update is scaled by alpha / rank. None means alpha = rank (scale 1).
-            dropout: dropout on the LoRA branch input during training.
+            adapter: the adapter kind: lora; dora (LoRA plus a trained magnitude per output row); lokr (LyCORIS's
+                Kronecker product of two factors); loha (LyCORIS's Hadamard product of two low-rank products).
+            rank: rank r of every adapted projection (LoKr: of the factors it splits in two).
+            alpha: LoRA alpha (of every adapter kind); the update is scaled by alpha / rank. None means alpha = rank
+                (scale 1).
+            dropout: dropout on the LoRA branch input during training (lora and dora only).
             target_modules: module names to adapt in the denoiser; None uses the family's attention projections.
             target_blocks: adapt only these of the denoiser's blocks, numbered in module order over the block types
                 the family declares (SD3: ``transformer_blocks.{i}``; Flux.1: the double-stream blocks, then the
                 single-stream ones); None adapts every block.
             train_text_encoder: also adapt the text encoder(s), with the same rank and alpha.
             text_encoder_target_modules: module names to adapt in the text encoders; None uses the family's default.
-            export_formats: the LoRA files every export writes: ``diffusers`` (``pytorch_lora_weights.safetensors``)
-                and / or ``kohya`` (``lora_kohya.safetensors`` for ComfyUI, A1111 and kohya sd-scripts); the first
-                listed is the export's main file.
-            init_lora: a LoRA file (diffusers, kohya, A1111 or ComfyUI format) whose weights the fit starts from
-                instead of new random ones; it must have rank ``rank`` and adapt only modules this run targets. A
-                fit resumed from a checkpoint continues from the checkpoint's weights.
+            export_formats: the files every export writes: ``diffusers`` (``pytorch_lora_weights.safetensors``)
+                and / or ``kohya`` (``lora_kohya.safetensors`` for ComfyUI, A1111, kohya sd-scripts and LyCORIS);
+                the first listed is the export's main file. None writes every format that loads the adapter kind:
+                both for lora, diffusers for dora, kohya for lokr and loha.
+            init_lora: an adapter file (diffusers, kohya, A1111, ComfyUI or LyCORIS format) whose weights the fit
+                starts from instead of new random ones; it must be of the kind ``adapter`` with this run's ranks and
+                factor shapes, and adapt only modules this run targets. A fit resumed from a checkpoint continues
+                from the checkpoint's weights.
+            lokr_factor: LoKr: split each dimension into two factors, one of them this number where it divides the
+                dimension (LyCORIS's ``factor``); -1 splits near the square root.
+            decompose_both: LoKr: also split the smaller Kronecker factor into two rank-``rank`` matrices where
+                that makes it smaller (LyCORIS's ``decompose_both``).
         """
         super().__init__(*args, **kwargs)
         if rank < 1:
             raise UserError(f"model.init_args.rank must be a positive integer, got {rank}")
+        check_adapter_options(adapter, dropout, lokr_factor, decompose_both)
+        self.adapter = adapter
+        self.lokr_factor = lokr_factor
+        self.decompose_both = decompose_both
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)
         self.dropout = dropout
@@ -91,7 +123,8 @@ class LoRAFineTuner(DiffusionFineTuner):
         self.target_blocks = target_blocks
         self.train_text_encoder = train_text_encoder
         self.text_encoder_target_modules = text_encoder_target_modules
-        check_formats(export_formats, "model.init_args.export_formats")
+        export_formats = FORMATS_OF_KIND[adapter] if export_formats is None else export_formats
+        check_formats(export_formats, "model.init_args.export_formats", adapter)
         self.export_formats = list(export_formats)
         self.init_lora = init_lora
         self.checkpoint_loaded = False  # its weights replace init_lora's: the file is not read
@@ -100,20 +133,17 @@ class LoRAFineTuner(DiffusionFineTuner):
         """The pipeline components that carry an adapter, by pipeline component name."""
         return self.family.components(self.train_text_encoder)
 
-    def lora_config(self, component: str) -> LoraConfig:
-        """The peft config for one component: the user's targets or the family's defaults, within the chosen
-        blocks of the denoiser (a regex over module names) when ``target_blocks`` is set."""
+    def adapter_config(self, component: str) -> PeftConfig:
+        """The peft config for one component: the adapter kind with its options, on the user's targets or the
+        family's defaults, within the chosen blocks of the denoiser (a regex over module names) when
+        ``target_blocks`` is set."""
         is_denoiser = component == self.family.denoiser_name
         targets = self.target_modules if is_denoiser else self.text_encoder_target_modules
         targets = targets or self.family.default_lora_targets(component)
         if is_denoiser and self.target_blocks is not None:
             targets = within_blocks(self.chosen_blocks(), targets)
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            init_lora_weights="gaussian",
-            target_modules=targets,
+        return peft_config(
+            self.adapter, self.rank, self.alpha, self.dropout, targets, self.lokr_factor, self.decompose_both
         )
 
     def chosen_blocks(self) -> list[str]:
@@ -131,7 +161,7 @@ class LoRAFineTuner(DiffusionFineTuner):
 
     def configure_trainable(self) -> None:
         for name, module in self.adapted_components().items():
-            config = self.lora_config(name)
+            config = self.adapter_config(name)
             try:
                 module.add_adapter(config)
             except ValueError as error:
@@ -145,16 +175,22 @@ class LoRAFineTuner(DiffusionFineTuner):
             self.start_from(self.init_lora)
 
     def check_kohya_names(self) -> None:
-        """Refuse, before training, adapted modules that a kohya file cannot name."""
+        """Refuse, before training, adapted modules that a kohya file cannot name, or cannot hold as the adapter
+        kind trained them (a LoKr of projections the original model fuses)."""
         components = self.adapted_components()
         names = kohya_names(self.family.pipeline_class, components)
-        unnamed = sorted(set(lora_weights_of(components)) - set(names.by_path))
+        weights = lora_weights_of(components)
+        unnamed = sorted(set(weights) - set(names.by_path))
         if unnamed:
+            other = ", or set export_formats: [diffusers]" if "diffusers" in FORMATS_OF_KIND[self.adapter] else ""
             raise UserError(
                 f"model.init_args.export_formats includes kohya, but {len(unnamed)} adapted modules have no name in "
-                f"kohya / A1111 / ComfyUI files (first: {unnamed[0]}): leave them out of the targets, or set "
-                "export_formats: [diffusers]"
+                f"kohya / A1111 / ComfyUI files (first: {unnamed[0]}): leave them out of the targets{other}"
             )
+        try:
+            to_kohya(weights, names)
+        except UserError as error:
+            raise UserError(f"model.init_args.adapter {self.adapter} with export_formats kohya: {error}") from None
 
     def start_from(self, path: str) -> None:
         """Load a LoRA file's weights into the new adapters (their alpha / rank kept, the update the file's)."""
@@ -175,12 +211,7 @@ class LoRAFineTuner(DiffusionFineTuner):
                 f"{untargeted[0]}): target them (target_modules, train_text_encoder, text_encoder_target_modules) "
                 "or pass another file"
             )
-        ranks = sorted({layer.rank for layer in weights.values()} - {self.rank})
-        if ranks:
-            raise UserError(
-                f"model.init_args.init_lora: {path} has rank {ranks[0]} where model.init_args.rank is {self.rank}: "
-                f"set rank: {ranks[0]}"
-            )
+        check_like_trained(path, weights, lora_weights_of(components), self.adapter, self.rank)
         load_lora_weights_into(components, weights)
 
     def write_export(self, directory: Path) -> Path:
@@ -189,9 +220,12 @@ class LoRAFineTuner(DiffusionFineTuner):
         return [writers[name](directory) for name in self.export_formats][0]
 
     def write_diffusers(self, directory: Path) -> Path:
-        """Write ``pytorch_lora_weights.safetensors`` with each component's peft config in the header."""
+        """Write ``pytorch_lora_weights.safetensors`` with each component's peft config in the header (a DoRA's
+        magnitudes under the keys every diffusers loader finds)."""
         components = self.adapted_components()
-        layers = {f"{name}_lora_layers": get_peft_model_state_dict(m) for name, m in components.items()}
+        layers = {
+            f"{name}_lora_layers": magnitudes_as_weights(get_peft_model_state_dict(m)) for name, m in components.items()
+        }
         metadata = {
             f"{name}_lora_adapter_metadata": m.peft_config["default"].to_dict() for name, m in components.items()
         }
@@ -199,7 +233,8 @@ class LoRAFineTuner(DiffusionFineTuner):
         return directory / LORA_WEIGHTS
 
     def write_kohya(self, directory: Path) -> Path:
-        """Write ``lora_kohya.safetensors`` with kohya and model-spec metadata."""
+        """Write ``lora_kohya.safetensors`` (a LoKr or LoHa as LyCORIS writes it) with kohya and model-spec
+        metadata."""
         components = self.adapted_components()
         names = kohya_names(self.family.pipeline_class, components)
         metadata = kohya_metadata(self.family, self.training_notes())
@@ -217,21 +252,38 @@ class LoRAFineTuner(DiffusionFineTuner):
             resolution=notes.resolution,
             trigger=notes.trigger,
             title=notes.title,
+            network_args=self.network_args(),
         )
 
+    def network_args(self) -> dict[str, str] | None:
+        """A LyCORIS adapter's ``ss_network_args`` (its ``algo`` and options, as LyCORIS's kohya module takes
+        them); None for LoRA and DoRA."""
+        if self.adapter == "loha":
+            return {"algo": "loha"}
+        if self.adapter == "lokr":
+            return {"algo": "lokr", "factor": str(self.lokr_factor), "decompose_both": str(self.decompose_both)}
+        return None
+
     def card_facts(self) -> MethodFacts:
-        """A LoRA of the configured rank and alpha, its files, loaded in diffusers from the first format's file."""
-        settings = {"rank": self.rank, "alpha": self.alpha, "train_text_encoder": self.train_text_encoder}
+        """The adapter of the configured kind, rank and alpha, its files, and the line that loads it in diffusers
+        (LoRA and DoRA) from the diffusers file."""
+        settings = {
+            "adapter": self.adapter,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "train_text_encoder": self.train_text_encoder,
+        }
+        if self.adapter == "lokr":
+            settings.update(lokr_factor=self.lokr_factor, decompose_both=self.decompose_both)
         if self.target_blocks is not None:
             settings["target_blocks"] = self.target_blocks
-        files = [FORMAT_FILES[name] for name in self.export_formats]
-        return MethodFacts(
-            "LoRA",
-            ("lora", "template:sd-lora"),
-            settings,
-            {file: FILE_USES[file] for file in files},
-            (f'pipe.load_lora_weights(folder, weight_name="{files[0]}")',),
+        kind = KIND_NAMES[self.adapter]
+        uses = {**FILE_USES, KOHYA_WEIGHTS: LYCORIS_USE} if self.adapter in ("lokr", "loha") else FILE_USES
+        files = {FORMAT_FILES[name]: uses[FORMAT_FILES[name]].format(kind=kind) for name in self.export_formats}
+        loading = (
+            () if LORA_WEIGHTS not in files else (f'pipe.load_lora_weights(folder, weight_name="{LORA_WEIGHTS}")',)
         )
+        return MethodFacts(kind, KIND_TAGS[self.adapter], settings, files, loading)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.checkpoint_loaded = True

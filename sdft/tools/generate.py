@@ -1,8 +1,9 @@
 """``sdft generate``: images and labelled comparison grids from a base model plus any sdft output.
 
 Sources: a base model (hub id, diffusers folder, ``builtin:...``, or a full fine-tune's export), optionally with
-LoRA files (diffusers or kohya format) and embedding files (textual inversion, pivotal tuning); or a run folder,
-whose checkpoints are loaded into the run's own model and sampled as training's previews are.
+LoRA, DoRA, LoKr or LoHa files (diffusers, kohya or LyCORIS format) and embedding files (textual inversion, pivotal
+tuning); or a run folder, whose checkpoints are loaded into the run's own model and sampled as training's previews
+are.
 
 Axes: prompts x seeds x one compared setting (checkpoints, LoRA scales, guidance scales, or none). Output::
 
@@ -109,7 +110,8 @@ def generate(
         prompts: the prompts, e.g. '["a photo of sks dog", "a sks dog in the snow"]'.
         model: the base model: hub id, diffusers folder, builtin:tiny-sd1, or a full fine-tune's export. With
             --run, it replaces the run's base model path.
-        lora: LoRA files (diffusers or kohya format) or export folders holding one; all load together.
+        lora: adapter files (LoRA, DoRA, LoKr, LoHa; diffusers, kohya or LyCORIS format) or export folders
+            holding one; all load together.
         embeddings: textual-inversion or pivotal-tuning embedding files, or export folders holding one.
         run: a run folder made by sdft fit; its checkpoints sample in the run's own model.
         compare: the grid's columns: checkpoints (of --run), lora_scale, guidance, or none.
@@ -237,11 +239,13 @@ def model_pipelines(plan: Plan, device: Any, dtype: Any) -> Iterator[tuple[Colum
     """The base model's pipeline with the LoRA and embedding files loaded, the LoRAs at each column's scale."""
     family = plan.family(plan.model, variant=plan.variant)
     pipeline = family.base_pipeline(device, dtype)
-    names = sources.load_loras(pipeline, plan.loras, family, plan.model)
+    names, fused = sources.load_loras(pipeline, plan.loras, family, plan.model)
     sources.load_embeddings(pipeline, plan.embeddings, plan.family, plan.model)
     for column in plan.columns:
         if names:
             pipeline.set_adapters(names, [column.lora_scale] * len(names))
+        if fused.changes:
+            fused.apply(column.lora_scale)
         yield column, pipeline, family
 
 

@@ -143,10 +143,10 @@ def check_lora(file: Path, family: type, model: str) -> None:
     """Refuse a file that holds no LoRA weights, or adapts a component ``family``'s models lack (a LoRA for another
     kind of model), before any model loads."""
     keys = safetensors_keys(file, "--lora")
-    if not any(part in key for key in keys for part in ("lora_A", "lora_down", "lora.down")):
+    if not any(part in key for key in keys for part in ("lora_A", "lora_down", "lora.down", "lokr_w1", "hada_w1_a")):
         raise UserError(
-            f"--lora {file} holds no LoRA weights (no lora_A or lora_down tensors); an embedding file goes to "
-            "--embeddings"
+            f"--lora {file} holds no LoRA weights (no lora_A, lora_down, lokr_w1 or hada_w1_a tensors); an embedding "
+            "file goes to --embeddings"
         )
     own = {family.denoiser_name, "denoiser", *family.text_encoder_names}
     foreign = sorted(adapted_components(keys) - own)
@@ -171,26 +171,68 @@ def lora_modules(pipeline: Any, adapter: str) -> int:
     )
 
 
-def load_loras(pipeline: Any, files: list[Path], family: Any, model: str) -> list[str]:
-    """Load LoRA files (diffusers, kohya, A1111 or ComfyUI format, read by :func:`sdft.interop.formats.read_lora`)
-    into ``pipeline`` as adapters ``lora_0``, ``lora_1``, ...; refuse in one line a file that does not fit the model
-    (shapes) or adapts none of its modules. Returns the names."""
-    from sdft.interop.formats import read_lora
-    from sdft.interop.lora_weights import diffusers_state_dict
+@dataclass
+class FusedAdapters:
+    """Adapters diffusers' LoRA loader cannot take (LoKr, LoHa, a DoRA per input column), applied to the weights
+    themselves: each weight ``W0 + scale * (W - W0)``, W the weight the layer makes of W0
+    (:func:`sdft.interop.lora_weights.adapted_weight`).
 
-    names = []
+    Attributes:
+        changes: (the live weight, W0, W - W0) of every adapted module, in float32.
+    """
+
+    changes: list[tuple[Any, Any, Any]]
+
+    def apply(self, scale: float) -> None:
+        """Set every adapted weight at the adapters' strength ``scale``."""
+        import torch
+
+        with torch.no_grad():
+            for weight, base, change in self.changes:
+                weight.copy_(base + scale * change)
+
+
+def load_loras(pipeline: Any, files: list[Path], family: Any, model: str) -> tuple[list[str], FusedAdapters]:
+    """Load adapter files (diffusers, kohya, A1111, ComfyUI or LyCORIS format, read by
+    :func:`sdft.interop.formats.read_lora`) into ``pipeline``: LoRA and DoRA layers as diffusers adapters ``lora_0``,
+    ``lora_1``, ...; LoKr and LoHa layers (which diffusers does not load) fused into the weights at a strength set per
+    column. Refuse in one line a file that does not fit the model (shapes) or adapts none of its modules. Returns
+    the adapter names and the fused adapters."""
+    from sdft.interop.formats import read_lora
+    from sdft.interop.lora_weights import diffusers_loads, diffusers_state_dict
+
+    names, fused = [], FusedAdapters([])
     for index, file in enumerate(files):
         name = f"lora_{index}"
         weights = read_lora(file, family)  # a file that does not fit the model is refused here, by name
+        loadable = {path: layer for path, layer in weights.items() if diffusers_loads(layer)}
+        fused.changes += weight_changes(pipeline, {path: weights[path] for path in weights.keys() - loadable.keys()})
+        if not loadable:
+            continue
         try:
-            pipeline.load_lora_weights(diffusers_state_dict(weights), adapter_name=name)
+            pipeline.load_lora_weights(diffusers_state_dict(loadable), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as error:
             detail = first_line(error, "mismatch")
             raise UserError(f"--lora {file} does not fit {model}: {detail}; use a LoRA trained on this model") from None
         if lora_modules(pipeline, name) == 0:
             raise UserError(f"--lora {file} adapts no module of {model}; use a LoRA trained on this model")
         names.append(name)
-    return names
+    return names, fused
+
+
+def weight_changes(pipeline: Any, weights: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+    """(the live weight, its value, the change the layer makes) of each layer's module in ``pipeline``."""
+    from sdft.interop.lora_weights import adapted_weight
+    from sdft.interop.merging import find_module
+
+    changes = []
+    for path, layer in weights.items():
+        component, _, name = path.partition(".")
+        weight = find_module(dict(getattr(pipeline, component).named_modules()), name).weight
+        base = weight.detach().float().cpu().clone()
+        change = adapted_weight(layer, base) - base
+        changes.append((weight, base.to(weight.device), change.to(weight.device)))
+    return changes
 
 
 def first_line(error: BaseException, containing: str = "") -> str:
