@@ -85,7 +85,7 @@ def architecture_section(name: str, footprint: Footprint, seconds: float) -> lis
         "",
         f"Parameters: {sizes}; LoRA {sum(footprint.trained.values()) / 1e6:.1f}M. Planned in {seconds:.1f} s.",
         "",
-        "| switches | frozen weights | LoRA + grads + AdamW | activations | training step | with sampling |",
+        "| switches | frozen weights | LoRA + grads + AdamW | activations | training step | encoders on the device |",
         "|---|---|---|---|---|---|",
     ]
     for label, switches in COMBINATIONS.items():
@@ -93,7 +93,7 @@ def architecture_section(name: str, footprint: Footprint, seconds: float) -> lis
         trained = planned.trained + planned.gradients + planned.optimizer
         lines.append(
             f"| {label} | {gib(planned.frozen_total)} | {gib(trained)} | {gib(planned.activations)} "
-            f"| **{gib(planned.training)}** | {gib(planned.sampling)} |"
+            f"| **{gib(planned.training)}** | {gib(planned.encoding)} |"
         )
     for title, text in (("Peers", PEERS.get(name)), ("Goal", GOALS.get(name))):
         if text:
@@ -116,14 +116,16 @@ def report(names: list[str]) -> str:
         "and one prompt in the encoding cache. Each row adds its switch to the row above, but the last three are "
         "alternatives: a float8 base, an nf4 base, or every denoiser block offloaded (offloading takes no quantized "
         "base). *Training step*: weights, LoRA, "
-        "its gradients and AdamW state, cache and the activations saved for backward. *With sampling*: previews "
-        "and evaluation between steps, when offloaded text encoders come back and gradients are gone. Weights, "
+        "its gradients and AdamW state, cache and the activations saved for backward. *Encoders on the "
+        "device*: the moments the text encoders are on the device beside the rest, without gradients or activations: "
+        "at the fit's start (Lightning moves the whole model there, then the training prompts are encoded) and "
+        "while previews and evaluation sample. Weights, "
         "trained parameters, gradients and optimizer state are exact (tested against real loads of the tiny "
         "models); activations are an estimate: what autograd saves, counted with fused attention and an emulated "
         "bf16 autocast, without the kernels' scratch memory or the allocator's fragmentation. Prompts count at the "
         "longest the family reads, which bounds Z-Image and Qwen-Image, whose sequences are as long as the prompt. "
-        "Where *with sampling* exceeds the training step, previews and evaluations set the peak (the offloaded "
-        "encoders come back to encode their prompts): a run without sampling callbacks peaks at the training step.",
+        "Where that column exceeds the training step, it is the run's peak: offloading the encoders lowers the "
+        "training step only, until the encoders no longer meet the denoiser on the device.",
         "",
     ]
     with tempfile.TemporaryDirectory() as work:

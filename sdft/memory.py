@@ -107,8 +107,10 @@ class Footprint:
 class Plan:
     """Planned bytes per device, by part, for one set of switches.
 
-    ``peak`` is the larger of training (what a step holds) and sampling (previews and evaluation between steps:
-    the text encoders back on the accelerator, no gradients or activations).
+    ``peak`` is the larger of training (what a step holds) and encoding: the text encoders on the accelerator
+    beside everything else but gradients and activations. Every fit has that moment, offloaded encoders included:
+    Lightning moves the whole model onto the device, then the training prompts are encoded before the encoders
+    leave, and they come back whenever previews and evaluation sample.
     """
 
     switches: Switches
@@ -134,12 +136,12 @@ class Plan:
         return self.frozen_total + self.trained + self.gradients + self.optimizer + self.cache + self.activations
 
     @property
-    def sampling(self) -> int:
+    def encoding(self) -> int:
         return self.frozen_total + self.offloaded + self.trained + self.optimizer + self.cache
 
     @property
     def peak(self) -> int:
-        return max(self.training, self.sampling)
+        return max(self.training, self.encoding)
 
     def table(self) -> str:
         """The plan as a plain-text table, in GiB (MiB when it all fits in one GiB)."""
@@ -161,7 +163,7 @@ class Plan:
         ]
         lines += [f"  {name:<22}{size / scale:8.2f}  {what}" for name, size, what in rows]
         lines.append(f"  {'training step':<22}{self.training / scale:8.2f}")
-        lines.append(f"  {'sampling':<22}{self.sampling / scale:8.2f}  previews and evaluation")
+        lines.append(f"  {'encoding':<22}{self.encoding / scale:8.2f}  text encoders on the device (start, sampling)")
         lines.append(f"  {'peak':<22}{self.peak / scale:8.2f}")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)

@@ -146,7 +146,7 @@ def test_switches_lower_the_plan_in_the_expected_parts():
     assert cast.frozen_total == pytest.approx(base.frozen_total / 2, rel=0.01)
     offloaded = plan(footprint, Switches(offload_text_encoders=True))
     assert offloaded.frozen["text_encoder"] == {} and offloaded.offloaded > 0
-    assert offloaded.training < base.training and offloaded.sampling == base.sampling  # the encoders come back
+    assert offloaded.training < base.training and offloaded.encoding == base.encoding  # they meet again
     checkpointed = plan(footprint, Switches(gradient_checkpointing=True))
     assert checkpointed.activations < base.activations
     ddp = plan(footprint, Switches(), devices=2, strategy="ddp")
