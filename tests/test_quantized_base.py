@@ -23,7 +23,7 @@ def flux_lora(quantize: str | None):
     return lora_tuner(Flux("builtin:tiny-flux"), lr=5e-3, speed=SpeedOptions(quantize=quantize))
 
 
-@pytest.mark.parametrize("quantize", ["int8", "float8"])
+@pytest.mark.parametrize("quantize", [pytest.param("int8", marks=pytest.mark.slow), "float8"])  # float8: the fast one
 def test_a_lora_trains_on_a_quantized_base_from_the_full_precision_loss(quantize, subject_dir, tmp_path):
     quantized = fit(flux_lora(quantize), subject_data(subject_dir), tmp_path / "quantized", STEPS, every=STEPS)
     full = fit(flux_lora(None), subject_data(subject_dir), tmp_path / "full", STEPS)
