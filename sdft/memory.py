@@ -624,22 +624,41 @@ def advice(footprint: Footprint, switches: Switches, budget: int, **options: Any
     for candidate_switches, needs in next_switches(
         switches, options.get("precision", "32"), importlib.util.find_spec("torchao") is not None
     ):
-        changes = switches.changes(candidate_switches)
-        added = [f"{change}{needs if 'frozen_dtype' in change else ''}" for change in changes]
         candidate = plan(footprint, candidate_switches, **options)
         if candidate.peak <= budget:
+            candidate_switches = fewest_changes(footprint, switches, candidate_switches, budget, options)
+            candidate = plan(footprint, candidate_switches, **options)
+            changes = switches.changes(candidate_switches)
+            added = [f"{change}{needs if 'frozen_dtype' in change else ''}" for change in changes]
             return current, (
                 f"this fit plans {size_text(current.peak)} per device, over the budget of {size_text(budget)}: "
                 f"set {'; '.join(added)} (planned {size_text(candidate.peak)})"
             )
         if candidate.peak < best.peak:
-            best, best_changes = candidate, added
+            changes = switches.changes(candidate_switches)
+            best, best_changes = candidate, [f"{c}{needs if 'frozen_dtype' in c else ''}" for c in changes]
     candidate, added = best, best_changes
     return current, (
         f"this fit plans {size_text(current.peak)} per device, over the budget of {size_text(budget)}, and "
         f"{size_text(candidate.peak)} at best with sdft's switches ({'; '.join(added) or 'all already on'}): lower "
         "data.resolution or data.batch_size, or train on a larger device"
     )
+
+
+def fewest_changes(
+    footprint: Footprint, switches: Switches, fitting: Switches, budget: int, options: dict[str, Any]
+) -> Switches:
+    """``fitting`` without the changes from ``switches`` that the budget does not need: each is undone in turn,
+    cheapest first, and stays undone while the plan still fits (offloaded text encoders, for one, lower the training
+    step but not a peak set by the moment they meet the denoiser)."""
+    for item in dataclasses.fields(Switches):
+        before = getattr(switches, item.name)
+        if getattr(fitting, item.name) == before:
+            continue
+        trial = dataclasses.replace(fitting, **{item.name: before})
+        if plan(footprint, trial, **options).peak <= budget:
+            fitting = trial
+    return fitting
 
 
 # --- a configured fit -------------------------------------------------------------------------------------------

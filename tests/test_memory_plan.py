@@ -5,6 +5,8 @@ exceeds it before loading, naming the switches to add."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -18,6 +20,7 @@ from sdft.memory import (
     SavedBytes,
     Switches,
     advice,
+    fewest_changes,
     frozen_bytes,
     frozen_tensors,
     measure,
@@ -163,6 +166,20 @@ def test_advice_names_the_cheapest_switches_that_fit_or_says_none_do():
     _, line = advice(footprint, Switches(), checkpointed)
     assert "set model.init_args.gradient_checkpointing: true (planned" in line
     assert "speed" not in line  # checkpointing alone fits: nothing more is named
+    bf16 = plan(footprint, Switches(frozen_dtype="bfloat16"), precision="bf16-mixed").peak
+    _, line = advice(footprint, Switches(), bf16, precision="bf16-mixed")
+    assert "set model.init_args.speed.frozen_dtype: bfloat16 (planned" in line  # checkpointing came first, not needed
+    # what it names is needed: the fitting switches less any one of their changes exceed the budget
+    everything = Switches(
+        gradient_checkpointing=True, frozen_dtype="bfloat16", quantize="float8", offload_text_encoders=True
+    )
+    budget = plan(footprint, everything, precision="bf16-mixed").peak
+    fitting = fewest_changes(footprint, Switches(), everything, budget, {"precision": "bf16-mixed"})
+    assert plan(footprint, fitting, precision="bf16-mixed").peak <= budget
+    for item in dataclasses.fields(Switches):
+        if getattr(fitting, item.name) != getattr(Switches(), item.name):
+            undone = dataclasses.replace(fitting, **{item.name: getattr(Switches(), item.name)})
+            assert plan(footprint, undone, precision="bf16-mixed").peak > budget
     _, line = advice(footprint, Switches(), 1000)
     assert "at best with sdft's switches" in line and "lower data.resolution or data.batch_size" in line
 
