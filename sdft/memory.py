@@ -39,8 +39,6 @@ from sdft.speed import NF4_BLOCK, NF4_SCALER_BLOCK, cast_frozen, denoiser_blocks
 GIB = 2**30
 #: trainer precisions whose autocast computes in 16 bits
 SIXTEEN_BIT = ("bf16-mixed", "16-mixed", "bf16-true", "16-true", "bf16", "16")
-#: dtype name -> bytes per element
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 #: prompt used for the planned batch (its length does not matter: encoders pad to their maximum length)
 PLAN_PROMPT = "a photo of sks dog"
 
@@ -100,6 +98,7 @@ class Footprint:
     saved: dict[tuple[bool, str], int]
     blocks: list[list[FrozenTensor]]
     text_encoders: tuple[str, ...]
+    denoiser: str
     vae_dtype: str | None = None
 
 
@@ -242,24 +241,27 @@ def trained_elements(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def optimizer_state_bytes(meta: Any) -> int:
+def optimizer_state_bytes(meta: Any) -> tuple[int, str]:
     """The state one step of the fine-tuner's optimizer creates for its trained parameters (meta device: no
-    storage, exact sizes); an optimizer that cannot step there counts two float32 moments per element, as Adam."""
+    storage, exact sizes), and the optimizer's class; an optimizer that cannot step there counts two float32
+    moments per element, as Adam."""
     groups = meta.parameter_groups()
     for group in groups:
         for parameter in group["params"]:
             parameter.grad = torch.empty_like(parameter)
     optimizer = meta.optimizer(groups)
     trained = [p for group in groups for p in group["params"]]
+    name = type(optimizer).__name__
     try:
         optimizer.step()
     except (RuntimeError, NotImplementedError, TypeError):
-        return sum(2 * 4 * p.numel() for p in trained)
+        return sum(2 * 4 * p.numel() for p in trained), name
     finally:
         for parameter in trained:
             parameter.grad = None
     state = [value for values in optimizer.state.values() for value in values.values()]
-    return sum(t.numel() * t.element_size() for t in state if isinstance(t, torch.Tensor) and t.device.type == "meta")
+    size = sum(t.numel() * t.element_size() for t in state if isinstance(t, torch.Tensor) and t.device.type == "meta")
+    return size, name
 
 
 class SavedBytes:
@@ -465,11 +467,7 @@ def measure(model: Any, batch_size: int, resolution: int, images: int, prompts: 
     meta = meta_copy(model)
     family = meta.family
     quantizing = {family.denoiser_name, *family.text_encoder_names}
-    components = {
-        name: module
-        for name, module in family.named_children()
-        if isinstance(module, nn.Module) and any(True for _ in module.parameters())
-    }
+    components = {name: module for name, module in family.named_children() if any(True for _ in module.parameters())}
     frozen = {name: frozen_tensors(module, name in quantizing) for name, module in components.items()}
     trained = {name: trained_elements(module) for name, module in components.items()}
     own = sum(p.numel() for n, p in meta.named_parameters() if p.requires_grad and not n.startswith("family."))
@@ -481,20 +479,27 @@ def measure(model: Any, batch_size: int, resolution: int, images: int, prompts: 
         for mode in RUN_MODES
     }
     vae_dtype = family.capabilities.vae_dtype
+    optimizer_bytes, optimizer_name = optimizer_state_bytes(meta)
     return Footprint(
         frozen=frozen,
         trained={name: size for name, size in trained.items() if size},
-        optimizer_bytes=optimizer_state_bytes(meta),
-        optimizer_name=type(meta.optimizer(meta.parameter_groups())).__name__,
+        optimizer_bytes=optimizer_bytes,
+        optimizer_name=optimizer_name,
         cache_bytes=cache_bytes(meta, images, prompts, resolution),
         saved=saved,
         blocks=[frozen_tensors(block, True) for block in denoiser_blocks(family)],
         text_encoders=tuple(family.text_encoder_names),
+        denoiser=family.denoiser_name,
         vae_dtype=None if vae_dtype is None else str(vae_dtype).removeprefix("torch."),
     )
 
 
 # --- planning from a footprint ----------------------------------------------------------------------------------
+
+
+def dtype_bytes(name: str) -> int:
+    """Bytes per element of a torch dtype named without its prefix (``bfloat16``)."""
+    return getattr(torch, name).itemsize
 
 
 def frozen_bytes(tensor: FrozenTensor, dtype: str | None, quantize: str | None) -> tuple[str, int]:
@@ -506,10 +511,10 @@ def frozen_bytes(tensor: FrozenTensor, dtype: str | None, quantize: str | None) 
         blocks = tensor.elements // NF4_BLOCK
         return quantize, tensor.elements // 2 + blocks + 4 * (blocks // NF4_SCALER_BLOCK) + 4 + 4 * 16
     if quantize in ("int8", "float8") and tensor.rows is not None:
-        per_row = DTYPE_BYTES.get(tensor.dtype, 4) + (1 if quantize == "int8" else 0)
+        per_row = dtype_bytes(tensor.dtype) + (1 if quantize == "int8" else 0)
         return quantize, tensor.elements + tensor.rows * per_row
     target = dtype or tensor.dtype
-    return target, tensor.elements * DTYPE_BYTES.get(target, 4)
+    return target, tensor.elements * dtype_bytes(target)
 
 
 def plan(
@@ -545,9 +550,8 @@ def plan(
         frozen[component] = dict(by_dtype)
     blocks_offloaded = offloaded_blocks(footprint, switches)
     if blocks_offloaded:
-        denoiser = max(frozen, key=lambda c: sum(frozen[c].values()) if c not in footprint.text_encoders else 0)
-        dtype = max(frozen[denoiser], key=frozen[denoiser].get)
-        frozen[denoiser][dtype] -= blocks_offloaded
+        denoiser = frozen[footprint.denoiser]
+        denoiser[max(denoiser, key=denoiser.get)] -= blocks_offloaded
     trained = 4 * sum(footprint.trained.values())
     gradients = trained * (2 if strategy == "ddp" and devices > 1 else 1)
     optimizer = footprint.optimizer_bytes
