@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,17 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from sdft.callbacks.checkpoint_files import checkpoint_at, current_checkpoint_dirs, export_step, unique_paths
+from sdft.callbacks.export import live_weights_kept
 from sdft.callbacks.samples import log_grid
 from sdft.errors import UserError
 from sdft.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_clip, load_dino
 from sdft.evaluation.probes import Probe, build_probes, infer_subject, subject_prompts
 from sdft.evaluation.scoring import ProbeResult, ProbeScorer
 from sdft.evaluation.selection import Selection, select_step
+from sdft.evaluation.strength import DEFAULT_SCALES, check_scales, select_scale, strength_record
 from sdft.files import write_atomic, write_json, write_jsonl
 from sdft.methods.base import DiffusionFineTuner
-from sdft.runs import checkpoints_by_step
+from sdft.runs import apply_checkpoint, checkpoints_by_step
 from sdft.sharding import whole_model
 from sdft.tools.grids import image_grid
 
@@ -75,6 +78,7 @@ class SubjectEvaluator(Callback):
         tie_standard_errors: float = 1.0,
         export_best: bool = True,
         keep_last_n: int | None = None,
+        scales: Sequence[float] | None = DEFAULT_SCALES,
     ) -> None:
         """
         Args:
@@ -111,12 +115,16 @@ class SubjectEvaluator(Callback):
             keep_last_n: after each evaluation, delete the checkpoints of evaluated steps other than the last
                 ``keep_last_n`` and the step the rule chooses so far (steps not yet evaluated, and interruption
                 checkpoints, are kept); None keeps every checkpoint.
+            scales: after selection, score the chosen step's adapter at these strengths and record the one the
+                rule keeps (``strength`` in ``selection.json``, the model card); null or [] skips it. Methods
+                without a strength (full fine-tuning, textual inversion) skip it.
         """
         check_options(every_n_steps, identifier, class_images, fidelity, pres_margin, tie_tolerance)
         check_noise_options(images_per_prompt, div_margin, confidence, tie_standard_errors)
         if keep_last_n is not None and keep_last_n < 1:
             raise UserError(f"SubjectEvaluator.keep_last_n must be at least 1 (or null to keep all), got {keep_last_n}")
         self.keep_last_n = keep_last_n
+        self.scales = check_scales(scales)
         self.every_n_steps, self.identifier, self.class_noun, self.live = every_n_steps, identifier, class_noun, live
         self.prompts, self.num_prompts, self.images_per_prompt = prompts, num_prompts, images_per_prompt
         self.class_images, self.seed, self.resolution, self.batch_size = class_images, seed, resolution, batch_size
@@ -247,7 +255,9 @@ class SubjectEvaluator(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: DiffusionFineTuner) -> None:
         if not self.evaluated(trainer.global_step):
             self.evaluate(trainer, pl_module)
-        self.record_selection(trainer, pl_module, self.select())
+        selection = self.select()
+        strength = self.measure_strength(trainer, pl_module, selection.step)
+        self.record_selection(trainer, pl_module, selection, strength)
 
     def select(self) -> Selection:
         """The rule applied to the table so far, comparing steps probe by probe."""
@@ -294,14 +304,65 @@ class SubjectEvaluator(Callback):
                     if step in evaluated and step not in keep:
                         path.unlink(missing_ok=True)
 
+    # -- strength -------------------------------------------------------------------------------------------------
+
+    def measure_strength(self, trainer: Trainer, pl_module: DiffusionFineTuner, step: int) -> dict[str, Any] | None:
+        """Score ``step``'s adapter at each of ``scales`` (every rank), apply the rule across them and return the
+        ``strength`` record; None where the method has no strength, no scales are set, the chosen step is the base
+        model or its checkpoint is gone. Scale 1 reuses the step's own evaluation."""
+        if not (self.scales and pl_module.scalable) or step == min(row["step"] for row in self.rows):
+            return None
+        checkpoint = None if step == trainer.global_step else self.find_checkpoint(trainer, step)
+        if step != trainer.global_step and checkpoint is None:
+            rank_zero_warn(f"no checkpoint holds step {step}: its adapter's strength was not measured")
+            return None
+        rows = {1.0: self.row_of(step)} if 1.0 in self.scales else {}
+        scores = {1.0: self.scores[step]} if 1.0 in self.scales else {}
+        with whole_model(pl_module), live_weights_kept(pl_module):
+            if checkpoint is not None:
+                apply_checkpoint(pl_module, checkpoint)
+            for scale in (scale for scale in self.scales if scale != 1.0):
+                started = time.perf_counter()
+                with pl_module.adapter_scale(scale):
+                    result = self.scorer.score(pl_module, trainer.global_rank, trainer.world_size)
+                rows[scale] = self.scale_row(trainer, scale, result, time.perf_counter() - started)
+                scores[scale] = result.scores
+        base = min(self.rows, key=lambda row: row["step"])
+        strength = select_scale(base, rows, self.scores.get(base["step"]), scores, **self.rule)
+        rank_zero_info(f"recommended strength of step {step}: {strength.scale:g} ({strength.reason})")
+        return strength_record(strength, {scale: without_step(row) for scale, row in rows.items()})
+
+    def scale_row(self, trainer: Trainer, scale: float, result: ProbeResult, seconds: float) -> dict[str, Any]:
+        """The metrics of one scale, its grid written (rank 0) as ``evaluation/strength_<scale>.png``."""
+        grid = f"evaluation/strength_{scale:.2f}.png"
+        if trainer.is_global_zero:
+            grid_image = image_grid(result.images, columns=self.images_per_prompt)
+            write_atomic(self.run_dir / grid, lambda file: grid_image.save(file, format="PNG"))
+            shown = (f"{key} {value:.3f} ± {result.errors[key]:.3f}" for key, value in result.values.items())
+            rank_zero_info(f"strength {scale:g}: " + ", ".join(shown))
+        errors = {key: round(value, 6) for key, value in result.errors.items()}
+        return {**result.values, "se": errors, "grid": grid, "seconds": round(seconds, 3)}
+
     # -- selection ------------------------------------------------------------------------------------------------
 
-    def record_selection(self, trainer: Trainer, pl_module: DiffusionFineTuner, selection: Selection) -> None:
+    def record_selection(
+        self,
+        trainer: Trainer,
+        pl_module: DiffusionFineTuner,
+        selection: Selection,
+        strength: dict[str, Any] | None = None,
+    ) -> None:
         with whole_model(pl_module):  # every rank, for a sharded model; rank 0 exports and writes
             if trainer.is_global_zero:
-                self.write_selection(trainer, pl_module, selection)
+                self.write_selection(trainer, pl_module, selection, strength)
 
-    def write_selection(self, trainer: Trainer, pl_module: DiffusionFineTuner, selection: Selection) -> None:
+    def write_selection(
+        self,
+        trainer: Trainer,
+        pl_module: DiffusionFineTuner,
+        selection: Selection,
+        strength: dict[str, Any] | None = None,
+    ) -> None:
         """Write ``selection.json``, export the chosen step to ``<run>/best/`` (its model card reads the selection)
         and record the export in ``selection.json``."""
         checkpoint = self.find_checkpoint(trainer, selection.step)
@@ -315,6 +376,7 @@ class SubjectEvaluator(Callback):
             "checkpoint": str(checkpoint) if checkpoint else None,
             "export": None,
             "values": self.row_of(selection.step),
+            "strength": strength,
         }
         write_json(self.run_dir / "evaluation" / "selection.json", record)
         exported = self.export_best and export_step(pl_module, checkpoint, trainer.global_step, selection.step, best)
@@ -411,6 +473,11 @@ def check_noise_options(
             f"SubjectEvaluator.div_margin={div_margin} limits DIV, which needs two images of a prompt; set "
             f"images_per_prompt to 2 or more (got {images_per_prompt}), or div_margin: null"
         )
+
+
+def without_step(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row without its training step (a scale's row is of the chosen step)."""
+    return {key: value for key, value in row.items() if key != "step"}
 
 
 def probe_record(probe: Probe) -> dict[str, Any]:

@@ -19,7 +19,7 @@ the row with the lowest step (normally step 0, the base model) is the baseline.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sdft.errors import UserError
@@ -33,6 +33,30 @@ EPSILON = 1e-9
 Row = Mapping[str, float]
 #: step -> metric key -> the score of every probe image, in probe order (identical probes at every step)
 Scores = Mapping[int, Mapping[str, Sequence[float]]]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """What the rows of a selection stand for, as its sentences name them: training steps, or the strengths of one
+    step's adapter (rows keyed by their index, the baseline's 0).
+
+    Attributes:
+        name: one row's kind, e.g. ``step``.
+        plural: several rows', e.g. ``steps``.
+        after_baseline: the rows that compete, e.g. ``step after the baseline``.
+        earlier: what the tie rule prefers, e.g. ``earlier``.
+        label: a row's key -> its value as shown.
+    """
+
+    name: str = "step"
+    plural: str = "steps"
+    after_baseline: str = "step after the baseline"
+    earlier: str = "earlier"
+    label: Callable[[int], str] = str
+
+
+#: training steps, the rows of :func:`select_step` by default
+STEPS = Axis()
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,7 @@ def select_step(
     confidence: float = 0.95,
     tie_standard_errors: float = 1.0,
     scores: Scores | None = None,
+    axis: Axis = STEPS,
 ) -> Selection:
     """Max ``fidelity`` s.t. CLIP-T did not clearly drop by more than ``clip_t_margin`` from the base model, nor PRES
     clearly rise by more than ``pres_margin`` (nor DIV clearly drop by more than ``div_margin``); ties go earlier.
@@ -81,25 +106,29 @@ def select_step(
         confidence: one-sided level at which a change beyond a margin counts as clear (0.5 compares the means alone).
         tie_standard_errors: how many standard errors of the best step's lead count as a tie (0: the means alone).
         scores: step -> metric -> per-probe scores in probe order (``evaluation/scores.jsonl``); None for means.
+        axis: what the rows stand for, in the reasons' wording (training steps by default).
     """
     if tie_standard_errors < 0:
         raise UserError(f"tie_standard_errors must be >= 0, got {tie_standard_errors}")
     z = one_sided_z(confidence)
-    rule = Rule(fidelity, clip_t_margin, pres_margin, div_margin, tie_tolerance, z, tie_standard_errors, scores or {})
+    rule = Rule(
+        fidelity, clip_t_margin, pres_margin, div_margin, tie_tolerance, z, tie_standard_errors, scores or {}, axis
+    )
     baseline, *evaluated = sorted_rows(rows, rule.keys(), tie_tolerance)
+    base = f"the baseline {axis.name} {axis.label(int(baseline['step']))}"
     if not evaluated:
-        return Selection(int(baseline["step"]), f"only the baseline step {baseline['step']} was evaluated")
+        return Selection(int(baseline["step"]), f"only {base} was evaluated")
     nonfinite = nonfinite_steps(evaluated, rule.keys())
     trained = [row for row in evaluated if int(row["step"]) not in nonfinite]
     if not trained:
-        reason = f"no step after the baseline has finite metrics; keeping the baseline step {baseline['step']}"
+        reason = f"no {axis.after_baseline} has finite metrics; keeping {base}"
         return Selection(int(baseline["step"]), reason, (), nonfinite)
     rejected = {**nonfinite, **rule.rejected_steps(trained, baseline)}
     candidates = [row for row in trained if int(row["step"]) not in rejected]
     constraints = rule.describe_constraints(baseline)
     if not candidates:
         chosen, choice = rule.earliest_near_best(trained)
-        return Selection(int(chosen["step"]), f"no step after the baseline met {constraints}; {choice}", (), rejected)
+        return Selection(int(chosen["step"]), f"no {axis.after_baseline} met {constraints}; {choice}", (), rejected)
     chosen, choice = rule.earliest_near_best(candidates)
     reason = f"{choice}, subject to {constraints}"
     return Selection(int(chosen["step"]), reason, tuple(int(row["step"]) for row in candidates), rejected)
@@ -117,6 +146,7 @@ class Rule:
     z: float
     tie_z: float
     scores: Scores
+    axis: Axis = STEPS
 
     def limits(self) -> list[tuple[str, float, int]]:
         """(metric, margin, direction) of each active constraint: -1 must not drop, +1 must not rise."""
@@ -168,7 +198,7 @@ class Rule:
             parts.append(f"{key} {relation} {limit:.4f} (base {baseline[key]:.4f} {sign} {margin})")
         if not parts:
             return "no constraints"
-        noise = f" (a step breaks them only beyond the noise, at z = {self.z:.2f})" if self.scores else ""
+        noise = f" (a {self.axis.name} breaks them only beyond the noise, at z = {self.z:.2f})" if self.scores else ""
         return " and ".join(parts) + noise
 
     def earliest_near_best(self, rows: Sequence[Row]) -> tuple[Row, str]:
@@ -182,20 +212,21 @@ class Rule:
         return self.difference(best, row, self.fidelity).lower(self.tie_z) <= self.tie_tolerance + EPSILON
 
     def describe_choice(self, chosen: Row, best: Row, rows: Sequence[Row]) -> str:
-        """A sentence naming the chosen step, its value, and the best value among ``rows``."""
-        key = self.fidelity
-        steps = ", ".join(str(int(row["step"])) for row in rows)
-        text = f"step {int(chosen['step'])} has {key} {chosen[key]:.4f}"
+        """A sentence naming the chosen row, its value, and the best value among ``rows``."""
+        key, axis = self.fidelity, self.axis
+        named = ", ".join(axis.label(int(row["step"])) for row in rows)
+        text = f"{axis.name} {axis.label(int(chosen['step']))} has {key} {chosen[key]:.4f}"
         if best is chosen or best[key] == chosen[key]:
-            return text + f", the highest among steps [{steps}]"
+            return text + f", the highest among {axis.plural} [{named}]"
         lead = self.difference(best, chosen, key)
-        near = f"within {self.tie_tolerance} of the best {best[key]:.4f} at step {int(best['step'])}"
+        at_best = f"{best[key]:.4f} at {axis.name} {axis.label(int(best['step']))}"
+        near = f"within {self.tie_tolerance} of the best {at_best}"
         if lead.mean > self.tie_tolerance + EPSILON:
             near = (
-                f"not clearly below the best {best[key]:.4f} at step {int(best['step'])} (which leads by "
+                f"not clearly below the best {at_best} (which leads by "
                 f"{lead.describe()}, within {self.tie_tolerance} + {self.tie_z:g} standard error)"
             )
-        return text + f", {near}, and is earlier, among steps [{steps}]"
+        return text + f", {near}, and is {axis.earlier}, among {axis.plural} [{named}]"
 
 
 def select_single(rows: Sequence[Row], monitor: str, mode: str = "max", tie_tolerance: float = 0.0) -> Selection:

@@ -17,7 +17,7 @@ import json
 import shutil
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,8 @@ class RunFacts:
         grid: the evaluation's probe grid of the step.
         previews: the step's SamplePreview images, one tuple per prompt (when there is no grid).
         prompts: the prompts of the grid or the previews, top row first.
+        strength: the adapter strength the evaluation recommends for the step (``scale``, ``reason``), when it
+            measured one.
     """
 
     model_config: Mapping[str, Any] | None = None
@@ -91,6 +93,7 @@ class RunFacts:
     grid: Path | None = None
     previews: tuple[tuple[Path, ...], ...] = ()
     prompts: tuple[str, ...] = ()
+    strength: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,9 @@ def evaluation_section(card: ModelCard) -> str:
     lines = []
     if card.run.selection:
         lines += [f"Selected as the best step by the evaluation: {card.run.selection}.", ""]
+    if card.run.strength:
+        strength = card.run.strength
+        lines += [f"Recommended strength: **{strength['scale']:g}**, measured: {strength['reason']}.", ""]
     if card.run.metrics:
         lines += metrics_table(card.run.metrics)
     return "\n".join(["## Evaluation", "", *lines]).rstrip() if lines else ""
@@ -246,9 +252,18 @@ def usage_section(card: ModelCard) -> str:
         'folder = "path/to/this/folder"',
         f"pipe = {pipeline}.from_pretrained({source})",
         *card.method.loading,
+        *strength_line(card),
         f"image = pipe({json.dumps(card.prompt or '')}).images[0]",
     ]
     return "\n".join(["## Use with diffusers", "", "```python", *code, "```"])
+
+
+def strength_line(card: ModelCard) -> list[str]:
+    """The line that sets the measured strength of loaded LoRAs, when it is not 1."""
+    strength = card.run.strength
+    if not strength or strength["scale"] == 1.0 or not card.method.loading:
+        return []
+    return [f"pipe.set_adapters(pipe.get_active_adapters(), {strength['scale']:g})  # the measured strength"]
 
 
 def license_section() -> str:
@@ -291,10 +306,10 @@ def read_run_facts(run_dir: Path, step: int | None) -> RunFacts:
         warnings.warn(f"the model card leaves out the run's evaluation: {error}", stacklevel=2)
         evaluated = RunFacts()
     if evaluated.grid is not None:
-        return RunFacts(config, evaluated.metrics, evaluated.selection, evaluated.grid, (), evaluated.prompts)
+        return replace(evaluated, model_config=config)
     previews = preview_rows(run_dir, step)
     prompts = tuple(sample_prompts(run_dir))[: len(previews)] if previews else ()
-    return RunFacts(config, evaluated.metrics, evaluated.selection, None, previews, prompts)
+    return replace(evaluated, model_config=config, grid=None, previews=previews, prompts=prompts)
 
 
 def read_model_config(path: Path) -> Mapping[str, Any] | None:
@@ -322,6 +337,7 @@ def read_evaluated_step(run_dir: Path, step: int) -> RunFacts:
     return RunFacts(
         metrics=(row,) if base is row else (base, row),
         selection=evaluation.selection.reason if selected else None,
+        strength=evaluation.selection.strength if selected else None,
         grid=grid if row.get("grid") and grid.is_file() else None,
         prompts=probe_prompts(run_dir / "evaluation" / "probes.json"),
     )

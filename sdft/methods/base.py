@@ -109,6 +109,9 @@ class DiffusionFineTuner(LightningModule):
     ``instance loss + prior_loss_weight * prior loss``; both parts are logged.
     """
 
+    #: whether the trained weights are an adapter applied at a strength (see :meth:`adapter_scale`)
+    scalable = False
+
     def __init__(
         self,
         family: ModelFamily,

@@ -19,10 +19,13 @@ Each kind is exported only in the formats whose consumers read it as it trained
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from peft import PeftConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
@@ -128,6 +131,24 @@ class LoRAFineTuner(DiffusionFineTuner):
         self.export_formats = list(export_formats)
         self.init_lora = init_lora
         self.checkpoint_loaded = False  # its weights replace init_lora's: the file is not read
+
+    scalable = True
+
+    @contextmanager
+    def adapter_scale(self, scale: float) -> Iterator[None]:
+        """Apply every adapter layer at ``scale`` times its trained strength within the block: the strength that
+        diffusers' ``set_adapters(..., adapter_weights)`` and ComfyUI's and A1111's LoRA strength set (DoRA scales
+        its low-rank update inside the normalisation, as peft does)."""
+        layers = [module for module in self.modules() if isinstance(module, BaseTunerLayer)]
+        for layer in layers:
+            for name in layer.active_adapters:
+                layer.set_scale(name, scale)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                for name in layer.active_adapters:
+                    layer.set_scale(name, 1.0)
 
     def adapted_components(self) -> dict[str, nn.Module]:
         """The pipeline components that carry an adapter, by pipeline component name."""

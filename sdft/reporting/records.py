@@ -42,6 +42,7 @@ class RecordedSelection:
     rule: Mapping[str, Any] | None = None
     export: str | None = None
     checkpoint: str | None = None
+    strength: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ def _parse_selection(data: Mapping[str, Any], path: Path) -> RecordedSelection:
             rule=data.get("rule"),
             export=data.get("export"),
             checkpoint=data.get("checkpoint"),
+            strength=data.get("strength"),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise UserError(
