@@ -1,8 +1,9 @@
 """Atomic writes of files and folders: a file or folder that exists is always complete.
 
 The temporary file or folder is created as ``open`` or ``mkdir`` would create the final one (mode 0o666 or 0o777
-less the umask, or the folder's default ACL), so a run's exports and the built-in assets are as readable as any
-other file the user makes, not private like ``tempfile``'s 0o600 files and 0o700 folders.
+less the umask, or the folder's default ACL), and the files a writer made inside it are given that mode, so a run's
+exports and the built-in assets are as readable as any other file the user makes, not private like ``tempfile``'s
+0o600 files and 0o700 folders or safetensors' 0o600 files.
 """
 
 from __future__ import annotations
@@ -50,11 +51,20 @@ def write_named_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     temporary = staging_path(path, suffix=".tmp")
     try:
         write(temporary)
+        follow_umask(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def follow_umask(file: Path) -> None:
+    """Give a file the mode ``open(path, "w")`` would have given it (0o666 less the umask): writers such as
+    safetensors' ``save_file`` create theirs private (0o600), which would keep other users from a shared export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(file, 0o666 & ~umask)
 
 
 def staging_path(path: Path, suffix: str = "") -> Path:
@@ -100,6 +110,9 @@ def write_folder_atomic(folder: Path, build: Callable[[Path], T], replace: bool 
     staging.mkdir()  # the mode mkdir gives (0o777 less the umask), unlike tempfile.mkdtemp's private 0o700
     try:
         result = build(staging)
+        for file in staging.rglob("*"):
+            if file.is_file() and not file.is_symlink():
+                follow_umask(file)
         if replace and folder.exists():
             os.replace(folder, previous)
         try:

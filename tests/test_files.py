@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from sdft import assets
-from sdft.files import write_atomic, write_folder_atomic
+from sdft.files import write_atomic, write_folder_atomic, write_named_atomic
 
 
 @pytest.fixture(params=[0o022, 0o002, 0o027], ids=["022", "002", "027"])
@@ -55,6 +57,15 @@ def test_a_file_written_atomically_has_the_mode_open_gives(tmp_path: Path, umask
     write_atomic(tmp_path / "atomic.png", lambda file: file.write(b"png"))
     assert (tmp_path / "atomic.png").read_bytes() == b"png"
     assert oct(mode(tmp_path / "atomic.png")) == oct(mode(tmp_path / "ordinary.txt")) == oct(0o666 & ~umask)
+
+
+def test_safetensors_files_in_a_folder_or_alone_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """safetensors creates its files private (0o600): users sharing a run folder could not read its exports."""
+    tensors = {"weight": torch.ones(2)}
+    write_folder_atomic(tmp_path / "best", lambda staging: save_file(tensors, staging / "lora.safetensors"))
+    write_named_atomic(tmp_path / "alone.safetensors", lambda staging: save_file(tensors, staging))
+    assert oct(mode(tmp_path / "best" / "lora.safetensors")) == oct(0o666 & ~umask)
+    assert oct(mode(tmp_path / "alone.safetensors")) == oct(0o666 & ~umask)
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path: Path) -> None:
