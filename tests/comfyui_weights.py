@@ -4,7 +4,8 @@ sdft's own formulas: the loader that LoKr and LoHa exports are checked against.
 
 ComfyUI applies a module of the file to the weight of the original model's layer; where the original fuses several
 diffusers projections (kohya names, :mod:`sdft.interop.kohya_names`) the parts' weights are stacked first, and the
-halves of a swapped module exchanged, then split back into the diffusers modules.
+halves of a swapped module exchanged, then split back into the diffusers modules. A ``lycoris_`` module adapts its
+diffusers module's rows of that layer alone.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def apply_comfyui(pipeline: DiffusionPipeline, path: Path, components: tuple[str
     modules = {name: getattr(pipeline, name) for name in components}
     names = kohya_names(type(pipeline), modules)
     for name in dict.fromkeys(key.split(".")[0] for key in state):
-        module = names.by_name[name]
+        module = names.readable[name]
         tensors = {key.split(".", 1)[1]: value for key, value in state.items() if key.split(".")[0] == name}
         alpha = tensors.pop("alpha", None)
         layers = [modules[part.split(".")[0]].get_submodule(part.split(".", 1)[1]) for part in module.parts]

@@ -6,6 +6,7 @@ extract commands, ``sdft generate``, and a fit through the CLI with the evaluato
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,10 @@ from training import brief_fit, stock_images, stock_pipeline, trained_images
 
 from sdft.assets import resolve
 from sdft.errors import UserError
-from sdft.families import Flux, ModelFamily, StableDiffusion
+from sdft.families import Flux, Flux2Klein, ModelFamily, StableDiffusion, StableDiffusion3, StableDiffusionXL, ZImage
 from sdft.interop.formats import read_lora
+from sdft.interop.kohya import to_kohya
+from sdft.interop.kohya_names import KohyaModule, KohyaNames, kohya_names
 from sdft.interop.lora_weights import LoraLayer, adapted_weight, lora_weights_of
 from sdft.interop.lycoris import LohaLayer, LokrLayer, decomposed_weight
 from sdft.interop.merge_commands import Merge, extract
@@ -43,6 +46,16 @@ def random_adapter(family: ModelFamily, adapter: str, seed: int = 0, **options) 
             if param.requires_grad:
                 param.add_(0.3 * torch.randn(param.shape, generator=generator))
     return model
+
+
+def peft_deltas(model: LoRAFineTuner) -> dict[str, torch.Tensor]:
+    """Each adapted module's update as peft computes it (``get_delta_weight``)."""
+    return {
+        f"{component}.{name}": layer.get_delta_weight("default")
+        for component, module in model.adapted_components().items()
+        for name, layer in module.named_modules()
+        if hasattr(layer, "get_delta_weight") and "default" in getattr(layer, "r", {})
+    }
 
 
 def peft_weights(model: LoRAFineTuner) -> dict[str, torch.Tensor]:
@@ -132,11 +145,12 @@ def test_comfyui_s_formulas_on_the_lycoris_export_give_peft_s_weights(adapter, o
         torch.testing.assert_close(getattr(pipeline, component).get_submodule(name).weight, weight, atol=1e-6, rtol=0)
 
 
-def test_a_loha_of_fused_projections_is_one_module_comfyui_splits_exactly_and_a_lokr_is_refused(tmp_path):
+def test_a_loha_of_fused_projections_is_one_module_comfyui_splits_exactly(tmp_path):
     model = random_adapter(Flux("builtin:tiny-flux"), "loha", target_blocks=[0, 2])
     path = model.export(tmp_path)
     keys = load_file(path)
     assert "lora_unet_double_blocks_0_img_attn_qkv.hada_w1_a" in keys  # q, k, v in one module, as ComfyUI reads
+    assert not any(key.startswith("lycoris_") for key in keys)
     pipeline = stock_pipeline(resolve("builtin:tiny-flux"), Flux)
     apply_comfyui(pipeline, path, Flux.capabilities.lora_components)
     read = read_lora(path, Flux("builtin:tiny-flux"))
@@ -144,11 +158,52 @@ def test_a_loha_of_fused_projections_is_one_module_comfyui_splits_exactly_and_a_
         component, _, name = module.partition(".")
         torch.testing.assert_close(getattr(pipeline, component).get_submodule(name).weight, weight, atol=1e-6, rtol=0)
         assert read[module].kind == "loha"
-    lokr = LoRAFineTuner(Flux("builtin:tiny-flux"), adapter="lokr", rank=4)
-    with pytest.raises(
-        UserError, match=r"adapter lokr with export_formats kohya: the LoKr of .*attn.to_q.* one module"
-    ):
-        lokr.configure_model()
+
+
+#: the diffusers projections that the original layers of SD3, Flux.1, FLUX.2 and Z-Image fuse (q, k, v of each stream)
+FUSED_PROJECTION = re.compile(r".*(attn|attention)\.(to_[qkv]|add_[qkv]_proj)")
+
+
+@pytest.mark.parametrize(
+    ("family_class", "builtin", "example"),
+    [
+        pytest.param(Flux, "builtin:tiny-flux", "lycoris_single_transformer_blocks_1_attn_to_v", id="flux"),
+        pytest.param(StableDiffusion3, "builtin:tiny-sd3", "lycoris_transformer_blocks_3_attn_add_q_proj", id="sd3"),
+        pytest.param(Flux2Klein, "builtin:tiny-flux2-klein", "lycoris_transformer_blocks_0_attn_to_k", id="flux2"),
+        pytest.param(ZImage, "builtin:tiny-zimage", "lycoris_noise_refiner_0_attention_to_q", id="zimage"),
+    ],
+)
+def test_a_lokr_of_fused_projections_is_written_per_projection_under_comfyui_s_lycoris_names(
+    family_class, builtin, example, tmp_path
+):
+    model = random_adapter(family_class(builtin), "lokr")
+    path = model.export(tmp_path)
+    modules = {key.split(".")[0] for key in load_file(path)}
+    deltas = peft_deltas(model)
+    fused = {
+        "lycoris_" + name.partition(".")[2].replace(".", "_") for name in deltas if FUSED_PROJECTION.fullmatch(name)
+    }
+    assert example in fused
+    assert {name for name in modules if name.startswith("lycoris_")} == fused
+    others = len(deltas) - len(fused)  # every other module under its kohya name, as before
+    assert len(modules - fused) == others and all(name.startswith("lora_") for name in modules - fused)
+    read = read_lora(path, family_class(builtin))
+    assert read.keys() == deltas.keys()
+    for module, delta in deltas.items():
+        torch.testing.assert_close(read[module].update(delta.shape), delta, atol=1e-6, rtol=0)
+    pipeline = stock_pipeline(resolve(builtin), family_class)
+    apply_comfyui(pipeline, path, family_class.capabilities.lora_components)
+    for module, weight in peft_weights(model).items():
+        component, _, name = module.partition(".")
+        torch.testing.assert_close(getattr(pipeline, component).get_submodule(name).weight, weight, atol=1e-6, rtol=0)
+
+
+def test_a_lokr_of_fused_projections_without_lycoris_names_is_refused_naming_the_model():
+    module = KohyaModule("lora_unet_qkv", ("transformer.to_q", "transformer.to_k"), (4, 4))
+    lokr = LokrLayer({"lokr_w1": torch.ones(2, 2), "lokr_w2": torch.ones(2, 2)}, 1.0)
+    weights = {"transformer.to_q": lokr, "transformer.to_k": lokr}
+    with pytest.raises(UserError, match=r"^the LoKr of .* one module lora_unet_qkv .* no lycoris_ names of Tiny"):
+        to_kohya(weights, KohyaNames([module], model="Tiny"))
 
 
 # -- exports and the formats that refuse a kind -----------------------------------------------------------------------
@@ -272,6 +327,37 @@ def test_a_foreign_lycoris_file_fuses_into_comfyui_s_weights(tmp_path):
     expected = adapted * tensors[f"{prefix}.dora_scale"] / adapted.norm(dim=0, keepdim=True)
     found = fused.text_encoder.get_submodule("encoder.layers.0.mlp.fc1").weight
     torch.testing.assert_close(found, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("family_class", "builtin"),
+    [
+        pytest.param(StableDiffusion, TINY, id="sd1"),
+        pytest.param(StableDiffusionXL, "builtin:tiny-sdxl", id="sdxl"),
+    ],
+)
+def test_a_simpletuner_lycoris_file_of_a_unet_reads_in_diffusers_names(family_class, builtin, tmp_path):
+    model = random_adapter(family_class(builtin), "lokr")
+    kohya = load_file(model.export(tmp_path / "kohya"))
+    names = kohya_names(family_class.pipeline_class, model.adapted_components())
+    renamed = {}  # the UNet's modules as SimpleTuner names them: lycoris_ and the diffusers path
+    for key, tensor in kohya.items():
+        name, _, suffix = key.partition(".")
+        path = names.by_name[name].parts[0]
+        if path.startswith("unet."):
+            name = "lycoris_" + path.removeprefix("unet.").replace(".", "_")
+        renamed[f"{name}.{suffix}"] = tensor.clone()
+    assert "lycoris_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lokr_w1" in renamed
+    save_file(renamed, tmp_path / "lycoris.safetensors")
+    read = read_lora(tmp_path / "lycoris.safetensors", family_class(builtin))
+    deltas = peft_deltas(model)
+    assert read.keys() == deltas.keys()
+    for module, delta in deltas.items():
+        torch.testing.assert_close(read[module].update(delta.shape), delta, atol=1e-6, rtol=0)
+    both = {**kohya, **renamed}
+    save_file(both, tmp_path / "both.safetensors")
+    with pytest.raises(UserError, match=r"adapts unet\..* twice \((lora_unet|lycoris)_\w+ and another module"):
+        read_lora(tmp_path / "both.safetensors", family_class(builtin))
 
 
 def test_a_foreign_lokr_of_flux_s_fused_q_k_v_splits_into_its_parts_exactly(tmp_path):

@@ -5,9 +5,11 @@ checkpoint holds exactly the tensors that train, resuming from a mid-run checkpo
 and the family's stock diffusers pipeline loads the export and reproduces the trained model's images while they
 differ from the untrained model's. LoRA is the fast representative of each family; the other cells are ``slow``.
 
-The other adapter kinds (DoRA, LoKr, LoHa) run on one UNet family (SD 1.x) and one transformer family (Qwen-Image),
-one fast cell per kind; each export is read by the loader that reads it: diffusers' ``load_lora_weights`` for DoRA,
-ComfyUI's weight formulas (:mod:`comfyui_weights`) applied to the stock pipeline's weights for LoKr and LoHa.
+The other adapter kinds (DoRA, LoKr, LoHa) run on one UNet family (SD 1.x), one transformer family (Qwen-Image) and
+Flux.1, whose original layers fuse q, k, v (its LoKr written per projection under ComfyUI's ``lycoris_`` names), one
+fast cell per kind and Flux.1's LoKr; each export is read by the loader that reads it: diffusers'
+``load_lora_weights`` for DoRA, ComfyUI's weight formulas (:mod:`comfyui_weights`) applied to the stock pipeline's
+weights for LoKr and LoHa.
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ def fit_cell(method: str, case: FamilyCase, subject_dir: Path, root: Path) -> Fi
 
 
 METHODS = ["lora", "full", "textual_inversion", "pivotal_tuning"]
-#: the adapters' cells: SD 1.x and Qwen-Image, one fast cell per kind
-ADAPTER_FAMILIES = ("sd1", "qwen-image")
-FAST_ADAPTER_CELLS = {("sd1", "lokr"), ("qwen-image", "dora"), ("qwen-image", "loha")}
+#: the adapters' cells: SD 1.x, Qwen-Image and Flux.1 (whose original layers fuse q, k, v), one fast cell per kind
+#: and Flux.1's LoKr
+ADAPTER_FAMILIES = ("sd1", "qwen-image", "flux")
+FAST_ADAPTER_CELLS = {("sd1", "lokr"), ("qwen-image", "dora"), ("qwen-image", "loha"), ("flux", "lokr")}
 CELLS = [
     pytest.param(case, method, id=f"{case.name}-{method}", marks=() if method == "lora" else pytest.mark.slow)
     for case in FAMILY_CASES

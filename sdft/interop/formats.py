@@ -5,8 +5,8 @@
   ``pytorch_lora_weights.safetensors``); diffusers loads LoRA and DoRA, not LoKr or LoHa. A module's alpha comes from a
   ``<component>.<module>.alpha`` tensor, else from the peft config in the header (``lora_adapter_metadata``: the
   component's ``lora_alpha``, ``alpha_pattern`` and ``use_rslora``), else it is the rank, as diffusers loads the file.
-- ``kohya``: kohya / A1111 / ComfyUI files, and LyCORIS's LoKr and LoHa in the same names, see
-  :mod:`sdft.interop.kohya`; they cannot carry peft's DoRA.
+- ``kohya``: kohya / A1111 / ComfyUI files, and LyCORIS's LoKr and LoHa in the same names or in SimpleTuner's
+  ``lycoris_`` names, see :mod:`sdft.interop.kohya`; they cannot carry peft's DoRA.
 
 Other layouts that diffusers converts itself (e.g. ai-toolkit or XLabs Flux.1 files) are read through the family's
 pipeline class (``lora_state_dict``). Module names follow the installed transformers: a file that has
@@ -74,7 +74,7 @@ def read_lora(path: str | Path, family: ModelFamily) -> LoraWeights:
 
     Args:
         path: a ``.safetensors`` file: a diffusers / peft LoRA or DoRA, a kohya / A1111 / ComfyUI LoRA, a LyCORIS
-            LoKr, LoHa or DoRA in kohya names, or a LoRA of a layout diffusers reads.
+            LoKr, LoHa or DoRA in kohya or ``lycoris_`` names, or a LoRA of a layout diffusers reads.
         family: the model family and base model the LoRA is for; loaded or not (then only its configs are read).
     """
     path = Path(path)

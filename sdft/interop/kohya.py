@@ -14,8 +14,12 @@ A LyCORIS module holds its LoKr tensors (``<name>.lokr_w1`` or ``.lokr_w1_a`` / 
 ``.lokr_w2_a`` / ``.lokr_w2_b``, ``.lokr_t2``) or LoHa tensors (``.hada_w1_a`` ... ``.hada_w2_b``, ``.hada_t1`` /
 ``.hada_t2``) and its ``.alpha`` (see :mod:`sdft.interop.lycoris` for the formulas); a DoRA module adds
 ``.dora_scale`` to any of them. A LoHa of fused parts is written exactly as a LoRA's is (its ``w*_a`` block-diagonal,
-its ``w*_b`` stacked) and read back row by row. A LoKr of fused parts cannot be written (a stack of Kronecker
-products is not one); one read from a file splits into its parts where they fall on its ``w1``'s rows. Files
+its ``w*_b`` stacked) and read back row by row. A LoKr of fused parts cannot be one module (a stack of Kronecker
+products is not one): each part is written as its own module under its ``lycoris_`` name (SimpleTuner's, which
+ComfyUI applies to the part's rows of the fused layer, :mod:`sdft.interop.kohya_names`), the rest of the file as
+before; one fused module read from a file splits into its parts where they fall on its ``w1``'s rows. Files of
+``lycoris_`` modules (SimpleTuner's, of any family, the SD 1.x/2.x and SDXL UNets included) read module by module, in
+diffusers' names and row order; a file that adapts one diffusers module under two names is refused. Files
 cannot carry peft's DoRA: its magnitudes are per output row, which A1111 does not read and ComfyUI normalises by the
 base weight instead of the adapted one (``comfy/weight_adapter/base.py``, ``weight_decompose``); a ``dora_scale``
 read from a file follows LyCORIS's formula, per output row for ``(out, 1)`` and per input column for ``(1, in)``.
@@ -80,8 +84,8 @@ def to_kohya(weights: LoraWeights, names: KohyaNames) -> dict[str, Tensor]:
         )
     state = {}
     for module in dict.fromkeys(names.by_path[path] for path in weights):
-        layer = module_layer(module, weights)
-        state.update(module_tensors(module.name, layer))
+        for name, layer in module_layers(module, weights, names).items():
+            state.update(module_tensors(name, layer))
     return state
 
 
@@ -96,22 +100,27 @@ def module_tensors(name: str, layer: AdapterLayer) -> dict[str, Tensor]:
     return state
 
 
-def module_layer(module: KohyaModule, weights: LoraWeights) -> AdapterLayer:
-    """The one layer of a kohya module (see the module docstring): its only part's, halves swapped where the
-    original swaps them, or its fused parts'."""
-    present = [weights[path] for path in module.parts if path in weights]
-    kinds = {layer.kind for layer in present}
+def module_layers(module: KohyaModule, weights: LoraWeights, names: KohyaNames) -> dict[str, AdapterLayer]:
+    """The layers a file holds for one kohya module, by name (see the module docstring): the module's one layer (its
+    only part's, halves swapped where the original swaps them, or its fused parts'), or each part's own layer under
+    its ``lycoris_`` name where the parts' layers cannot be fused."""
+    present = {path: weights[path] for path in module.parts if path in weights}
+    kinds = {layer.kind for layer in present.values()}
     if kinds == {"lora"}:
-        return fused_layer(module, weights)
+        return {module.name: fused_layer(module, weights)}
     if len(module.parts) == 1:
-        return swap_halves(present[0], module.name) if module.swapped else present[0]
-    if kinds == {"loha"} and not any(layer.tucker for layer in present):
-        return stacked_loha([(size, weights.get(path)) for path, size in zip(module.parts, module.sizes, strict=True)])
-    kind = KIND_NAMES[sorted(kinds)[0]]
-    raise UserError(
-        f"the {kind} of {', '.join(module.parts)} cannot be written as the one module {module.name} that kohya / "
-        f"ComfyUI files hold for them: leave these modules out of the targets, or train adapter: loha or lora"
-    )
+        layer = present[module.parts[0]]
+        return {module.name: swap_halves(layer, module.name) if module.swapped else layer}
+    if kinds == {"loha"} and not any(layer.tucker for layer in present.values()):
+        parts = [(size, weights.get(path)) for path, size in zip(module.parts, module.sizes, strict=True)]
+        return {module.name: stacked_loha(parts)}
+    if any(path not in names.lycoris for path in present):
+        raise UserError(
+            f"the {KIND_NAMES[sorted(kinds)[0]]} of {', '.join(module.parts)} cannot be written as the one module "
+            f"{module.name} that kohya / ComfyUI files hold for them, and ComfyUI reads no lycoris_ names of "
+            f"{names.model} modules: leave these modules out of the targets, or train adapter: loha or lora"
+        )
+    return {names.lycoris[path].name: layer for path, layer in present.items()}
 
 
 def fused_layer(module: KohyaModule, weights: LoraWeights) -> LoraLayer:
@@ -181,7 +190,14 @@ def from_kohya(state: Mapping[str, Tensor], names: KohyaNames, path: Path) -> Lo
         )
     weights: LoraWeights = {}
     for name in modules:
-        weights.update(split_layer(names.readable[name], module_of(state, name), path))
+        layers = split_layer(names.readable[name], module_of(state, name), path)
+        twice = sorted(set(layers) & set(weights))
+        if twice:
+            raise UserError(
+                f"{path} adapts {twice[0]} twice ({name} and another module of the same weight): pass a file that "
+                "names each module once"
+            )
+        weights.update(layers)
     return weights
 
 
@@ -395,6 +411,6 @@ def write_kohya(weights: LoraWeights, names: KohyaNames, metadata: dict[str, str
 
 def is_kohya(keys: list[str]) -> bool:
     """Whether a state dict's keys are kohya's or LyCORIS's: ``.lora_down.weight``, ``.lokr_w1`` (or ``_a``) or
-    ``.hada_w1_a`` tensors, of ``lora_*`` modules only."""
+    ``.hada_w1_a`` tensors, of ``lora_*`` and ``lycoris_*`` modules only."""
     firsts = [key for key in keys if key.endswith(FIRST_SUFFIXES)]
-    return bool(firsts) and all(key.startswith("lora_") for key in firsts)
+    return bool(firsts) and all(key.startswith(("lora_", "lycoris_")) for key in firsts)

@@ -29,10 +29,17 @@ in the model the consumers run, with ``.`` written ``_``:
 - CLIP text encoders: ``text_model.encoder.layers.N.self_attn.{q,k,v,out}_proj`` and ``...mlp.fc1/fc2``, with
   ``text_model.`` whatever the installed transformers names the module (``lora_te_text_model_encoder_layers_0_...``).
 
-Where the original model computes several diffusers projections in one layer (SD3, Flux.1 and Z-Image q, k, v; a Flux.1
-single block's ``linear1`` = q, k, v and the MLP input), one kohya module stands for all of them, their output rows
-stacked in that order. The final adaptive norms of SD3 and Flux.1 (and SD3's last context norm) order the halves of
-their output shift, scale where diffusers has scale, shift.
+Where the original model computes several diffusers projections in one layer (SD3, Flux.1, FLUX.2 and Z-Image q, k,
+v; a Flux.1 single block's ``linear1`` = q, k, v and the MLP input), one kohya module stands for all of them, their
+output rows stacked in that order. The final adaptive norms of SD3 and Flux.1 (and SD3's last context norm) order the
+halves of their output shift, scale where diffusers has scale, shift.
+
+ComfyUI also reads every denoiser module as ``lycoris_`` and its diffusers path within the denoiser, ``.`` written
+``_`` and in diffusers' row order (``lycoris_transformer_blocks_0_attn_to_q``,
+``lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``): the names SimpleTuner gives LyCORIS files,
+which ``model_lora_keys_unet`` in ``comfy/lora.py`` maps for the SD 1.x/2.x and SDXL UNets, SD3, Flux.1 and FLUX.2
+(a ``Flux`` to ComfyUI), Z-Image (a ``Lumina2``) and Qwen-Image, onto the rows of the fused layer where the original
+fuses the module.
 """
 
 from __future__ import annotations
@@ -77,17 +84,29 @@ class KohyaModule:
 
 
 class KohyaNames:
-    """The kohya modules of one model: found by kohya name, or by the path of a diffusers module they adapt."""
+    """The kohya modules of one model: found by kohya name, or by the path of a diffusers module they adapt; and the
+    ``lycoris_`` module of each diffusers module ComfyUI reads under such a name."""
 
-    def __init__(self, modules: Iterable[KohyaModule], aliases: Mapping[str, KohyaModule] | None = None) -> None:
+    def __init__(
+        self,
+        modules: Iterable[KohyaModule],
+        aliases: Mapping[str, KohyaModule] | None = None,
+        lycoris: Iterable[KohyaModule] = (),
+        model: str = "this model",
+    ) -> None:
         """
         Args:
             modules: every module a kohya file of the model may hold.
             aliases: other names the consumers also read for some modules (read, never written).
+            lycoris: the one-part ``lycoris_`` modules (read, and written only for the parts of a fused module whose
+                adapters cannot be fused).
+            model: the model's pipeline class, named in errors.
         """
+        self.model = model
         self.by_name = {module.name: module for module in modules}
         self.by_path = {path: module for module in self.by_name.values() for path in module.parts}
-        self.readable = {**(aliases or {}), **self.by_name}
+        self.lycoris = {module.parts[0]: module for module in lycoris}
+        self.readable = {**(aliases or {}), **{module.name: module for module in self.lycoris.values()}, **self.by_name}
 
 
 @dataclass(frozen=True)
@@ -112,11 +131,13 @@ class ComponentNaming:
         diffusers_aliases: also read ``<prefix>_<diffusers module name>`` for unfused modules, as ComfyUI and A1111
             do for SDXL's UNet and as diffusers' ``convert_state_dict_to_kohya`` names CLIP layers (without
             ``text_model.`` under transformers 5).
+        lycoris: ComfyUI also reads ``lycoris_<diffusers module name>`` for every module (see the module docstring).
     """
 
     prefix: str
     naming: Naming
     diffusers_aliases: bool = False
+    lycoris: bool = False
 
 
 def diffusers_names(modules: Collection[str]) -> dict[str, Original]:
@@ -375,27 +396,27 @@ def zimage_names(modules: Collection[str]) -> dict[str, Original]:
 #: each pipeline's components that kohya files name, with their naming
 NAMINGS: dict[type[DiffusionPipeline], dict[str, ComponentNaming]] = {
     StableDiffusionPipeline: {
-        "unet": ComponentNaming("lora_unet", diffusers_names),
+        "unet": ComponentNaming("lora_unet", diffusers_names, lycoris=True),
         "text_encoder": ComponentNaming("lora_te", clip_names, diffusers_aliases=True),
     },
     StableDiffusionXLPipeline: {
-        "unet": ComponentNaming("lora_unet", sgm_names, diffusers_aliases=True),
+        "unet": ComponentNaming("lora_unet", sgm_names, diffusers_aliases=True, lycoris=True),
         "text_encoder": ComponentNaming("lora_te1", clip_names, diffusers_aliases=True),
         "text_encoder_2": ComponentNaming("lora_te2", clip_names, diffusers_aliases=True),
     },
     StableDiffusion3Pipeline: {
-        "transformer": ComponentNaming("lora_unet", mmdit_names),
+        "transformer": ComponentNaming("lora_unet", mmdit_names, lycoris=True),
         "text_encoder": ComponentNaming("lora_te1", clip_names, diffusers_aliases=True),
         "text_encoder_2": ComponentNaming("lora_te2", clip_names, diffusers_aliases=True),
     },
     FluxPipeline: {
-        "transformer": ComponentNaming("lora_unet", flux_names),
+        "transformer": ComponentNaming("lora_unet", flux_names, lycoris=True),
         "text_encoder": ComponentNaming("lora_te1", clip_names, diffusers_aliases=True),
     },
-    ZImagePipeline: {"transformer": ComponentNaming("lora_unet", zimage_names)},
-    Flux2KleinPipeline: {"transformer": ComponentNaming("lora_unet", flux2_names)},
-    Flux2Pipeline: {"transformer": ComponentNaming("lora_unet", flux2_names)},
-    QwenImagePipeline: {"transformer": ComponentNaming("lora_unet", diffusers_names)},
+    ZImagePipeline: {"transformer": ComponentNaming("lora_unet", zimage_names, lycoris=True)},
+    Flux2KleinPipeline: {"transformer": ComponentNaming("lora_unet", flux2_names, lycoris=True)},
+    Flux2Pipeline: {"transformer": ComponentNaming("lora_unet", flux2_names, lycoris=True)},
+    QwenImagePipeline: {"transformer": ComponentNaming("lora_unet", diffusers_names, lycoris=True)},
 }
 
 
@@ -426,7 +447,7 @@ def kohya_names(pipeline_class: type[DiffusionPipeline], components: Mapping[str
         components: the components LoRA may adapt, by pipeline component name (others are ignored).
     """
     namings = namings_of(pipeline_class)
-    modules, aliases = [], {}
+    modules, aliases, lycoris = [], {}, []
     for component, model in components.items():
         if component not in namings:
             continue
@@ -441,4 +462,9 @@ def kohya_names(pipeline_class: type[DiffusionPipeline], components: Mapping[str
             modules.append(module)
             if naming.diffusers_aliases and len(spec.parts) == 1:
                 aliases[f"{naming.prefix}_{spec.parts[0].replace('.', '_')}"] = module
-    return KohyaNames(modules, aliases)
+        if naming.lycoris:
+            lycoris += [
+                KohyaModule(f"lycoris_{name.replace('.', '_')}", (f"{component}.{name}",), (shape[0],))
+                for name, shape in shapes.items()
+            ]
+    return KohyaNames(modules, aliases, lycoris, pipeline_class.__name__)
