@@ -197,6 +197,10 @@ def test_extraction_recovers_a_known_lora(tiny_sd1: Path, tmp_path: Path, capsys
         torch.testing.assert_close(extracted_layer.delta(), truncated(lora[path].delta(), 2), atol=2e-5, rtol=1e-4)
     assert 0.05 < errors.overall < 1
 
+    with pytest.raises(UserError, match=r"differs from .* by more than min_difference=1e\+06 .* was not written"):
+        extract(str(tiny_sd1), tmp_path / "empty.safetensors", tuned=str(tmp_path / "tuned"), min_difference=1e6)
+    assert not (tmp_path / "empty.safetensors").exists()
+
 
 @pytest.mark.parametrize(
     ("model", "targets"),

@@ -288,6 +288,13 @@ def extract_lora_file(
     base_folder = ModelFolder.open(base, "base")
     family = family_of(base_folder, "base")
     lora, errors = extract_from_models(ModelFolder.open(tuned, "tuned"), base_folder, family, options)
+    if not lora:
+        scope = "every Linear layer" if options.modules == "linear" else "the attention projections"
+        raise UserError(
+            f"no module of {tuned} differs from {base} by more than min_difference={options.min_difference:g} of its "
+            f"weight in {scope}: nothing to extract, and {output} was not written; lower --min_difference, or give "
+            "--modules linear, or check that tuned was fine-tuned from base"
+        )
     return write_lora_file(lora, output, family, form, dtype), len(lora), errors
 
 
