@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
 from training import (
     PROMPT,
     checkpointer,
@@ -22,7 +23,7 @@ from training import (
 from sdft.callbacks import SubjectEvaluator
 from sdft.errors import UserError
 from sdft.evaluation.strength import check_scales, select_scale
-from sdft.methods.lora import LORA_WEIGHTS
+from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
 
 TINY = {"clip_model": "builtin:tiny-clip", "dino_model": "builtin:tiny-dino", "num_inference_steps": 2}
 BASE = {"val/dino": 0.30, "val/clip_t": 0.30, "val/pres": 0.50}
@@ -83,6 +84,8 @@ def test_the_chosen_step_is_scored_at_every_scale_and_the_rule_picks_one(measure
     assert strength["reason"].startswith(f"scale {strength['scale']:g} has val/dino")
     card = (run / "best" / "README.md").read_text()
     assert f"Recommended strength: **{strength['scale']:g}**" in card
+    with safe_open(run / "best" / KOHYA_WEIGHTS, "pt") as file:
+        assert file.metadata()["modelspec.usage_hint"].startswith(f"strength {strength['scale']:g} ")
 
 
 def test_a_lora_that_needs_a_higher_scale_is_recommended_one(measured):

@@ -25,7 +25,8 @@ base weight instead of the adapted one (``comfy/weight_adapter/base.py``, ``weig
 read from a file follows LyCORIS's formula, per output row for ``(out, 1)`` and per input column for ``(1, in)``.
 
 The header holds kohya's ``ss_*`` training keys and the Stability AI model spec's ``modelspec.*`` keys
-(:func:`kohya_metadata`); consumers read the strength from the ``.alpha`` tensors, never from the header.
+(:func:`kohya_metadata`); consumers read the strength from the ``.alpha`` tensors, never from the header, whose
+``modelspec.usage_hint`` only tells a person the strength the evaluation recommends.
 """
 
 from __future__ import annotations
@@ -304,6 +305,7 @@ class TrainingNotes:
         trigger: the prompt (or word) that calls up what was learned, e.g. the instance prompt.
         title: a human-readable name, e.g. the run's name.
         network_args: a LyCORIS adapter's ``ss_network_args`` (``algo`` and its options, as text); None for LoRA.
+        strength: the strength the evaluation recommends for the weights, when it measured one.
     """
 
     base_model: str
@@ -314,6 +316,7 @@ class TrainingNotes:
     trigger: str | None = None
     title: str | None = None
     network_args: Mapping[str, str] | None = None
+    strength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,8 @@ def kohya_metadata(family: ModelFamily, notes: TrainingNotes) -> dict[str, str]:
     if notes.trigger:
         metadata["modelspec.trigger_phrase"] = notes.trigger
         metadata["ss_tag_frequency"] = json.dumps({"subject": {notes.trigger: 1}})
+    if notes.strength is not None:
+        metadata["modelspec.usage_hint"] = f"strength {notes.strength:g} (measured by sdft's evaluation)"
     return metadata
 
 

@@ -34,7 +34,7 @@ from sdft.interop.formats import FORMATS_OF_KIND, check_formats, read_lora
 from sdft.interop.kohya import TrainingNotes, kohya_metadata, to_kohya, write_kohya
 from sdft.interop.kohya_names import kohya_names
 from sdft.interop.lora_weights import KIND_NAMES, load_lora_weights_into, lora_weights_of, magnitudes_as_weights
-from sdft.interop.model_card import MethodFacts
+from sdft.interop.model_card import MethodFacts, read_run_facts
 from sdft.methods.adapters import Adapter, check_adapter_options, check_like_trained, peft_config
 from sdft.methods.base import DiffusionFineTuner
 
@@ -264,16 +264,18 @@ class LoRAFineTuner(DiffusionFineTuner):
     def training_notes(self) -> TrainingNotes:
         """What an export's metadata says about the training: the configured rank and alpha, the base model, the
         step of the weights, and what the trainer and data module (or, outside a fit, :attr:`run_notes`) tell."""
-        notes = self.current_run_notes()
+        notes, step = self.current_run_notes(), self.weights_step()
+        strength = read_run_facts(notes.run_dir, step).strength if notes.run_dir else None
         return TrainingNotes(
             base_model=self.family.pretrained_model_name_or_path,
             rank=self.rank,
             alpha=self.alpha,
-            steps=self.weights_step(),
+            steps=step,
             resolution=notes.resolution,
             trigger=notes.trigger,
             title=notes.title,
             network_args=self.network_args(),
+            strength=strength["scale"] if strength else None,
         )
 
     def network_args(self) -> dict[str, str] | None:
