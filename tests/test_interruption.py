@@ -3,15 +3,18 @@ from that checkpoint continues with the uninterrupted losses."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.loggers import CSVLogger
 from training import LossRecorder, checkpointer, cpu_trainer, lora_tuner, subject_data
 
 from sdft.callbacks import InterruptionCheckpoint
@@ -56,6 +59,32 @@ def test_a_signal_saves_the_current_step_and_the_run_resumes_exactly(number, tin
     assert sorted(resumed.losses) == [5, 6]
     for step in (5, 6):
         assert resumed.losses[step] == pytest.approx(straight.losses[step], rel=1e-6, abs=1e-7)
+
+
+def logged_losses(folder: Path) -> dict[int, float]:
+    """``train/loss`` by logged step from the ``metrics.csv`` of a CSV logger's run folder."""
+    with (folder / "metrics.csv").open() as file:
+        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(file) if row["train/loss"]}
+
+
+def test_the_interrupted_step_is_logged_and_the_resumed_run_logs_the_rest(tiny_sd1, subject_dir, tmp_path):
+    def trainer(name: str, callbacks: list[Callback]):
+        logger = CSVLogger(tmp_path, name=name, version=0)
+        return cpu_trainer(tmp_path / name, MAX_STEPS, callbacks, logger=logger, log_every_n_steps=1)
+
+    trainer("straight", []).fit(lora_tuner(tiny_sd1), datamodule=subject_data(subject_dir))
+    callbacks = [SendSignal(signal.SIGTERM, 4), InterruptionCheckpoint(), checkpointer(tmp_path / "interrupted", 100)]
+    interrupted = trainer("interrupted", callbacks)
+    with pytest.raises(SystemExit):
+        interrupted.fit(lora_tuner(tiny_sd1), datamodule=subject_data(subject_dir))
+    saved = tmp_path / "interrupted" / "checkpoints" / "step=4.ckpt"
+    trainer("resumed", []).fit(lora_tuner(tiny_sd1), datamodule=subject_data(subject_dir), ckpt_path=saved)
+
+    straight = logged_losses(tmp_path / "straight" / "version_0")
+    before = logged_losses(tmp_path / "interrupted" / "version_0")
+    after = logged_losses(tmp_path / "resumed" / "version_0")
+    assert sorted(before) == [0, 1, 2, 3] and sorted(after) == [4, 5]  # step 3 is the fourth, interrupted one
+    assert {**before, **after} == pytest.approx(straight, rel=1e-6, abs=1e-7)
 
 
 def test_sigterm_to_sdft_fit_exits_143_with_a_checkpoint_and_the_resume_command(tmp_path, subject_dir):

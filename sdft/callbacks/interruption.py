@@ -21,8 +21,10 @@ class InterruptionCheckpoint(Callback):
 
     The checkpoint is written (atomically, through the trainer's checkpoint writer) where the first
     ``ModelCheckpoint`` writes and under the name it would give that step, so resuming from it is exactly
-    like resuming from a periodic checkpoint. Under DDP the ranks agree on stopping at the same step. A second
-    Ctrl-C stops at once, without a checkpoint. :attr:`signal` tells which signal stopped the fit.
+    like resuming from a periodic checkpoint. The fit stops at the next hook after Lightning has logged the step
+    (the next batch's start, or the epoch's end), so the interrupted step's ``train/loss`` is in the logs like any
+    other. Under DDP the ranks agree on stopping at the same step. A second Ctrl-C stops at once, without a
+    checkpoint. :attr:`signal` tells which signal stopped the fit.
     """
 
     def __init__(self) -> None:
@@ -53,7 +55,17 @@ class InterruptionCheckpoint(Callback):
         trainer.save_checkpoint(path)
         rank_zero_info(f"saved step {trainer.global_step} to {path}; resume with:\n  {resume_command(trainer, path)}")
         self.restore_handlers()
-        raise KeyboardInterrupt if self.signal == signal.SIGINT else SIGTERMException(128 + self.signal)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, batch_idx: int) -> None:
+        self.stop_if_saved()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.stop_if_saved()
+
+    def stop_if_saved(self) -> None:
+        """End the fit once the interrupted step is saved (and, by now, logged)."""
+        if self.signal is not None:
+            raise KeyboardInterrupt if self.signal == signal.SIGINT else SIGTERMException(128 + self.signal)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.restore_handlers()
