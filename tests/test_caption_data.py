@@ -280,6 +280,19 @@ def test_a_row_repeated_in_metadata_is_warned_about_by_line(captioned):
         caption_data(captioned).check()
 
 
+def test_several_repeated_rows_are_one_warning(captioned):
+    rows = [{"file_name": f"{name}.png", "text": caption_of(name)} for name in COLORS]
+    again = [{"file_name": f"{name}.png", "text": "again"} for name in ("green", "red", "blue")]
+    write_metadata(captioned, [*rows, *again])
+    with pytest.warns(UserWarning, match="rows of") as caught:
+        caption_data(captioned).check()
+    assert [str(warning.message) for warning in caught if "rows of" in str(warning.message)] == [
+        f"3 rows of {captioned / 'metadata.jsonl'} list an image an earlier row lists: line 5 (green.png, as line 2), "
+        "line 6 (red.png, as line 1), line 7 (blue.png, as line 3); those images train more often than the others: "
+        "remove the repeated rows unless that is intended"
+    ]
+
+
 @pytest.mark.parametrize("source", ["metadata", "txt"])
 def test_the_same_image_under_two_names_is_warned_about_naming_both(captioned, source):
     shutil.copy(captioned / "red.png", captioned / "scarlet.png")

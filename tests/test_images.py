@@ -84,6 +84,17 @@ def test_a_stray_non_image_file_is_skipped_with_a_warning_naming_it(tmp_path: Pa
     assert len(caught) == 1
 
 
+def test_several_stray_files_are_one_warning_with_their_count(tmp_path: Path) -> None:
+    save_rgb(tmp_path / "a.png")
+    for name in ("Thumbs.db", "notes.pdf", "README"):
+        (tmp_path / name).write_bytes(b"not an image")
+    with pytest.warns(UserWarning) as caught:
+        assert list_images(tmp_path, KEY) == [tmp_path / "a.png"]
+    assert [str(warning.message) for warning in caught] == [
+        f"3 files in {tmp_path} are not images and are skipped: README, Thumbs.db, notes.pdf"
+    ]
+
+
 def test_hidden_files_and_sidecars_are_skipped_silently(tmp_path: Path) -> None:
     save_rgb(tmp_path / "a.png")
     for name in (".DS_Store", "._a.png", "a.txt", "a.json", "metadata.jsonl"):

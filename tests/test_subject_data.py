@@ -148,6 +148,36 @@ def test_check_warns_about_identical_photos_naming_both(tmp_path):
     assert len([warning for warning in caught if "identical bytes" in str(warning.message)]) == 1
 
 
+def test_500_copies_of_one_photo_and_many_small_photos_are_one_warning_each(tmp_path):
+    Image.new("RGB", (64, 64), (200, 90, 30)).save(tmp_path / "copy_000.png")
+    for index in range(1, 500):
+        shutil.copy(tmp_path / "copy_000.png", tmp_path / f"copy_{index:03d}.png")
+    for index in range(3):
+        Image.new("RGB", (20, 24), (index, 0, 0)).save(tmp_path / f"small_{index}.png")
+    with pytest.warns(UserWarning) as caught:
+        subject_data(tmp_path).check()
+    messages = [str(warning.message) for warning in caught]
+    assert messages == [
+        f"499 files repeat {tmp_path / 'copy_000.png'} (identical bytes): copy_001.png, copy_002.png, copy_003.png, "
+        "copy_004.png, copy_005.png, ...; it trains 500 times as often as the others: remove the copies unless that "
+        "is intended",
+        f"3 images in {tmp_path} are smaller than data.resolution=32: small_0.png (20x24), small_1.png (20x24), "
+        "small_2.png (20x24); they will be upscaled and look soft",
+    ]
+
+
+def test_copies_of_several_photos_are_one_warning_naming_each_pair(tmp_path):
+    write_toy_subject(tmp_path, num_images=3, size=64)
+    for name, copy in [("toy_00.png", "x_copy_0.png"), ("toy_01.png", "x_copy_1.png")]:
+        shutil.copy(tmp_path / name, tmp_path / copy)
+    with pytest.warns(UserWarning) as caught:
+        subject_data(tmp_path).check()
+    assert [str(warning.message) for warning in caught] == [
+        "2 files repeat another image (identical bytes): x_copy_0.png = toy_00.png, x_copy_1.png = toy_01.png; "
+        "those images train more often than the others: remove the copies unless that is intended"
+    ]
+
+
 def class_data(subject_dir: Path, class_dir: Path, **options) -> SubjectDataModule:
     return subject_data(subject_dir, class_prompt="a photo of a toy", class_dir=str(class_dir), **options)
 

@@ -40,6 +40,7 @@ from sdft.data.images import (
     warn_duplicate_images,
 )
 from sdft.data.masks import LossMasks, check_mask_weight, read_masks
+from sdft.data.notices import group_line, grouped_file_warnings
 from sdft.data.sampling import AugmentedImages, examples_per_step, train_loader
 from sdft.errors import UserError
 
@@ -130,10 +131,8 @@ class CaptionDataModule(LightningDataModule):
             return
         folder = Path(assets.resolve(self.data_dir))
         pairs = read_captions(folder, self.caption_source)
-        decoded: dict[Path, Image.Image] = {}
-        for path, _ in pairs:
-            if path not in decoded:
-                decoded[path] = read_resized(path, self.resolution)
+        with grouped_file_warnings():
+            decoded = {path: read_resized(path, self.resolution) for path in dict.fromkeys(path for path, _ in pairs)}
         self.files = [path for path, _ in pairs]
         self.captions = [caption for _, caption in pairs]
         if self.mask_weight is not None:
@@ -339,7 +338,8 @@ def check_captions(pairs: Captioned, folder: Path) -> None:
 
 
 def warn_repeated_rows(metadata: Path, numbers: list[int], pairs: Captioned) -> None:
-    """Warn, naming both lines and the image, about rows that list an image an earlier row lists.
+    """Warn once about rows that list an image an earlier row lists: one such row names both lines and the image,
+    several are one line naming the first few.
 
     Args:
         metadata: the ``metadata.jsonl`` file.
@@ -347,15 +347,26 @@ def warn_repeated_rows(metadata: Path, numbers: list[int], pairs: Captioned) -> 
         pairs: the (image file, caption) of each row.
     """
     first_row: dict[Path, int] = {}
+    repeats = []
     for number, (path, _) in zip(numbers, pairs, strict=True):
         first = first_row.setdefault(path.resolve(), number)
         if first != number:
-            warnings.warn(
-                f"{metadata} lines {first} and {number} both list {relative_name(path, metadata.parent)}, so it trains "
-                f"twice as often as the others; remove one row unless that is intended",
-                UserWarning,
-                stacklevel=2,
-            )
+            repeats.append((first, number, relative_name(path, metadata.parent)))
+    if len(repeats) == 1:
+        first, number, name = repeats[0]
+        message = (
+            f"{metadata} lines {first} and {number} both list {name}, so it trains twice as often as the others; "
+            "remove one row unless that is intended"
+        )
+    elif repeats:
+        message = group_line(
+            f"rows of {metadata} list an image an earlier row lists",
+            [f"line {number} ({name}, as line {first})" for first, number, name in repeats],
+            "those images train more often than the others: remove the repeated rows unless that is intended",
+        )
+    else:
+        return
+    warnings.warn(message, UserWarning, stacklevel=2)
 
 
 def warn_unlisted_images(folder: Path, listed: set[Path]) -> None:

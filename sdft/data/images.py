@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from sdft.data.notices import FileWarning, group_line, grouped_file_warnings
 from sdft.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -46,7 +47,8 @@ def list_images(folder: Path, key: str) -> list[Path]:
     """
     folder = Path(folder)
     check_folder(folder, key)
-    images = without_masks([path for path in sorted(folder.iterdir()) if _is_image_file(path)])
+    with grouped_file_warnings():
+        images = without_masks([path for path in sorted(folder.iterdir()) if _is_image_file(path)])
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ImageDataError(
@@ -57,23 +59,38 @@ def list_images(folder: Path, key: str) -> list[Path]:
 
 
 def warn_duplicate_images(paths: list[Path]) -> None:
-    """Warn, naming both files, about images whose bytes are identical (a copy trains twice as often).
+    """Warn once about images whose bytes are identical (a copy trains as often again): a pair names both files,
+    many copies of one photo are one line naming it, how many repeat it and the first few.
 
     Args:
         paths: distinct image files, in the order they are used.
     """
-    first_of: dict[str, Path] = {}
+    copies: dict[str, list[Path]] = {}
     for path in paths:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest not in first_of:
-            first_of[digest] = path
-            continue
-        warnings.warn(
-            f"{first_of[digest]} and {path} are the same image (identical bytes), so it trains twice as often as "
-            f"the others; remove one unless that is intended",
-            UserWarning,
-            stacklevel=2,
+        copies.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(path)
+    repeated = [files for files in copies.values() if len(files) > 1]
+    if len(repeated) == 1 and len(repeated[0]) == 2:
+        first, copy = repeated[0]
+        message = (
+            f"{first} and {copy} are the same image (identical bytes), so it trains twice as often as the others; "
+            "remove one unless that is intended"
         )
+    elif len(repeated) == 1:
+        first, *others = repeated[0]
+        message = group_line(
+            f"files repeat {first} (identical bytes)",
+            [path.name for path in others],
+            f"it trains {len(others) + 1} times as often as the others: remove the copies unless that is intended",
+        )
+    elif repeated:
+        message = group_line(
+            "files repeat another image (identical bytes)",
+            [f"{path.name} = {files[0].name}" for files in repeated for path in files[1:]],
+            "those images train more often than the others: remove the copies unless that is intended",
+        )
+    else:
+        return
+    warnings.warn(message, UserWarning, stacklevel=2)
 
 
 def check_folder(folder: Path, key: str) -> None:
@@ -123,7 +140,9 @@ def _is_image_file(path: Path) -> bool:
         return True
     if suffix not in SIDECAR_EXTENSIONS:
         kind = suffix or "no extension"
-        warnings.warn(f"{path}: not an image ({kind}); skipped", UserWarning, stacklevel=2)
+        message = f"{path}: not an image ({kind}); skipped"
+        kind_of_file = f"files in {path.parent} are not images and are skipped"
+        warnings.warn(FileWarning(message, kind_of_file, path.name), stacklevel=2)
     return False
 
 
@@ -148,7 +167,9 @@ def load_rgb(path: Path) -> Image.Image:
             f"{path} could not be read as an image ({error}); re-save it as PNG or JPEG, or remove it"
         ) from error
     if frames > 1:
-        warnings.warn(f"{path} is animated ({frames} frames); its first frame is used", UserWarning, stacklevel=2)
+        message = f"{path} is animated ({frames} frames); its first frame is used"
+        kind = f"images in {path.parent} are animated"
+        warnings.warn(FileWarning(message, kind, path.name, "their first frames are used"), stacklevel=2)
     return _to_rgb(image, path)
 
 
@@ -230,11 +251,10 @@ def check_resolution(path: Path, size: tuple[int, int], resolution: int, key: st
             f"{path} is {width}x{height}, far smaller than {key}={resolution}; use a larger image or lower {key}"
         )
     if short_side < resolution:
-        warnings.warn(
-            f"{path} is {width}x{height}, smaller than {key}={resolution}; it will be upscaled and look soft",
-            UserWarning,
-            stacklevel=2,
-        )
+        message = f"{path} is {width}x{height}, smaller than {key}={resolution}; it will be upscaled and look soft"
+        kind = f"images in {path.parent} are smaller than {key}={resolution}"
+        advice = "they will be upscaled and look soft"
+        warnings.warn(FileWarning(message, kind, f"{path.name} ({width}x{height})", advice), stacklevel=2)
 
 
 def prepare_image(

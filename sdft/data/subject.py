@@ -23,6 +23,7 @@ from sdft.data.images import (
     warn_duplicate_images,
 )
 from sdft.data.masks import LossMasks, check_mask_weight, read_masks
+from sdft.data.notices import grouped_file_warnings
 from sdft.data.sampling import AugmentedImages, Example, examples_per_step, train_loader
 from sdft.data.templates import prompt_templates as prompt_templates_of
 from sdft.errors import UserError
@@ -208,7 +209,8 @@ class SubjectDataModule(LightningDataModule):
         folder = Path(assets.resolve(self.instance_dir))
         photos = list_images(folder, "data.instance_dir")
         warn_duplicate_images(photos)
-        images = [self.read_image(path) for path in photos]
+        with grouped_file_warnings():
+            images = [self.read_image(path) for path in photos]
         if self.mask_weight is not None:
             self.masks = read_masks(photos, images, {}, folder)
         self.images = images
@@ -224,7 +226,8 @@ class SubjectDataModule(LightningDataModule):
                 check_folder(folder, "data.class_dir")
             paths = class_image_order(image_files(folder), self.num_class_images)
             check_apart(Path(assets.resolve(self.instance_dir)), folder, paths)
-        self.found_class_images = {path: self.read_image(path) for path in paths}
+        with grouped_file_warnings():
+            self.found_class_images = {path: self.read_image(path) for path in paths}
 
     def class_image_spec(self) -> ClassImageSpec:
         return ClassImageSpec(
