@@ -58,16 +58,28 @@ def tiny_model(output: Path, seed: int = 0) -> None:
     print(build_tiny_sd1(output, seed))
 
 
-def report(run_dir: Path, output: Path | None = None) -> None:
-    """Write a markdown report of a run: metric and loss plots, the chosen step and why, the image grids.
+def report(runs: Path | list[Path], output: Path | None = None, embed_images: bool = False) -> None:
+    """Write a run's report (report.md with plots, report.html for a browser), or compare runs on one page.
+
+    One run writes report.md, its plots and report.html into <run>/report. Several runs, given as a list
+    ('[runs/a/version_0,runs/b/version_0]'), write one report.html with their curves on shared axes and their
+    chosen steps side by side, into <first run>/report/compare-<the other runs> (e.g. compare-version_1 for two
+    versions of one run) unless --output is given. The page references the images of the run folders by relative
+    paths: keep it where it was written, or move it with the runs.
 
     Args:
-        run_dir: a run folder made by `sdft fit`.
-        output: destination folder; default <run_dir>/report.
+        runs: a run folder made by `sdft fit`, or a list of run folders to compare.
+        output: destination folder; default <run>/report, or <first run>/report/compare-<the other runs>.
+        embed_images: embed the images in report.html, so that the page can be sent on its own.
     """
-    from sdft.reporting import write_report
+    from sdft.reporting import write_comparison, write_report
 
-    print(write_report(run_dir, output))
+    if isinstance(runs, list) and len(runs) > 1:
+        print(write_comparison(runs, output, embed_images))
+        return
+    markdown = write_report(runs[0] if isinstance(runs, list) else runs, output, embed_images)
+    print(markdown)
+    print(markdown.with_suffix(".html"))
 
 
 def evaluate(
