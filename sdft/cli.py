@@ -8,6 +8,8 @@ traceback instead.
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -127,7 +129,34 @@ def evaluate_run(run_dir: Path, clip_model: str | None = None, dino_model: str |
     score_run(run_dir, clip_model, dino_model)
 
 
+def compare(
+    entries: list[Path],
+    run: Path | None = None,
+    output: Path | None = None,
+    scale: float = 1.0,
+    clip_model: str | None = None,
+    dino_model: str | None = None,
+    device: str = "cpu",
+) -> None:
+    """Score run folders, checkpoints, export folders or LoRA files of any tool on one run's probes, beside the base
+    model: the run's chosen step against a LoRA trained elsewhere on the same subject.
+
+    Args:
+        entries: run folders (their chosen step), .ckpt files, export folders or adapter .safetensors files.
+        run: the run whose probes, subject photos, base model and rule are used; default the first run in entries.
+        output: destination folder; default <run>/compare.
+        scale: the strength every adapter is loaded at.
+        clip_model: CLIP spec overriding the run's evaluator.
+        dino_model: DINO spec overriding the run's evaluator.
+        device: where to sample and score (cpu, cuda).
+    """
+    from sdft.evaluation.compare import compare as score_entries
+
+    print(score_entries(entries, run, output, scale, clip_model, dino_model, device))
+
+
 TOOLS: dict[str, Callable[..., object] | type] = {
+    "compare": compare,
     "evaluate": evaluate,
     "evaluate-run": evaluate_run,
     "export": export,
@@ -159,11 +188,24 @@ def run(argv: list[str]) -> None:
 
         plan_command(argv[1:])
     elif argv[0] in TOOLS:
-        auto_cli(TOOLS[argv[0]], args=argv[1:], prog=f"sdft {argv[0]}")
+        tool = TOOLS[argv[0]]
+        auto_cli(tool, args=gathered_positionals(tool, argv[1:]), prog=f"sdft {argv[0]}")
     else:
         from sdft.lightning_cli import run_lightning
 
         run_lightning(argv)
+
+
+def gathered_positionals(tool: Callable[..., object] | type, args: list[str]) -> list[str]:
+    """The leading positional values of a tool whose first argument is a list, as the one JSON list the parser
+    reads: users type ``sdft compare run a.safetensors``, not ``sdft compare '["run", "a.safetensors"]'``."""
+    if isinstance(tool, type):
+        return args
+    first = next(iter(inspect.signature(tool).parameters.values()), None)
+    count = next((index for index, arg in enumerate(args) if arg.startswith("-")), len(args))
+    if first is None or "list[" not in str(first.annotation) or count == 0 or args[0].startswith("["):
+        return args
+    return [json.dumps(args[:count]), *args[count:]]
 
 
 def main(args: list[str] | None = None) -> None:

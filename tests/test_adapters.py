@@ -28,7 +28,7 @@ from sdft.interop.lora_weights import LoraLayer, adapted_weight, lora_weights_of
 from sdft.interop.lycoris import LohaLayer, LokrLayer, decomposed_weight
 from sdft.interop.merge_commands import Merge, extract
 from sdft.methods import LoRAFineTuner
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from sdft.methods.lora import LORA_WEIGHTS, kohya_file, kohya_file_name
 from sdft.reporting import write_report
 from sdft.tools.sources import load_loras
 
@@ -137,9 +137,9 @@ def test_the_layers_read_from_peft_and_from_the_export_make_peft_s_weights(adapt
 @pytest.mark.parametrize(("adapter", "options"), [k for k in KINDS if k.values[0] != "dora"])
 def test_comfyui_s_formulas_on_the_lycoris_export_give_peft_s_weights(adapter, options, tmp_path):
     model = random_adapter(StableDiffusion(TINY), adapter, **options)
-    assert model.export(tmp_path) == tmp_path / KOHYA_WEIGHTS
+    assert model.export(tmp_path) == kohya_file(tmp_path)
     pipeline = stock_pipeline(resolve(TINY))
-    apply_comfyui(pipeline, tmp_path / KOHYA_WEIGHTS, ("unet", "text_encoder"))
+    apply_comfyui(pipeline, kohya_file(tmp_path), ("unet", "text_encoder"))
     for path, weight in peft_weights(model).items():
         component, _, name = path.partition(".")
         torch.testing.assert_close(getattr(pipeline, component).get_submodule(name).weight, weight, atol=1e-6, rtol=0)
@@ -248,7 +248,7 @@ def test_options_of_another_kind_are_refused_naming_the_key(options, message):
 
 def test_the_lycoris_header_names_lycoris_s_module_and_the_algorithm(tmp_path):
     random_adapter(StableDiffusion(TINY), "lokr", lokr_factor=4).export(tmp_path)
-    with safe_open(tmp_path / KOHYA_WEIGHTS, "pt") as file:
+    with safe_open(kohya_file(tmp_path), "pt") as file:
         header = file.metadata()
     assert header["ss_network_module"] == "lycoris.kohya"
     assert json.loads(header["ss_network_args"]) == {"algo": "lokr", "factor": "4", "decompose_both": "False"}
@@ -431,8 +431,8 @@ def test_a_loha_fit_is_evaluated_selected_exported_carded_and_reported(tmp_path)
     steps = [json.loads(line)["step"] for line in (run / "evaluation" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 2]
     best = run / "best"
-    assert sorted(path.name for path in best.iterdir()) == ["README.md", KOHYA_WEIGHTS, "samples.png"]
-    assert {key.rsplit(".", 1)[-1] for key in load_file(best / KOHYA_WEIGHTS)} >= {"hada_w1_a", "hada_w2_b", "alpha"}
+    assert sorted(path.name for path in best.iterdir()) == ["README.md", kohya_file_name("run", 2), "samples.png"]
+    assert {key.rsplit(".", 1)[-1] for key in load_file(kohya_file(best))} >= {"hada_w1_a", "hada_w2_b", "alpha"}
     assert "LoHa" in (best / "README.md").read_text()
     report = write_report(run, tmp_path / "report")
     assert "step" in Path(report).read_text()

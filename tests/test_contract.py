@@ -24,7 +24,7 @@ from families import FAMILY_CASES, FamilyCase
 from training import Fit, adamw, fit, full_tuner, lora_tuner, resumed_losses, stock_images, subject_data, trained_images
 
 from sdft.methods import DiffusionFineTuner, PivotalTuning, TextualInversion
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from sdft.methods.lora import LORA_WEIGHTS, kohya_file
 from sdft.methods.tokens import EMBEDDINGS_FILE
 
 STEPS = 4
@@ -57,7 +57,7 @@ def load_export(method: str, case: FamilyCase, export: Path, model: DiffusionFin
         return case.stock_pipeline(export)
     pipeline = case.stock_pipeline()
     if method in ("lokr", "loha"):
-        assert export.name == KOHYA_WEIGHTS
+        assert export == kohya_file(export.parent)
         apply_comfyui(pipeline, export, case.family_class.capabilities.lora_components)
     if method in ("lora", "dora", "pivotal_tuning"):
         pipeline.load_lora_weights(str(export.parent if export.suffix else export), weight_name=LORA_WEIGHTS)

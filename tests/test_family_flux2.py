@@ -17,7 +17,7 @@ from sdft.families import Flux2, Flux2Klein
 from sdft.families.flux2 import pack, patchify, position_ids, unpack
 from sdft.interop.kohya_names import adaptable_modules
 from sdft.methods import LoRAFineTuner, TextualInversion
-from sdft.methods.lora import KOHYA_WEIGHTS
+from sdft.methods.lora import kohya_file
 from sdft.tiny_chat_models import build_tiny_flux2_klein
 
 PROMPTS = ["a photo of sks toy", "a dog on the beach, at dusk"]
@@ -113,7 +113,7 @@ def test_the_comfyui_file_uses_the_bfl_names_with_qkv_fused(family, tmp_path):
                "linear_in", "linear_out", "to_qkv_mlp_proj", "single_transformer_blocks.0.attn.to_out"]  # fmt: skip
     model = LoRAFineTuner(Flux2Klein(family.pretrained_model_name_or_path), rank=4, target_modules=targets)
     model.configure_model()
-    state = load_file(model.export(tmp_path / "export").parent / KOHYA_WEIGHTS)
+    state = load_file(kohya_file(model.export(tmp_path / "export").parent))
     modules = {key.split(".")[0] for key in state}
     expected = {f"lora_unet_double_blocks_0_{name}" for name in (
         "img_attn_qkv", "img_attn_proj", "img_mlp_0", "img_mlp_2", "txt_attn_qkv", "txt_attn_proj", "txt_mlp_0",
@@ -150,7 +150,7 @@ def test_the_shipped_configs_fit_the_tiny_model_with_class_images_from_its_pipel
     if config == "dreambooth":
         assert isinstance(stock_pipeline(run / "final", Flux2Klein), Flux2KleinPipeline)
     else:
-        assert (run / "final" / KOHYA_WEIGHTS).is_file()
+        assert kohya_file(run / "final") is not None
 
 
 @pytest.fixture(scope="module")

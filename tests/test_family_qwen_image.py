@@ -16,7 +16,7 @@ from sdft.families import QwenImage
 from sdft.families.base import Conditioning
 from sdft.families.flux import pack_latents, unpack_latents
 from sdft.methods import LoRAFineTuner, TextualInversion
-from sdft.methods.lora import KOHYA_WEIGHTS
+from sdft.methods.lora import kohya_file
 from sdft.tiny_chat_models import build_tiny_qwen_image
 from sdft.tools.generate import pipeline_default
 
@@ -106,7 +106,7 @@ def test_the_comfyui_file_uses_the_diffusers_names_comfyui_maps(family, tmp_path
     targets = attention + streams
     model = LoRAFineTuner(QwenImage(family.pretrained_model_name_or_path), rank=4, target_modules=targets)
     model.configure_model()
-    state = load_file(model.export(tmp_path / "export").parent / KOHYA_WEIGHTS)
+    state = load_file(kohya_file(model.export(tmp_path / "export").parent))
     modules = {key.split(".")[0] for key in state}
     # ComfyUI's generic rule: lora_unet_ + the module of its model (whose names are diffusers'), dots as underscores
     weights = {name.removesuffix(".weight").replace(".base_layer", "") for name, tensor
@@ -144,4 +144,4 @@ def test_the_shipped_configs_fit_the_tiny_model_with_class_images_from_its_pipel
     if config == "dreambooth":
         assert isinstance(stock_pipeline(run / "final", QwenImage), QwenImagePipeline)
     else:
-        assert (run / "final" / KOHYA_WEIGHTS).is_file()
+        assert kohya_file(run / "final") is not None

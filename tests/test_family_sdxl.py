@@ -39,7 +39,7 @@ from sdft.errors import UserError
 from sdft.families import StableDiffusionXL
 from sdft.families.stable_diffusion_xl import micro_conditioning
 from sdft.methods import LoRAFineTuner, TextualInversion
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from sdft.methods.lora import LORA_WEIGHTS, kohya_file_name
 from sdft.methods.tokens import EMBEDDINGS_FILE
 from sdft.tiny_models import tiny_vae
 
@@ -272,6 +272,8 @@ def test_textual_inversion_trains_rows_in_both_encoders_that_diffusers_loads(tin
 
 
 TINY_SDXL = "--model.init_args.family.init_args.pretrained_model_name_or_path=builtin:tiny-sdxl"
+#: the ComfyUI / A1111 file of the final export of a brief fit (run "run", two steps)
+KOHYA_FILE = kohya_file_name("run", 2)
 #: an SDXL pipeline export: its index and a folder per component
 PIPELINE = [
     "model_index.json",
@@ -289,12 +291,12 @@ PIPELINE = [
 @pytest.mark.parametrize(
     ("config", "exported", "class_images"),
     [
-        ("configs/quickstart_sdxl.yaml", [KOHYA_WEIGHTS, LORA_WEIGHTS], False),
-        ("configs/sdxl/lora.yaml", [KOHYA_WEIGHTS, LORA_WEIGHTS], False),
-        ("configs/sdxl/dreambooth_lora.yaml", [KOHYA_WEIGHTS, LORA_WEIGHTS], True),
+        ("configs/quickstart_sdxl.yaml", [KOHYA_FILE, LORA_WEIGHTS], False),
+        ("configs/sdxl/lora.yaml", [KOHYA_FILE, LORA_WEIGHTS], False),
+        ("configs/sdxl/dreambooth_lora.yaml", [KOHYA_FILE, LORA_WEIGHTS], True),
         ("configs/sdxl/dreambooth.yaml", PIPELINE, True),
         ("configs/sdxl/textual_inversion.yaml", [EMBEDDINGS_FILE, "sks.safetensors"], False),
-        ("configs/sdxl/pivotal_tuning.yaml", [EMBEDDINGS_FILE, KOHYA_WEIGHTS, LORA_WEIGHTS, "sks.safetensors"], False),
+        ("configs/sdxl/pivotal_tuning.yaml", [EMBEDDINGS_FILE, KOHYA_FILE, LORA_WEIGHTS, "sks.safetensors"], False),
     ],
 )
 def test_shipped_configs_fit_the_tiny_model_through_the_cli(config, exported, class_images, subject_dir, tmp_path):

@@ -16,7 +16,7 @@ from sdft.families import ZImage
 from sdft.families.base import Conditioning
 from sdft.interop.kohya_names import adaptable_modules
 from sdft.methods import LoRAFineTuner, TextualInversion
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from sdft.methods.lora import LORA_WEIGHTS, kohya_file
 from sdft.tiny_chat_models import build_tiny_zimage
 
 PROMPTS = ["a photo of sks toy", "a dog on the beach, at dusk"]
@@ -137,7 +137,7 @@ def test_the_comfyui_file_names_every_module_as_comfyuis_key_rules_map_the_check
     )
     model = LoRAFineTuner(ZImage(family.pretrained_model_name_or_path), rank=4, target_modules=every_linear)
     model.configure_model()
-    state = load_file(model.export(tmp_path / "export").parent / KOHYA_WEIGHTS)
+    state = load_file(kohya_file(model.export(tmp_path / "export").parent))
     originals = comfyui_original_keys(model.family.transformer)
     comfyui = {"lora_unet_" + key.removesuffix(".weight").replace(".", "_"): shape for key, shape in originals.items()}
     modules = {key.split(".")[0] for key in state}
@@ -171,4 +171,4 @@ def test_the_shipped_configs_fit_the_tiny_model_with_class_images_from_its_pipel
     if config == "dreambooth":
         assert isinstance(stock_pipeline(run / "final", ZImage), ZImagePipeline)
     else:
-        assert (run / "final" / LORA_WEIGHTS).is_file() and (run / "final" / KOHYA_WEIGHTS).is_file()
+        assert (run / "final" / LORA_WEIGHTS).is_file() and kohya_file(run / "final") is not None

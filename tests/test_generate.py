@@ -22,7 +22,7 @@ from training import brief_fit, stock_pipeline
 
 from sdft.errors import UserError
 from sdft.families import StableDiffusion3
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS, LoRAFineTuner
+from sdft.methods.lora import LORA_WEIGHTS, LoRAFineTuner, kohya_file
 from sdft.tools.generate import generate
 from sdft.tools.grids import GridLayout, grid_layout, labelled_grid
 
@@ -361,13 +361,13 @@ def test_an_sd3_kohya_file_gives_the_images_of_its_diffusers_twin(tiny_sd3, tmp_
             if param.requires_grad:
                 param.copy_(0.3 * torch.randn(param.shape, generator=generator))
     folder = model.export(tmp_path / "lora").parent
-    made = {}
-    for name in (LORA_WEIGHTS, KOHYA_WEIGHTS):
+    made, kohya_name = {}, kohya_file(folder).name
+    for name in (LORA_WEIGHTS, kohya_name):
         out = generate(
             ["a photo of sks toy"], model=str(tiny_sd3), lora=[folder / name], output=tmp_path / name, **FAST
         )
         made[name] = [pixels(out / f"images/prompt_000/image_seed_{seed}.png") for seed in FAST["seeds"]]
     base = generate(["a photo of sks toy"], model=str(tiny_sd3), output=tmp_path / "base", **FAST)
-    for diffusers_image, kohya_image, seed in zip(made[LORA_WEIGHTS], made[KOHYA_WEIGHTS], FAST["seeds"], strict=True):
+    for diffusers_image, kohya_image, seed in zip(made[LORA_WEIGHTS], made[kohya_name], FAST["seeds"], strict=True):
         assert np.abs(diffusers_image - kohya_image).max() <= 1
         assert np.abs(diffusers_image - pixels(base / f"images/prompt_000/image_seed_{seed}.png")).mean() > 1

@@ -42,7 +42,7 @@ from sdft.interop.kohya import to_kohya
 from sdft.interop.kohya_names import adaptable_modules, kohya_names
 from sdft.interop.lora_weights import LoraLayer, LoraWeights, lora_weights_of
 from sdft.methods import LoRAFineTuner
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from sdft.methods.lora import LORA_WEIGHTS, kohya_file, kohya_file_name
 from sdft.runs import apply_checkpoint, export_checkpoint
 
 TINY = "builtin:tiny-sd1"
@@ -108,7 +108,7 @@ def test_diffusers_makes_the_same_images_from_the_kohya_file_as_from_the_diffuse
     options = {"target_blocks": [0, 1]} if name == "flux" else {}
     random_lora(name, **options).export(tmp_path)
     expected = lora_images(name, tmp_path, LORA_WEIGHTS)
-    assert np.abs(lora_images(name, tmp_path, KOHYA_WEIGHTS) - expected).max() <= 1
+    assert np.abs(lora_images(name, tmp_path, kohya_file(tmp_path).name) - expected).max() <= 1
     base = stock_images(stock_pipeline(resolve(FAMILIES[name][1]), FAMILIES[name][0]))
     assert np.abs(base - expected).mean() > 1  # the LoRA changes the images, so the equality means something
 
@@ -173,7 +173,7 @@ def test_sd3_kohya_file_adds_the_updates_diffusers_single_file_converter_maps_on
     convert_sd3_transformer_checkpoint_to_diffusers(keys)
     # ComfyUI's name for each original weight: lora_unet_ + its path with "_"
     weight_of = {f"lora_unet_{key.removesuffix('.weight').replace('.', '_')}": key for key in keys.read}
-    state = load_file(tmp_path / KOHYA_WEIGHTS)
+    state = load_file(kohya_file(tmp_path))
     updates = {}
     for name in {key.split(".")[0] for key in state if key.startswith("lora_unet_")}:
         down, up, alpha = state[f"{name}.lora_down.weight"], state[f"{name}.lora_up.weight"], state[f"{name}.alpha"]
@@ -208,8 +208,8 @@ def test_flux_and_sd3_files_name_the_original_modules(name, exports):
         expected = {f"lora_unet_joint_blocks_{i}_{module}" for i in range(4) for module in joint}
         expected -= {"lora_unet_joint_blocks_3_context_block_attn_proj"}
         expected |= clip_names("lora_te1", 2) | clip_names("lora_te2", 2)
-    assert module_names(folder / KOHYA_WEIGHTS) == expected
-    state = load_file(folder / KOHYA_WEIGHTS)
+    assert module_names(kohya_file(folder)) == expected
+    state = load_file(kohya_file(folder))
     fused = "lora_unet_double_blocks_0_img_attn_qkv" if name == "flux" else "lora_unet_joint_blocks_0_x_block_attn_qkv"
     assert state[f"{fused}.lora_down.weight"].shape[0] == 3 * RANK and float(state[f"{fused}.alpha"]) == 3 * ALPHA
 
@@ -282,7 +282,7 @@ def test_sdxl_unet_modules_get_the_sgm_names_comfyui_and_a1111_expect():
 @pytest.mark.parametrize("name", ["sd1", "sdxl"])
 def test_unet_and_text_encoder_names_keep_text_model_and_the_block_layout(name, exports):
     model, folder = exports(name)
-    found = module_names(folder / KOHYA_WEIGHTS)
+    found = module_names(kohya_file(folder))
     unet = {
         path.removeprefix("unet.") for path in lora_weights_of(model.adapted_components()) if path.startswith("unet.")
     }
@@ -302,7 +302,7 @@ def test_unet_and_text_encoder_names_keep_text_model_and_the_block_layout(name, 
 def test_reading_the_kohya_file_gives_back_the_weights(name, exports):
     model, folder = exports(name)
     trained = lora_weights_of(model.adapted_components())
-    for file in (KOHYA_WEIGHTS, LORA_WEIGHTS):
+    for file in (kohya_file(folder).name, LORA_WEIGHTS):
         read = read_lora(folder / file, family(name))  # a family not loaded: its configs give the names
         assert read.keys() == trained.keys()
         for path, layer in trained.items():
@@ -323,7 +323,7 @@ def test_foreign_kohya_variants_read_too(tmp_path):
     # Flux.1 as ComfyUI saves it (diffusion_model.<BFL module>), read through diffusers' converter
     model = random_lora("flux", target_blocks=[0, 1])  # diffusers splits single blocks at FLUX.1's widths
     model.export(tmp_path / "flux")
-    state = load_file(tmp_path / "flux" / KOHYA_WEIGHTS)
+    state = load_file(kohya_file(tmp_path / "flux"))
     comfyui = tmp_path / "comfyui.safetensors"
     prefixes = {"lora_unet_": "diffusion_model.", "lora_te1_": "text_encoders.clip_l.transformer."}
     save_file({renamed(key, prefixes): value for key, value in state.items()}, comfyui)
@@ -354,8 +354,8 @@ ARCHITECTURES = {
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_header_names_the_base_model_rank_and_alpha_and_each_module_carries_its_alpha(name, exports):
     _, folder = exports(name)
-    state = load_file(folder / KOHYA_WEIGHTS)
-    metadata, alphas = header(folder / KOHYA_WEIGHTS), {float(v) for k, v in state.items() if k.endswith(".alpha")}
+    state = load_file(kohya_file(folder))
+    metadata, alphas = header(kohya_file(folder)), {float(v) for k, v in state.items() if k.endswith(".alpha")}
     assert (metadata["modelspec.architecture"], metadata["ss_base_model_version"]) == ARCHITECTURES[name]
     assert metadata["ss_network_module"] == "networks.lora"
     assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("4", "2.0")
@@ -364,12 +364,12 @@ def test_header_names_the_base_model_rank_and_alpha_and_each_module_carries_its_
 
 
 @pytest.mark.parametrize("name", ["sd1", "flux"])
-@pytest.mark.parametrize("file", [KOHYA_WEIGHTS, LORA_WEIGHTS])
+@pytest.mark.parametrize("file", [kohya_file_name(None, 0), LORA_WEIGHTS])
 def test_init_lora_starts_the_adapters_at_the_file_s_update(name, file, tmp_path):
     random_lora(name).export(tmp_path)
     started = LoRAFineTuner(family(name), rank=RANK, alpha=8.0, train_text_encoder=True, init_lora=str(tmp_path / file))
     started.configure_model()
-    expected = read_lora(tmp_path / KOHYA_WEIGHTS, started.family)
+    expected = read_lora(kohya_file(tmp_path), started.family)
     weights = lora_weights_of(started.adapted_components())
     assert weights.keys() == expected.keys()
     assert all(layer.alpha == 8.0 for layer in weights.values())  # the run's alpha, the file's update
@@ -381,7 +381,7 @@ def test_init_lora_starts_the_adapters_at_the_file_s_update(name, file, tmp_path
 def sd1_file(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sd1-lora")
     random_lora("sd1").export(folder)
-    return folder / KOHYA_WEIGHTS
+    return kohya_file(folder)
 
 
 def test_init_lora_of_another_rank_names_the_keys_and_the_rank(sd1_file):
@@ -419,8 +419,8 @@ def test_export_formats_choose_the_files_and_are_checked(tmp_path):
     with pytest.raises(UserError, match="model.init_args.export_formats must list one or more of diffusers, kohya"):
         LoRAFineTuner(family("sd1"), export_formats=["a1111"])
     model = random_lora("sd1", export_formats=["kohya"])
-    assert model.export(tmp_path) == tmp_path / KOHYA_WEIGHTS
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md", KOHYA_WEIGHTS]
+    assert model.export(tmp_path) == kohya_file(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md", kohya_file_name(None, 0)]
 
 
 def header(path: Path) -> dict[str, str]:
@@ -443,8 +443,10 @@ def init_fit(subject_dir, sd1_file, tmp_path_factory) -> tuple[LoRAFineTuner, Pa
 
 def test_the_final_export_holds_both_files_and_the_kohya_header_the_run_s_steps_resolution_and_prompt(init_fit):
     model, run = init_fit
-    assert sorted(path.name for path in (run / "final").iterdir()) == ["README.md", KOHYA_WEIGHTS, LORA_WEIGHTS]
-    notes = header(run / "final" / KOHYA_WEIGHTS)
+    assert sorted(path.name for path in (run / "final").iterdir()) == sorted(
+        ["README.md", kohya_file_name(None, 2), LORA_WEIGHTS]
+    )
+    notes = header(kohya_file(run / "final"))
     assert (notes["ss_steps"], notes["ss_resolution"], notes["modelspec.resolution"]) == ("2", "(32, 32)", "32x32")
     assert notes["modelspec.trigger_phrase"] == PROMPT
     assert json.loads(notes["ss_tag_frequency"]) == {"subject": {PROMPT: 1}}
@@ -454,14 +456,14 @@ def test_an_export_of_a_checkpoint_s_weights_records_the_checkpoint_s_step(init_
     model, run = init_fit
     with live_weights_kept(model):  # as the evaluator exports the best step from its checkpoint
         apply_checkpoint(model, run / "checkpoints" / "step=1.ckpt")
-        assert header(model.export(tmp_path / "best").parent / KOHYA_WEIGHTS)["ss_steps"] == "1"
-    assert header(model.export(tmp_path / "again").parent / KOHYA_WEIGHTS)["ss_steps"] == "2"
+        assert header(kohya_file(model.export(tmp_path / "best").parent))["ss_steps"] == "1"
+    assert header(kohya_file(model.export(tmp_path / "again").parent))["ss_steps"] == "2"
 
 
 def test_a_resumed_fit_continues_from_the_checkpoint_not_from_init_lora(init_fit, subject_dir, tmp_path):
     _, run = init_fit
     random_lora("sd1", seed=1).export(tmp_path / "other")
-    other = str(tmp_path / "other" / KOHYA_WEIGHTS)
+    other = str(kohya_file(tmp_path / "other"))
     resumed = lora_tuner(family("sd1"), rank=RANK, train_text_encoder=True, init_lora=other)
     checkpoint = run / "checkpoints" / "step=2.ckpt"
     data = subject_data(subject_dir)
@@ -483,8 +485,8 @@ def test_exporting_a_checkpoint_writes_the_chosen_formats_with_the_run_s_notes_w
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     exported = export_checkpoint(run / "checkpoints" / "step=1.ckpt", formats=["kohya"])
-    assert exported == run / "exports" / "step=1" / KOHYA_WEIGHTS
-    assert sorted(path.name for path in exported.parent.iterdir()) == ["README.md", KOHYA_WEIGHTS]
+    assert exported == run / "exports" / "step=1" / kohya_file_name("run", 1)
+    assert sorted(path.name for path in exported.parent.iterdir()) == ["README.md", exported.name]
     notes = header(exported)
     assert (notes["ss_steps"], notes["modelspec.title"], notes["modelspec.trigger_phrase"]) == ("1", "run", PROMPT)
     with pytest.raises(UserError, match="--format must list one or more of diffusers, kohya"):

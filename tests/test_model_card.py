@@ -18,10 +18,11 @@ from sdft.cli import main
 from sdft.families import StableDiffusion, StableDiffusionXL
 from sdft.interop.model_card import MethodFacts, ModelCard, RunFacts, place_samples, read_run_facts, render
 from sdft.methods import FullFineTuner, TextualInversion
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from sdft.methods.lora import LORA_WEIGHTS, kohya_file_name
 from sdft.methods.run_notes import RunNotes
 from sdft.methods.tokens import EMBEDDINGS_FILE
 
+KOHYA_FILE = kohya_file_name("run", 4)  # the run fixture's: run "run", four steps
 PROMPT = "a photo of <sks>: toy #1"  # a prompt YAML must quote
 LORA = MethodFacts(
     "LoRA",
@@ -205,10 +206,10 @@ def check_step_card(folder: Path, run: Path, step: int) -> str:
 
 def test_the_final_export_s_card_names_the_last_step_its_metrics_its_grid_and_the_run_s_config(run):
     final = run / "final"
-    assert sorted(path.name for path in final.iterdir()) == ["README.md", KOHYA_WEIGHTS, LORA_WEIGHTS, "samples.png"]
+    assert sorted(path.name for path in final.iterdir()) == ["README.md", LORA_WEIGHTS, KOHYA_FILE, "samples.png"]
     text = check_step_card(final, run, 4)
     assert "class_path: sdft.methods.LoRAFineTuner" in text and "rank: 8" in text and "Resolution: 32 px." in text
-    assert f"| `{KOHYA_WEIGHTS}` |" in text and f"| `{LORA_WEIGHTS}` |" in text
+    assert f"| `{KOHYA_FILE}` |" in text and f"| `{LORA_WEIGHTS}` |" in text
 
 
 def test_the_best_export_s_card_names_the_selected_step_and_why(run):
@@ -220,7 +221,7 @@ def test_the_best_export_s_card_names_the_selected_step_and_why(run):
 
 def test_the_average_s_card_describes_the_average_and_shows_no_step_s_evaluation(run):
     ema = run / "ema"
-    assert sorted(path.name for path in ema.iterdir()) == ["README.md", KOHYA_WEIGHTS, LORA_WEIGHTS]
+    assert sorted(path.name for path in ema.iterdir()) == ["README.md", LORA_WEIGHTS, KOHYA_FILE]
     text = (ema / "README.md").read_text()
     assert "The weights are the exponential moving average (decay 0.999) of the trained weights from step 0 to" in text
     assert "## Evaluation" not in text and "![" not in text and "widget" not in front_matter(text)

@@ -25,14 +25,17 @@ from training import (
 from sdft.data import SubjectDataModule
 from sdft.families import StableDiffusion
 from sdft.methods import PivotalTuning
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from sdft.methods.lora import LORA_WEIGHTS, kohya_file_name
 from sdft.methods.tokens import EMBEDDINGS_FILE
 from sdft.runs import apply_checkpoint
 
 STEPS = 6  # the first half trains the embedding alone
 ROWS_KEY = "family.text_encoder.embeddings.token_embedding.rows"
-#: an export's files: the LoRA in both formats, the embedding for diffusers and for A1111
-EXPORTED = sorted(["README.md", EMBEDDINGS_FILE, KOHYA_WEIGHTS, LORA_WEIGHTS, "sks.safetensors"])
+
+
+def exported(kohya_name: str) -> list[str]:
+    """An export's files: the LoRA in both formats, the embedding for diffusers and for A1111."""
+    return sorted(["README.md", EMBEDDINGS_FILE, kohya_name, LORA_WEIGHTS, "sks.safetensors"])
 
 
 def pivotal(model_dir: Path, lr: float = 2e-2, **kwargs) -> PivotalTuning:
@@ -136,7 +139,7 @@ def test_embeddings_get_their_own_learning_rate(tiny_sd1):
 
 def test_stock_loaders_reproduce_the_trained_images(fit, tiny_sd1, tmp_path):
     assert fit.model.export(tmp_path) == tmp_path
-    assert sorted(p.name for p in tmp_path.iterdir()) == EXPORTED
+    assert sorted(p.name for p in tmp_path.iterdir()) == exported(kohya_file_name(None, STEPS))
     pipeline = stock_pipeline(tiny_sd1)
     untrained = stock_images(pipeline, PROMPT.replace(PLACEHOLDER, "toy"))
     pipeline.load_lora_weights(tmp_path)
@@ -163,6 +166,8 @@ def test_invalid_arguments_name_the_config_key(tiny_sd1, options, key):
 def test_shipped_config_runs_through_the_cli(subject_dir, tmp_path):
     run = brief_fit("configs/sd15/pivotal_tuning.yaml", tmp_path, {"instance_dir": str(subject_dir)})
     final = run / "final"
-    assert sorted(p.name for p in final.iterdir()) == sorted([*EXPORTED, "samples.png"])  # the step's evaluation grid
+    assert sorted(p.name for p in final.iterdir()) == sorted(
+        [*exported(kohya_file_name("run", 2)), "samples.png"]
+    )  # the step's evaluation grid
     assert load_file(final / EMBEDDINGS_FILE)[PLACEHOLDER].shape == (2, 32)
     assert (run / "evaluation" / "selection.json").is_file()

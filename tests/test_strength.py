@@ -23,7 +23,7 @@ from training import (
 from sdft.callbacks import SubjectEvaluator
 from sdft.errors import UserError
 from sdft.evaluation.strength import check_scales, select_scale
-from sdft.methods.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from sdft.methods.lora import LORA_WEIGHTS, kohya_file
 
 TINY = {"clip_model": "builtin:tiny-clip", "dino_model": "builtin:tiny-dino", "num_inference_steps": 2}
 BASE = {"val/dino": 0.30, "val/clip_t": 0.30, "val/pres": 0.50}
@@ -84,7 +84,7 @@ def test_the_chosen_step_is_scored_at_every_scale_and_the_rule_picks_one(measure
     assert strength["reason"].startswith(f"scale {strength['scale']:g} has val/dino")
     card = (run / "best" / "README.md").read_text()
     assert f"Recommended strength: **{strength['scale']:g}**" in card
-    with safe_open(run / "best" / KOHYA_WEIGHTS, "pt") as file:
+    with safe_open(kohya_file(run / "best"), "pt") as file:
         assert file.metadata()["modelspec.usage_hint"].startswith(f"strength {strength['scale']:g} ")
 
 

@@ -6,10 +6,12 @@ An export writes the adapter in each of the method's ``export_formats`` into one
 
 - ``diffusers``: ``pytorch_lora_weights.safetensors``, diffusers / peft keys with the peft config (alpha included)
   in the header; ``pipe.load_lora_weights(folder)`` loads it at the trained strength (LoRA and DoRA);
-- ``kohya``: ``lora_kohya.safetensors``, the layout ComfyUI, A1111 (stable-diffusion-webui), kohya sd-scripts and
-  LyCORIS read (see :mod:`sdft.interop.kohya`): a ``.alpha`` tensor per module, and ``ss_*`` / ``modelspec.*``
-  header metadata naming the base model, rank, alpha, resolution, steps and the instance prompt as trigger phrase.
-  Copy it into ComfyUI's ``models/loras`` or A1111's ``models/Lora`` folder (renamed as the prompt should call it).
+- ``kohya``: ``<run name>-<step>.safetensors`` (kohya sd-scripts' naming, e.g. ``dog-000400.safetensors``), the
+  layout ComfyUI, A1111 (stable-diffusion-webui), kohya sd-scripts and LyCORIS read (see
+  :mod:`sdft.interop.kohya`): a ``.alpha`` tensor per module, and ``ss_*`` / ``modelspec.*`` header metadata naming
+  the base model, rank, alpha, resolution, steps and the instance prompt as trigger phrase. Named after its run and
+  step, files of several runs and steps can be copied side by side into ComfyUI's ``models/loras`` or A1111's
+  ``models/Lora`` folder, where A1111's prompt calls the file by that name.
   LoKr and LoHa go into it as LyCORIS writes them (``lokr_w1`` ..., ``hada_w1_a`` ...).
 
 Each kind is exported only in the formats whose consumers read it as it trained
@@ -27,6 +29,7 @@ from typing import Any
 from peft import PeftConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 from torch import nn
 
 from sdft.errors import UserError
@@ -39,14 +42,14 @@ from sdft.methods.adapters import Adapter, check_adapter_options, check_like_tra
 from sdft.methods.base import DiffusionFineTuner
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-KOHYA_WEIGHTS = "lora_kohya.safetensors"
 
-
-#: the file of each export format, and what it is for (the model card's words)
-FORMAT_FILES = {"diffusers": LORA_WEIGHTS, "kohya": KOHYA_WEIGHTS}
-FILE_USES = {
-    LORA_WEIGHTS: "diffusers / peft {kind}: `pipe.load_lora_weights(folder)`, at the trained strength",
-    KOHYA_WEIGHTS: "kohya {kind} for ComfyUI (`models/loras`), A1111 (`models/Lora`) and kohya sd-scripts",
+#: what each format's file is for (the model card's words)
+FORMAT_USES = {
+    "diffusers": "diffusers / peft {kind}: `pipe.load_lora_weights(folder)`, at the trained strength",
+    "kohya": (
+        "kohya {kind} for ComfyUI (`models/loras`), A1111 (`models/Lora`, called as `<lora:{name}:1>`) and kohya "
+        "sd-scripts; diffusers reads the other file"
+    ),
 }
 LYCORIS_USE = "LyCORIS {kind} for ComfyUI (`models/loras`) and kohya sd-scripts with LyCORIS (`lycoris.kohya`)"
 #: the Hub tags of each kind's card
@@ -61,7 +64,7 @@ KIND_TAGS = {
 class LoRAFineTuner(DiffusionFineTuner):
     """Train low-rank adapters (LoRA, DoRA, LoKr or LoHa); export them for diffusers
     (``pytorch_lora_weights.safetensors``, loaded by ``load_lora_weights`` at the trained strength) and for ComfyUI /
-    A1111 / kohya / LyCORIS (``lora_kohya.safetensors``), each kind in the formats that read it."""
+    A1111 / kohya / LyCORIS (``<run>-<step>.safetensors``), each kind in the formats that read it."""
 
     def __init__(
         self,
@@ -95,7 +98,7 @@ class LoRAFineTuner(DiffusionFineTuner):
             train_text_encoder: also adapt the text encoder(s), with the same rank and alpha.
             text_encoder_target_modules: module names to adapt in the text encoders; None uses the family's default.
             export_formats: the files every export writes: ``diffusers`` (``pytorch_lora_weights.safetensors``)
-                and / or ``kohya`` (``lora_kohya.safetensors`` for ComfyUI, A1111, kohya sd-scripts and LyCORIS);
+                and / or ``kohya`` (``<run>-<step>.safetensors`` for ComfyUI, A1111, kohya sd-scripts and LyCORIS);
                 the first listed is the export's main file. None writes every format that loads the adapter kind:
                 both for lora, diffusers for dora, kohya for lokr and loha.
             init_lora: an adapter file (diffusers, kohya, A1111, ComfyUI or LyCORIS format) whose weights the fit
@@ -254,12 +257,16 @@ class LoRAFineTuner(DiffusionFineTuner):
         return directory / LORA_WEIGHTS
 
     def write_kohya(self, directory: Path) -> Path:
-        """Write ``lora_kohya.safetensors`` (a LoKr or LoHa as LyCORIS writes it) with kohya and model-spec
-        metadata."""
+        """Write the ComfyUI / A1111 file (:meth:`kohya_file_name`; a LoKr or LoHa as LyCORIS writes it) with kohya
+        and model-spec metadata."""
         components = self.adapted_components()
         names = kohya_names(self.family.pipeline_class, components)
         metadata = kohya_metadata(self.family, self.training_notes())
-        return write_kohya(lora_weights_of(components), names, metadata, directory / KOHYA_WEIGHTS)
+        return write_kohya(lora_weights_of(components), names, metadata, directory / self.kohya_file_name())
+
+    def kohya_file_name(self) -> str:
+        """The ComfyUI / A1111 file's name: the run's and the weights' step (see :func:`kohya_file_name`)."""
+        return kohya_file_name(self.current_run_notes().title, self.weights_step())
 
     def training_notes(self) -> TrainingNotes:
         """What an export's metadata says about the training: the configured rank and alpha, the base model, the
@@ -300,9 +307,11 @@ class LoRAFineTuner(DiffusionFineTuner):
             settings.update(lokr_factor=self.lokr_factor, decompose_both=self.decompose_both)
         if self.target_blocks is not None:
             settings["target_blocks"] = self.target_blocks
-        kind = KIND_NAMES[self.adapter]
-        uses = {**FILE_USES, KOHYA_WEIGHTS: LYCORIS_USE} if self.adapter in ("lokr", "loha") else FILE_USES
-        files = {FORMAT_FILES[name]: uses[FORMAT_FILES[name]].format(kind=kind) for name in self.export_formats}
+        kind, kohya_file = KIND_NAMES[self.adapter], self.kohya_file_name()
+        uses = {**FORMAT_USES, "kohya": LYCORIS_USE} if self.adapter in ("lokr", "loha") else FORMAT_USES
+        file_of = {"diffusers": LORA_WEIGHTS, "kohya": kohya_file}
+        name = kohya_file.removesuffix(".safetensors")
+        files = {file_of[form]: uses[form].format(kind=kind, name=name) for form in self.export_formats}
         loading = (
             () if LORA_WEIGHTS not in files else (f'pipe.load_lora_weights(folder, weight_name="{LORA_WEIGHTS}")',)
         )
@@ -311,6 +320,28 @@ class LoRAFineTuner(DiffusionFineTuner):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.checkpoint_loaded = True
         super().on_load_checkpoint(checkpoint)
+
+
+def kohya_file_name(title: str | None, step: int) -> str:
+    """``<title>-<step>.safetensors`` as kohya sd-scripts names its files (``lora`` without a title), so that the
+    files of several runs and steps lie side by side in a ``models/loras`` folder.
+
+    Args:
+        title: the run's name.
+        step: the training step of the weights.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", title or "").strip("._") or "lora"
+    return f"{name}-{step:06d}.safetensors"
+
+
+def kohya_file(folder: Path) -> Path | None:
+    """The ComfyUI / A1111 file of an export folder: its ``.safetensors`` with kohya's ``ss_network_module`` in the
+    header; None when it has none."""
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(path, "pt") as file:
+            if "ss_network_module" in (file.metadata() or {}):
+                return path
+    return None
 
 
 def block_names(denoiser: nn.Module, block_types: tuple[str, ...]) -> list[str]:

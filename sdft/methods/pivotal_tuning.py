@@ -19,7 +19,7 @@ class PivotalTuning(LearnsPlaceholder, LoRAFineTuner):
     """Train the embedding vector(s) of a new word (``<sks>``) and a LoRA; export the LoRA files (see
     :class:`LoRAFineTuner`'s ``export_formats``) and the embedding files into one folder, loaded in diffusers by
     ``pipe.load_lora_weights(folder)`` and ``pipe.load_textual_inversion(folder / "learned_embeds.safetensors")``, and
-    in A1111 / ComfyUI as ``lora_kohya.safetensors`` plus the embedding ``<word>.safetensors`` (the prompt names the
+    in A1111 / ComfyUI as ``<run>-<step>.safetensors`` plus the embedding ``<word>.safetensors`` (the prompt names the
     word as the embedding's file name).
 
     The data's prompts must name the word, e.g. ``instance_prompt: "a photo of <sks> dog"``.
