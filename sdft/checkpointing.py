@@ -69,3 +69,51 @@ def read_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False, w
             f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is truncated or not a "
             "checkpoint: delete it and resume from an earlier one"
         ) from error
+
+
+#: the values of ``--ckpt_path`` that name no file: Lightning's (and sdft's ``last``) own choices
+CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")
+#: what a fit's checkpoint holds beside the trained tensors
+CHECKPOINT_KEYS = ("state_dict", "global_step")
+
+
+def check_checkpoint_file(path: str | Path | None, key: str = "--ckpt_path") -> None:
+    """Refuse, before any model loads, a checkpoint file that ``sdft fit`` did not write: missing, truncated or
+    random bytes, one that would run code when unpickled, a safetensors file (a LoRA or an export), or one without
+    the trained tensors and step a fit resumes from. Only the file's header and index are read (tensors are
+    mapped, not loaded). None and the names Lightning resolves itself (``last``, ``best``, ...) pass.
+
+    Args:
+        path: the checkpoint, or None.
+        key: the option that named it, quoted in the error.
+    """
+    if path is None or str(path) in CHECKPOINT_NAMES:
+        return
+    path = Path(path)
+    if is_safetensors(path):
+        raise UserError(
+            f"{key}: {path} is a safetensors file (a LoRA or an exported model), not a checkpoint of sdft fit; give "
+            "a .ckpt from <run>/checkpoints/ (a LoRA goes to sdft generate --lora or model.init_args.init_lora)"
+        )
+    try:
+        checkpoint = read_checkpoint(path, mmap=True)
+    except UserError as error:
+        raise UserError(f"{key}: {error}") from None
+    missing = [name for name in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or name not in checkpoint]
+    if missing:
+        raise UserError(
+            f"{key}: {path} is not a checkpoint of sdft fit (it holds no {missing[0]}); give a .ckpt from "
+            "<run>/checkpoints/"
+        )
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: an 8-byte little-endian header length, then a JSON
+    object that fits in the file."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(9)
+            size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= size - 8

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser
 
-from sdft.checkpointing import read_checkpoint
+from sdft.checkpointing import check_checkpoint_file, read_checkpoint
 from sdft.errors import UserError
 from sdft.interop.formats import check_formats
 from sdft.methods.base import DiffusionFineTuner
@@ -45,9 +45,7 @@ def instantiate(section: dict[str, Any], base: type) -> Any:
 def read_config(config_path: Path) -> dict[str, Any]:
     """The resolved ``config.yaml`` of a run, as plain data."""
     if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path} not found: pass a run folder (or a checkpoint in one) made by `sdft fit`"
-        )
+        raise UserError(f"{config_path} not found: pass a run folder (or a checkpoint in one) made by `sdft fit`")
     return yaml.safe_load(config_path.read_text())
 
 
@@ -103,6 +101,7 @@ def export_checkpoint(checkpoint: Path, output: Path | None = None, formats: lis
             ``export_formats``. Only LoRA runs (LoRA, pivotal tuning) have a choice.
     """
     checkpoint = Path(checkpoint)
+    check_checkpoint_file(checkpoint, "sdft export")
     run_dir = run_dir_of(checkpoint)
     output = output or run_dir / "exports" / checkpoint.stem
     config = read_config(run_dir / "config.yaml")

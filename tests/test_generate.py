@@ -276,9 +276,15 @@ def test_a_lora_or_embedding_for_another_family_is_refused_before_loading(sd1, l
     assert "holds emb_params" in one_line_error(model=sdxl, embeddings=[tmp_path / "word.safetensors"])
 
 
-def test_a_lora_whose_shapes_do_not_fit_is_one_line(lora_dir, tiny_sdxl, tmp_path):
+def test_a_lora_of_another_model_of_the_same_names_is_refused_before_the_pipeline_loads(
+    lora_dir, tiny_sdxl, tmp_path, monkeypatch
+):
+    def refuse_loading(*arguments, **options):
+        raise AssertionError("the pipeline loaded")
+
+    monkeypatch.setattr("sdft.families.StableDiffusionXL.base_pipeline", refuse_loading)
     message = one_line_error(model=str(tiny_sdxl), lora=[lora_dir], output=tmp_path / "out", **FAST)
-    assert message.startswith(f"{lora_dir / LORA_WEIGHTS} adapts ")
+    assert message.startswith(f"--lora: {lora_dir / LORA_WEIGHTS} adapts ")
     assert message.endswith("it is a LoRA of another model family or layout; pass a LoRA trained on this base model")
 
 

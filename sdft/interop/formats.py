@@ -97,6 +97,27 @@ def read_lora(path: str | Path, family: ModelFamily) -> LoraWeights:
     return weights
 
 
+def check_lora_fits(path: str | Path | None, family: ModelFamily, key: str) -> None:
+    """Refuse, before any weights load, an adapter file that does not fit ``family``'s model (a LoRA of another
+    family, or of another model with the same names: SDXL's on SD 1.x), read as :func:`read_lora` reads it against
+    weightless modules built from the model's configs. Nothing is checked without a file (a missing one is named
+    where it is read) or where the model's configs cannot be read here (a hub id offline: loading names that).
+
+    Args:
+        path: the adapter file, or None.
+        family: the model family and base model, not loaded.
+        key: the option or config key that named the file, quoted in the error.
+    """
+    if path is None or not Path(path).is_file():
+        return
+    try:
+        read_lora(path, family)
+    except UserError as error:
+        raise UserError(f"{key}: {error}") from None
+    except (OSError, ValueError):
+        return
+
+
 def read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """A safetensors file's tensors and header metadata; a :class:`UserError` for a missing or unreadable file."""
     if not path.is_file():

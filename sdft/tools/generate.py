@@ -184,6 +184,8 @@ def add_model(
     plan.loras = [sources.lora_file(path) for path in lora]
     for file in plan.loras:
         sources.check_lora(file, plan.family, model)
+    for file in plan.loras:
+        sources.check_lora_fits(file, plan.family, model, plan.variant)
     tokens = tokens or [None] * len(embeddings)
     plan.embeddings = [sources.read_embedding(p, t, plan.family) for p, t in zip(embeddings, tokens, strict=True)]
     return [(None, None)]

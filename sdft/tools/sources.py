@@ -157,6 +157,14 @@ def check_lora(file: Path, family: type, model: str) -> None:
         )
 
 
+def check_lora_fits(file: Path, family: type, model: str, variant: str | None) -> None:
+    """Refuse a LoRA whose modules or shapes do not fit ``model`` (another model with the same component names, such
+    as an SDXL LoRA on SD 1.x), from the file and the model's configs alone, before the pipeline loads."""
+    from sdft.interop.formats import check_lora_fits as check_fits
+
+    check_fits(file, family(model, variant=variant), "--lora")
+
+
 def lora_modules(pipeline: Any, adapter: str) -> int:
     """How many modules of the pipeline's components carry the LoRA ``adapter``."""
     from peft.tuners.tuners_utils import BaseTunerLayer
