@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from script_modules import script_modules
 
 from sdft.assets import resolve
 from sdft.data.toy import write_toy_subject
@@ -81,3 +84,16 @@ def subject_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("subject")
     write_toy_subject(folder, num_images=4, size=64, seed=0)
     return folder
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """One headless Chromium for the session, with a fresh profile; skipped where Chromium is not installed."""
+    with script_modules("report_screenshot") as scripts:
+        reason = scripts.report_screenshot.missing_chromium()
+        if reason:
+            pytest.skip(reason)
+        with tempfile.TemporaryDirectory() as profile:
+            driver = scripts.report_screenshot.start_chromium(Path(profile), 1280, 900)
+            yield driver
+            driver.quit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from browser_pages import loaded_images, open_page, severe_console_entries, shown_frames
 from training import brief_fit
 
 from sdft.cli import main
@@ -36,6 +37,27 @@ def test_a_kohya_file_and_a_checkpoint_score_as_the_run_s_own_pick(run):
     scores = [json.loads(line) for line in (run / "compare" / "scores.jsonl").read_text().splitlines()]
     assert [row["name"] for row in scores] == [entry["name"] for entry in comparison["entries"]]
     assert comparison["selection"]["entry"] in {entry["name"] for entry in comparison["entries"]}
+
+
+def test_the_page_marks_the_preferred_entry_and_lists_every_entry(run):
+    comparison = json.loads((run / "compare" / "comparison.json").read_text())
+    page = (run / "compare" / "report.html").read_text()
+    preferred = comparison["selection"]["entry"]
+    assert f'<p class="badge chosen">★ {preferred}</p>' in page
+    for entry in comparison["entries"]:
+        assert f'data-key="{entry["name"]}"' in page and entry["source"] in page
+
+
+def test_the_page_works_in_headless_chromium(run, browser):
+    names = [entry["name"] for entry in json.loads((run / "compare" / "comparison.json").read_text())["entries"]]
+    open_page(browser, run / "compare" / "report.html")
+    assert severe_console_entries(browser) == []
+    assert all(loaded_images(browser)) and len(loaded_images(browser)) == len(names)
+    slider = browser.find_element("id", "entry-slider")
+    browser.execute_script("arguments[0].value = 0; arguments[0].dispatchEvent(new Event('input'));", slider)
+    assert shown_frames(browser, "entry") == [names[0]]
+    browser.execute_script("arguments[0].value = 3; arguments[0].dispatchEvent(new Event('input'));", slider)
+    assert shown_frames(browser, "entry") == [names[3]]
 
 
 def test_without_a_run_the_probes_have_no_source(run, tmp_path):

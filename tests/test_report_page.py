@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_pages import loaded_images, open_page, severe_console_entries, shown_frames
 from PIL import Image
-from script_modules import script_modules
 from test_reporting import ROWS, SELECTION, make_run
 from torch.utils.tensorboard import SummaryWriter
 
@@ -150,42 +148,6 @@ def test_sdft_report_takes_one_run_or_a_list_of_runs(tmp_path: Path, capsys: pyt
 
 
 # -- in headless Chromium ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    """One headless Chromium for the module, with a fresh profile; skipped where Chromium is not installed."""
-    with script_modules("report_screenshot") as scripts:
-        reason = scripts.report_screenshot.missing_chromium()
-        if reason:
-            pytest.skip(reason)
-        with tempfile.TemporaryDirectory() as profile:
-            driver = scripts.report_screenshot.start_chromium(Path(profile), 1280, 900)
-            yield driver
-            driver.quit()
-
-
-def open_page(browser, page: Path) -> None:
-    """Open ``page`` from its file and wait until every image has loaded or failed."""
-    browser.get(page.resolve().as_uri())
-    browser.execute_async_script(
-        "const done = arguments[0];"
-        "Promise.all(Array.from(document.images, (image) => image.decode().catch(() => null))).then(() => done());"
-    )
-
-
-def severe_console_entries(browser) -> list[dict]:
-    return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-
-
-def loaded_images(browser) -> list[bool]:
-    return browser.execute_script("return Array.from(document.images, (i) => i.complete && i.naturalWidth > 0);")
-
-
-def shown_frames(browser, gallery: str) -> list[str]:
-    """The keys of the grids of a gallery that are on screen."""
-    frames = browser.find_elements("css selector", f'.gallery[data-name="{gallery}"] .frame')
-    return [frame.get_attribute("data-key") for frame in frames if frame.is_displayed()]
 
 
 def test_the_page_works_in_headless_chromium(browser, tmp_path: Path) -> None:

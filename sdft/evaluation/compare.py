@@ -17,6 +17,7 @@ the entries. Output, in ``<output>`` (default ``<run>/compare``)::
                       and the rule's choice among the entries with its reason and the entries it rejected
     scores.jsonl      every probe's score of each entry, in probe order (as evaluation/scores.jsonl)
     grids/NN_<name>.png  each entry's probe images, one row per prompt
+    report.html       the page: the preferred entry and why, the metrics table, the grids under one slider
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def compare(
     resolved = [resolve_entry(path, output) for path in paths]
     rows, scores = score_entries(run, resolved, output, scale, clip_model, dino_model, device)
     write_comparison(output, rows, scores, run)
+    from sdft.reporting.comparison import write_comparison_page
+
+    print(write_comparison_page(output, run))
     return output
 
 

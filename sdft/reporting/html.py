@@ -63,6 +63,18 @@ def render_page(runs: Sequence[RunRecords], images: ImageSource) -> str:
     else:
         title, where = f"Comparison of {len(runs)} runs", run_legend(runs)
         sections = comparison_sections(runs, images)
+    return page_html(title, where, sections)
+
+
+def page_html(title: str, where: str, sections: Sequence[Section]) -> str:
+    """A whole page: the title, a line saying what it shows (HTML), a menu of the sections and the sections, with
+    the page's style and script inlined.
+
+    Args:
+        title: the page's title (text).
+        where: the line under it (HTML).
+        sections: (element id, heading, contents as HTML) of each section.
+    """
     nav = "".join(f'<a href="#{anchor}">{escape(heading)}</a>' for anchor, heading, _ in sections)
     body = "".join(
         f'<section id="{anchor}"><h2>{escape(heading)}</h2>{content}</section>' for anchor, heading, content in sections
