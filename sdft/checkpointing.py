@@ -9,6 +9,7 @@ checkpoint and renames it, so a checkpoint that exists is complete.
 from __future__ import annotations
 
 import errno
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sdft.errors import UserError
-from sdft.files import write_atomic
+from sdft.files import WriteError, write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,11 +30,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         try:
             write_atomic(Path(path), lambda file: torch.save(checkpoint, file))
-        except OSError as error:
+        except WriteError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise UserError(
-                f"no space left to write checkpoint {path} ({error.strerror}); nothing was replaced and the "
+                f"no space left to write checkpoint {path} ({os.strerror(error.errno)}); nothing was replaced and the "
                 "checkpoints already written are intact: free disk space (or set SubjectEvaluator.keep_last_n) and "
                 "resume from the last of them with --ckpt_path last"
             ) from None

@@ -4,19 +4,84 @@ The temporary file or folder is created as ``open`` or ``mkdir`` would create th
 less the umask, or the folder's default ACL), and the files a writer made inside it are given that mode, so a run's
 exports and the built-in assets are as readable as any other file the user makes, not private like ``tempfile``'s
 0o600 files and 0o700 folders or safetensors' 0o600 files.
+
+A write the filesystem refuses (no space left, over quota, read-only, no permission, a file where a folder of the path
+should be) is a :class:`WriteError`: one line naming the file or folder, the reason and the fix, what was there kept.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from sdft.errors import UserError
+
 T = TypeVar("T")
+
+#: what to do when the filesystem refuses a write, by its error number
+WRITE_FIXES = {
+    errno.ENOSPC: "free disk space and run it again",
+    errno.EDQUOT: "free space within your disk quota and run it again",
+    errno.EFBIG: "the file is larger than this filesystem allows: write to another disk",
+    errno.EROFS: "the filesystem is read-only: write to another folder",
+    errno.EACCES: "write to a folder you may write to, or change its permissions",
+    errno.EPERM: "write to a folder you may write to, or change its permissions",
+    errno.ENOTDIR: "a file stands where a folder of the path should be: move it or write elsewhere",
+    errno.EEXIST: "a file stands where a folder of the path should be: move it or write elsewhere",
+}
+
+
+class WriteError(UserError):
+    """A write the filesystem refused, told in one line naming the file; :attr:`errno` is the system's number."""
+
+    def __init__(self, message: str, number: int) -> None:
+        super().__init__(message)
+        self.errno = number
+
+
+def error_number(error: BaseException) -> int | None:
+    """The system error number behind ``error``: an ``OSError``'s, or the ``os error N`` that safetensors' writer
+    quotes in its own error."""
+    if isinstance(error, (OSError, WriteError)):
+        return error.errno
+    found = re.search(r"os error (\d+)", str(error))
+    return int(found.group(1)) if found else None
+
+
+@contextmanager
+def write_failures_named(path: Path) -> Iterator[None]:
+    """Turn the filesystem refusing a write inside into a :class:`WriteError` naming ``path`` (the final file or
+    folder, not a hidden staging one); other errors pass through.
+
+    Args:
+        path: the file or folder being written.
+    """
+    try:
+        yield
+    except Exception as error:
+        number = error_number(error)
+        if number not in WRITE_FIXES:
+            raise
+        kept = "what was there is kept" if path.exists() else "nothing was written"
+        raise WriteError(
+            f"cannot write {path} ({os.strerror(number)}): {WRITE_FIXES[number]}; {kept}", number
+        ) from error
+
+
+def make_folder(folder: Path) -> Path:
+    """Create ``folder`` and its parents if missing (a :class:`WriteError` naming it if the filesystem refuses);
+    return it."""
+    with write_failures_named(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -26,17 +91,18 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         path: the final file; its folder is created if missing.
         write: writes the contents to an open binary file (e.g. ``figure.savefig`` or ``image.save``).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = staging_path(path, suffix=".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    handle = os.open(temporary, flags, 0o666)  # the mode open(path, "w") gives: 0o666 less the umask
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with write_failures_named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = staging_path(path, suffix=".tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        handle = os.open(temporary, flags, 0o666)  # the mode open(path, "w") gives: 0o666 less the umask
+        try:
+            with os.fdopen(handle, "wb") as file:
+                write(file)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
 
 def write_named_atomic(path: Path, write: Callable[[Path], object]) -> Path:
@@ -47,15 +113,16 @@ def write_named_atomic(path: Path, write: Callable[[Path], object]) -> Path:
         path: the final file; its folder is created if missing.
         write: writes the whole file at the path it is given.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = staging_path(path, suffix=".tmp")
-    try:
-        write(temporary)
-        follow_umask(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with write_failures_named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = staging_path(path, suffix=".tmp")
+        try:
+            write(temporary)
+            follow_umask(temporary)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -103,25 +170,29 @@ def write_folder_atomic(folder: Path, build: Callable[[Path], T], replace: bool 
             when False an existing folder is kept and the new build dropped, so concurrent builders of one folder
             (several ranks on a node) race harmlessly.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    previous = folder.with_name(f".{folder.name}-previous")
-    recover_previous(folder, previous)
-    staging = staging_path(folder)
-    staging.mkdir()  # the mode mkdir gives (0o777 less the umask), unlike tempfile.mkdtemp's private 0o700
-    try:
-        result = build(staging)
-        for file in staging.rglob("*"):
-            if file.is_file() and not file.is_symlink():
-                follow_umask(file)
-        if replace and folder.exists():
-            os.replace(folder, previous)
+    with write_failures_named(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        previous = folder.with_name(f".{folder.name}-previous")
+        recover_previous(folder, previous)
+        staging = staging_path(folder)
+        staging.mkdir()  # the mode mkdir gives (0o777 less the umask), unlike tempfile.mkdtemp's private 0o700
         try:
-            os.replace(staging, folder)
-        except OSError:
-            if replace or not folder.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            result = build(staging)
+            for file in staging.rglob("*"):
+                if file.is_file() and not file.is_symlink():
+                    follow_umask(file)
+            if replace and folder.exists():
+                os.replace(folder, previous)
+            try:
+                os.replace(staging, folder)
+            except OSError:
+                if replace or not folder.is_dir():
+                    raise
+        except BaseException:
+            recover_previous(folder, previous)  # an old folder moved aside goes back
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(previous, ignore_errors=True)
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from sdft import assets
-from sdft.files import write_atomic, write_folder_atomic, write_named_atomic
+from sdft.caching import EncodingCache
+from sdft.files import WriteError, make_folder, write_atomic, write_folder_atomic, write_json, write_named_atomic
 
 
 @pytest.fixture(params=[0o022, 0o002, 0o027], ids=["022", "002", "027"])
@@ -76,6 +79,72 @@ def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path: Path
     with pytest.raises(OSError, match="disk full"):
         write_atomic(tmp_path / "image.png", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def no_space(*arguments) -> None:
+    """A writer that fills the disk: safetensors' own error, as its writer raises it."""
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def read_only(file) -> None:
+    file.write(b"half")
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+
+def test_a_full_disk_during_an_export_is_one_line_naming_the_folder_and_keeps_the_old_export(tmp_path: Path) -> None:
+    export = tmp_path / "exports" / "step=000040"
+    write_folder_atomic(export, fill)
+
+    def fill_then_run_out(staging: Path) -> None:
+        (staging / "README.md").write_text("card")
+        save_file({"w": torch.ones(3)}, staging / "pytorch_lora_weights.safetensors")
+        no_space()
+
+    with pytest.raises(WriteError) as error:
+        write_folder_atomic(export, fill_then_run_out)
+    assert str(error.value) == (
+        f"cannot write {export} (No space left on device): free disk space and run it again; what was there is kept"
+    )
+    assert sorted(path.name for path in export.parent.iterdir()) == ["step=000040"]
+    assert [path.name for path in export.iterdir()] == ["weights.bin"]
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        (lambda path: write_named_atomic(path, no_space), "(No space left on device): free disk space"),
+        (lambda path: write_atomic(path, read_only), "(Read-only file system): the filesystem is read-only: write"),
+    ],
+    ids=["safetensors-out-of-space", "read-only"],
+)
+def test_a_refused_write_is_one_line_naming_the_file_and_keeps_what_was_there(write, expected, tmp_path: Path) -> None:
+    path = tmp_path / "lora.safetensors"
+    path.write_bytes(b"the old file")
+    with pytest.raises(WriteError) as error:
+        write(path)
+    assert str(error.value).startswith(f"cannot write {path} {expected}")
+    assert str(error.value).endswith("; what was there is kept")
+    assert path.read_bytes() == b"the old file" and [p.name for p in tmp_path.iterdir()] == ["lora.safetensors"]
+
+
+def test_writes_under_a_file_name_the_path_for_records_cache_entries_and_report_folders(tmp_path: Path) -> None:
+    (tmp_path / "runs").write_text("a file where a folder goes")
+    record = tmp_path / "runs" / "evaluation" / "selection.json"
+    with pytest.raises(WriteError, match=rf"cannot write {record} \(Not a directory\): a file stands where a folder"):
+        write_json(record, {"step": 3})
+    cache = EncodingCache(tmp_path / "runs" / "cache")
+    with pytest.raises(WriteError, match=r"cannot write .*runs/cache/\w+\.safetensors \(Not a directory\)"):
+        cache.store("a prompt", {"embedding": torch.ones(2)})
+    with pytest.raises(WriteError, match=r"cannot write .*runs \(File exists\): a file stands where a folder"):
+        make_folder(tmp_path / "runs")
+    assert str(error_line(lambda: make_folder(tmp_path / "runs" / "report"))).endswith("; nothing was written")
+
+
+def error_line(write) -> WriteError:
+    with pytest.raises(WriteError) as error:
+        write()
+    assert "\n" not in str(error.value)
+    return error.value
 
 
 def test_a_built_in_asset_is_as_readable_as_an_ordinary_folder(tmp_path: Path, umask: int, monkeypatch) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
+from training import brief_fit
 
 from sdft.checkpointing import check_checkpoint_file
 from sdft.cli import main
@@ -158,3 +160,28 @@ def test_a_disk_too_small_for_the_first_checkpoint_is_refused_and_the_probe_leav
     assert message.startswith(f"trainer.logger.init_args.save_dir: {tmp_path / 'runs' / 'quickstart'} has ")
     assert "the first checkpoint and the export of this fit need about" in message and "free disk space" in message
     assert not model.family.is_loaded
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return brief_fit("configs/quickstart_tiny.yaml", tmp_path_factory.mktemp("run"), {}, evaluate=False, max_steps=2)
+
+
+def test_a_full_disk_during_sdft_export_is_one_line_and_keeps_the_earlier_export(run, capsys, monkeypatch):
+    checkpoint = run / "checkpoints" / "step=000002.ckpt"
+    main(["export", str(checkpoint)])
+    export = run / "exports" / "step=000002"
+    before = {path.name: path.read_bytes() for path in export.iterdir()}
+
+    def no_space(*arguments, **options) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", no_space)
+    capsys.readouterr()
+    error = sdft_error(capsys, "export", str(checkpoint))
+    assert error == (
+        f"sdft: error: cannot write {export} (No space left on device): free disk space and run it again; what was "
+        "there is kept"
+    )
+    assert {path.name: path.read_bytes() for path in export.iterdir()} == before
+    assert [path.name for path in export.parent.iterdir()] == ["step=000002"]
