@@ -191,9 +191,23 @@ def run(argv: list[str]) -> None:
         tool = TOOLS[argv[0]]
         auto_cli(tool, args=gathered_positionals(tool, argv[1:]), prog=f"sdft {argv[0]}")
     else:
-        from sdft.lightning_cli import run_lightning
+        run_lightning_command(argv)
 
-        run_lightning(argv)
+
+def run_lightning_command(argv: list[str]) -> None:
+    """Run a LightningCLI command. Its help, its printed config and the mistakes in its config are answered from
+    the schema of its options (:mod:`sdft.config`) before torch, Lightning and diffusers are imported; the real
+    parser then parses the line again."""
+    if argv[0] in LIGHTNING_COMMANDS:
+        from sdft.config.preflight import preflight
+
+        answer = preflight(argv)
+        if answer is not None:
+            print(answer, end="")
+            raise SystemExit(0)
+    from sdft.lightning_cli import run_lightning
+
+    run_lightning(argv)
 
 
 def gathered_positionals(tool: Callable[..., object] | type, args: list[str]) -> list[str]:

@@ -4,11 +4,14 @@ their run folder, and exit statuses that tell a scheduler what happened."""
 from __future__ import annotations
 
 import logging
+import re
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from diffusers.utils import logging as diffusers_logging
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
@@ -100,7 +103,12 @@ class SdftCLI(LightningCLI):
             continue_run_folder(self.config["fit"], self.save_config_kwargs)
 
     def instantiate_trainer(self, **kwargs: Any):
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as error:  # Lightning refusing a trainer option
+            if isinstance(error, UserError):
+                raise
+            raise UserError(f"trainer: {str(error).strip().splitlines()[0]}") from error
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a writer the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         bar = trainer.progress_bar_callback
@@ -270,18 +278,43 @@ def run_lightning(argv: list[str]) -> None:
     sdft_cli(argv)
 
 
-def sdft_cli(argv: list[str], **options: Any) -> SdftCLI:
-    """sdft's LightningCLI over any fine-tuner and data module, quiet; ``options`` go to LightningCLI (``run``)."""
+def sdft_cli(argv: list[str], cli_class: type[SdftCLI] = SdftCLI, **options: Any) -> SdftCLI:
+    """sdft's LightningCLI (``cli_class``) over any fine-tuner and data module, quiet; ``options`` go to
+    LightningCLI (``run``)."""
     quiet_lightning()
-    return SdftCLI(
-        DiffusionFineTuner,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        args=argv,
-        **options,
-    )
+    raising = {"exit_on_error": False}  # a mistake raises, so that sdft tells it in one line
+    options.setdefault("parser_kwargs", {**raising, **{command: raising for command in LightningCLI.subcommands()}})
+    try:
+        return cli_class(
+            DiffusionFineTuner,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            args=argv,
+            **options,
+        )
+    except ArgumentError as error:
+        raise UserError(parser_mistake(str(error))) from error
+
+
+#: the lines of a jsonargparse error that explain its structure rather than the mistake
+PARSER_NOISE = re.compile(
+    r"^(- )?(Does not validate|Subtypes:|Errors:|Given value|Expected a <class 'NoneType'>|Parser key|Problem with "
+    r"given class_path|Not a valid subclass|Subclass types expect|- a class path|- a dict|$)"
+)
+
+
+def parser_mistake(message: str) -> str:
+    """jsonargparse's error (a tree of the union types it tried) as one line: the key, the innermost reason, and
+    the class whose options were read."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    classes = re.findall(r"given class_path '([^']+)'", message)
+    lines = [line for line in message.splitlines() if not PARSER_NOISE.match(line.strip())]
+    reason = max(lines, key=lambda line: len(line) - len(line.lstrip()), default=message).strip()
+    reason = re.sub(r'^Parser key "[^"]+":\s*', "", reason).removeprefix("- ")
+    key = ".init_args.".join(keys)
+    return (f"{key}: " if key else "") + reason + (f" ({classes[-1]})" if classes else "")
 
 
 def quiet_lightning() -> None:

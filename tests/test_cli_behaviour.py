@@ -4,9 +4,11 @@ readable help, a quiet run with a step progress bar, and resumes that continue t
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import yaml
 from training import brief_fit
 
 from sdft.cli import main
+from sdft.errors import UserError
 
 HEAVY = ("torch", "lightning", "diffusers", "transformers")
 
@@ -289,3 +292,223 @@ def test_a_model_path_that_is_not_a_model_folder_is_named_in_one_line(kind, caps
     expected = "does not exist; give a diffusers model folder" if kind == "missing" else "is a file; give the base"
     assert error.strip().splitlines() == [error.strip()] and "pretrained_model_name_or_path" in error
     assert expected in error and not (tmp_path / "run").exists() and not (tmp_path / "quickstart").exists()
+
+
+# A config mistake is one line, before torch, Lightning and diffusers are imported (sdft.config answers from
+# schema.json), and the real parser, which parses every line again after the imports, agrees with that answer.
+
+STALE_SCHEMA = "sdft/config/schema.json does not match the code: run `uv run python -m sdft.config.extraction`"
+CONFIGS = sorted(Path("configs").rglob("*.yaml"))
+RECORD_IMPORTS = """
+import atexit, os, sys
+atexit.register(lambda: open(os.environ["SDFT_TEST_IMPORTS"], "w").write(
+    " ".join(name for name in ("torch", "lightning", "diffusers", "transformers") if name in sys.modules)))
+"""
+CALLBACK_TYPO = """\
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+    - class_path: sdft.callbacks.SamplePreview
+      init_args:
+        promts: [a photo of sks creature]
+"""
+
+
+def sdft_command(tmp_path: Path, *arguments: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run ``sdft <arguments>`` as a user types it; its result and the heavy libraries it imported."""
+    (tmp_path / "sitecustomize.py").write_text(RECORD_IMPORTS)
+    imports = tmp_path / "imported.txt"
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "PYTHONPATH": path, "SDFT_TEST_IMPORTS": str(imports), "OMP_NUM_THREADS": "1"}
+    environment.pop("SDFT_DEBUG", None)
+    script = Path(sys.executable).with_name("sdft")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sdft.cli"]
+    result = subprocess.run([*command, *arguments], capture_output=True, text=True, env=environment, timeout=300)
+    return result, imports.read_text().split()
+
+
+def written(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--model.init_args.rnak", "8"],
+            r"--model.init_args.rnak: unknown key \(sdft.methods.LoRAFineTuner has no option rnak\); "
+            r"did you mean rank\?",
+        ),
+        (
+            ["--config", "{tmp}/typo.yaml"],
+            r"\S+/typo.yaml:4: model.init_args.rnak: unknown key \(sdft.methods.LoRAFineTuner has no option rnak\); "
+            r"did you mean rank\?",
+        ),
+        (["--trainer.max_stpes=5"], r"--trainer.max_stpes: unknown key; did you mean max_steps\?"),
+        (["--model.init_args.rank", "eight"], r"--model.init_args.rank: expects an integer, got 'eight'"),
+        (
+            ["--config", "{tmp}/steps.yaml"],
+            r"\S+/steps.yaml:2: trainer.max_steps: expects an integer, got 'many'",
+        ),
+        (
+            ["--trainer.precision", "bf17"],
+            r"--trainer.precision: expects one of 64, 32, 16, .*bf16-mixed.* or null, got 'bf17'; did you mean bf16\?",
+        ),
+        (["--config", "{tmp}/broken.yaml"], r"\S+/broken.yaml:3:2: not valid YAML: did not find expected key"),
+        (["--config", "{tmp}/missing.yaml"], r"--config \S+/missing.yaml: no such file"),
+        (["--trainer.strategy", "ddpp"], r"--trainer.strategy: no strategy named 'ddpp'; did you mean ddp\?"),
+        (["--trainer.accelerator", "gpux"], r"--trainer.accelerator: no accelerator named 'gpux'; did you mean gpu\?"),
+        (
+            ["--model.init_args.family", "sdft.families.Fluxx"],
+            r"--model.init_args.family: no class sdft.families.Fluxx; did you mean sdft.families.Flux\?",
+        ),
+        (
+            ["--config", "{tmp}/callback.yaml"],
+            r"\S+/callback.yaml:6: trainer.callbacks\[1\].init_args.promts: unknown key "
+            r"\(sdft.callbacks.SamplePreview has no option promts\); did you mean prompts\?",
+        ),
+    ],
+    ids=[
+        "unknown-key",
+        "unknown-key-in-a-file",
+        "unknown-trainer-key",
+        "wrong-type",
+        "wrong-type-in-a-file",
+        "unknown-precision",
+        "yaml-syntax",
+        "missing-config",
+        "unknown-strategy",
+        "unknown-accelerator",
+        "unknown-class",
+        "callback-typo",
+    ],
+)
+def test_a_config_mistake_is_one_line_before_torch_is_imported(arguments, message, tmp_path):
+    written(tmp_path, "typo.yaml", "model:\n  class_path: sdft.methods.LoRAFineTuner\n  init_args:\n    rnak: 8\n")
+    written(tmp_path, "steps.yaml", "trainer:\n  max_steps: many\n")
+    written(tmp_path, "broken.yaml", "trainer:\n  max_steps: 5\n model: x\n")
+    written(tmp_path, "callback.yaml", CALLBACK_TYPO)
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    result, imported = sdft_command(tmp_path, "fit", "--config", "configs/quickstart_tiny.yaml", *arguments)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.splitlines()) == 1 and re.fullmatch("sdft: error: " + message, result.stderr.strip())
+    assert imported == [], f"{imported} imported: the mistake was found after the model's libraries loaded"
+
+
+def test_fit_help_and_print_config_come_before_torch_is_imported(tmp_path):
+    result, imported = sdft_command(tmp_path, "fit", "--help")
+    assert result.returncode == 0 and "--trainer.max_steps MAX_STEPS" in result.stdout
+    assert "--model.help CLASS lists a class's options" in " ".join(result.stdout.split()) and imported == []
+    result, imported = sdft_command(tmp_path, "fit", "--config", "configs/quickstart.yaml", "--print_config")
+    assert result.returncode == 0 and imported == []
+    assert yaml.safe_load(result.stdout)["model"]["init_args"]["rank"] == 8
+
+
+def test_the_schema_is_extracted_from_the_code():
+    from sdft.config.extraction import build_schema, schema_text
+    from sdft.config.schema import SCHEMA_FILE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        current = schema_text(build_schema())
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == current, STALE_SCHEMA
+
+
+def answers(argv: list[str], capsys) -> tuple[str, str | None]:
+    """What the schema answers (before the imports) and what the real parser answers, each ``("refused", message)``,
+    ``("printed", config)`` or ``("deferred", None)`` (the schema leaves the line to the parser)."""
+    from sdft.config.preflight import preflight
+    from sdft.config.schema import load_schema
+    from sdft.lightning_cli import sdft_cli
+
+    assert load_schema() is not None, STALE_SCHEMA
+    answered = []
+    for parse in (preflight, sdft_cli):
+        try:
+            printed = parse(argv)
+            answered.append(("printed", printed) if isinstance(printed, str) else ("deferred", None))
+        except UserError as error:
+            answered.append(("refused", str(error)))
+        except SystemExit as exit_info:
+            assert exit_info.code == 0
+            answered.append(("printed", capsys.readouterr().out))
+    return answered[0], answered[1]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(config) for config in CONFIGS])
+def test_every_shipped_config_prints_the_same_before_and_after_the_imports(config, capsys):
+    early, parsed = answers(["fit", "--config", str(config), "--print_config"], capsys)
+    assert early == parsed and early[0] == "printed"
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "--model.init_args.rank=4",
+        "--model.init_args.alpha=8",
+        "--model.init_args.optimizer.init_args.lr=1e-4",
+        "--model.init_args.optimizer=torch.optim.SGD",
+        "--model=sdft.methods.FullFineTuner",
+        "--model.init_args.family=Flux",
+        "--model.rank=4",
+        "--model.init_args.target_modules=[to_q, to_k]",
+        "--model.init_args.speed.offload_blocks=all",
+        "--model.init_args.init_lora=null",
+        "--trainer.precision=32",
+        "--trainer.devices=1",
+        "--trainer.logger=false",
+        "--trainer.val_check_interval=0.5",
+        "--data.init_args.buckets=[[64, 32], [32, 64]]",
+        "--seed_everything=true",
+    ],
+)
+def test_what_the_parser_takes_the_schema_takes_and_prints_alike(option, capsys):
+    early, parsed = answers(["fit", "--config", "configs/quickstart_tiny.yaml", option, "--print_config"], capsys)
+    assert early == parsed and early[0] == "printed"
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "--model.init_args.rnak=8",
+        "--model.init_args.rank=eight",
+        "--model.init_args.adapter=lorra",
+        "--model.init_args.speed.frozen_dtype=bf16",
+        "--model.init_args.optimizer.init_args.lrr=0.1",
+        "--model.init_args.target_blocks=[a]",
+        "--model.init_args.family.init_args.revison=x",
+        "--model=sdft.methods.Nope",
+        "--model.init_args.family=Fluxx",
+        "--data.init_args.batch_size=two",
+        "--trainer.max_stpes=5",
+        "--trainer.precision=bf17",
+        "--trainer.callbacks=[{class_path: sdft.callbacks.Nope}]",
+        "--seed_everything=abc",
+    ],
+)
+def test_what_the_schema_refuses_the_parser_refuses(option, capsys):
+    early, parsed = answers(["fit", "--config", "configs/quickstart_tiny.yaml", option, "--print_config"], capsys)
+    assert early[0] == "refused" and parsed[0] == "refused", (early, parsed)
+
+
+def test_a_class_the_schema_does_not_list_is_left_to_the_parser_and_still_one_line(capsys):
+    plugin = '--trainer.plugins={"class_path": "lightning.fabric.plugins.environments.SLURMEnvironment", "init_args": '
+    plugin += '{"bogus": 1}}'
+    early, parsed = answers(["fit", "--config", "configs/quickstart_tiny.yaml", plugin, "--print_config"], capsys)
+    assert early == ("deferred", None) and parsed[0] == "refused"
+    assert "bogus" in parsed[1] and len(parsed[1].splitlines()) == 1, parsed[1]
+
+
+def test_without_the_schema_lightning_refusing_a_name_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("sdft.config.preflight.load_schema", lambda: None)
+    error = config_error(capsys, tmp_path, "--trainer.strategy=ddpp")
+    assert error.strip().startswith("sdft: error: trainer: You selected an invalid strategy name: `strategy='ddpp'`")
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_sdft_debug_shows_the_traceback_of_a_mistake_found_before_the_imports(monkeypatch):
+    monkeypatch.setenv("SDFT_DEBUG", "1")
+    with pytest.raises(UserError, match="unknown key"):
+        main(["fit", "--config", "configs/quickstart_tiny.yaml", "--model.init_args.rnak=8"])
