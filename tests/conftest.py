@@ -11,12 +11,11 @@ import pytest
 from script_modules import script_modules
 
 from sdft.assets import resolve
-from sdft.data.toy import write_toy_subject
-from sdft.tiny_models import build_tiny_sd1
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # No test may reach a model hub: fail fast instead of hanging on the network.
+    # No test may reach a model hub: fail fast instead of hanging on the network. huggingface_hub reads these when
+    # it is imported, so nothing here imports it before they are set (sdft's tiny models are imported in fixtures).
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ[variable] = "1"
 
@@ -36,6 +35,8 @@ def asset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sdft.tiny_models import build_tiny_sd1
+
     return build_tiny_sd1(tmp_path_factory.mktemp("models") / "tiny-sd1", seed=0)
 
 
@@ -82,6 +83,8 @@ def tiny_flux2_dev(asset_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def subject_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("subject")
+    from sdft.data.toy import write_toy_subject
+
     write_toy_subject(folder, num_images=4, size=64, seed=0)
     return folder
 
