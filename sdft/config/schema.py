@@ -11,6 +11,7 @@ others, which the real parser checks.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from functools import cache
@@ -88,7 +89,22 @@ def sources_match(sources: dict[str, str]) -> bool:
 
 
 def file_digest(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    """A digest of what a module tells the parser: the module without the bodies of its functions (their signatures,
+    defaults, decorators and docstrings kept), so that editing what a method does keeps the schema current and only
+    a change to an option, its default, its type or its help makes it stale."""
+    tree = SignaturesOnly().visit(ast.parse(file.read_bytes()))
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
+class SignaturesOnly(ast.NodeTransformer):
+    """Replaces each function's body by its docstring."""
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
+        docstring = ast.get_docstring(node, clean=False)
+        node.body = [ast.Expr(ast.Constant(docstring))] if docstring is not None else [ast.Pass()]
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
 
 
 def relative_name(file: Path) -> str:
