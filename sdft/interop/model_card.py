@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 from PIL import Image
 
+from sdft.assets import PREFIX as BUILTIN
+from sdft.assets import resolve
 from sdft.errors import UserError
 from sdft.files import write_text_atomic
 from sdft.reporting.records import better, read_evaluation, read_samples, sample_prompts
@@ -245,17 +247,32 @@ def usage_section(card: ModelCard) -> str:
             f"with `sdft generate --model {card.base_model} --lora path/to/this/folder`."
         )
     pipeline = card.pipeline
-    source = "folder" if card.method.whole_pipeline else json.dumps(card.base_model)
+    source = "folder" if card.method.whole_pipeline else json.dumps(local_name(card.base_model))
     code = [
         f"from diffusers import {pipeline}",
         "",
         'folder = "path/to/this/folder"',
+        *built_in_comment(card.base_model, card.method.whole_pipeline),
         f"pipe = {pipeline}.from_pretrained({source})",
         *card.method.loading,
         *strength_line(card),
         f"image = pipe({json.dumps(card.prompt or '')}).images[0]",
     ]
     return "\n".join(["## Use with diffusers", "", "```python", *code, "```"])
+
+
+def local_name(base_model: str) -> str:
+    """The base model as diffusers finds it: a ``builtin:`` name is sdft's, so the card names the folder it resolves to
+    on this machine."""
+    return resolve(base_model) if base_model.startswith(BUILTIN) else base_model
+
+
+def built_in_comment(base_model: str, whole_pipeline: bool) -> list[str]:
+    """For a ``builtin:`` base model, a comment saying how to get its folder on another machine."""
+    if whole_pipeline or not base_model.startswith(BUILTIN):
+        return []
+    command = f"python -c \"from sdft.assets import resolve; print(resolve('{base_model}'))\""
+    return [f"# {base_model}, sdft's built-in model, as cached here; elsewhere its folder is printed by: {command}"]
 
 
 def strength_line(card: ModelCard) -> list[str]:
