@@ -8,6 +8,7 @@ import inspect
 import os
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sdft.errors import UserError
@@ -74,6 +75,18 @@ def download_error(error: BaseException, what: str | None = None, local: str | N
         f"{named} cannot be downloaded: {reason}, and they are not in the local cache; download them once with a "
         f"network (they stay in the cache), or {local or 'give the path of a local copy in place of the hub id'}"
     )
+
+
+@contextmanager
+def weights_fetched(what: str, local: str | None = None) -> Iterator[None]:
+    """Turn weights inside that cannot be downloaded into one line naming ``what`` (see :func:`download_error`)."""
+    try:
+        yield
+    except Exception as error:
+        told = download_error(error, what, local)
+        if told is None:
+            raise
+        raise told from error
 
 
 def fetches_weights(option: str, local: str) -> Callable[[F], F]:

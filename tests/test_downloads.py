@@ -8,6 +8,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from sdft.downloads import download_error, fetches_weights
 from sdft.errors import UserError
 from sdft.evaluation.backbones import load_clip, load_dino
+from sdft.families import StableDiffusion
 
 CLIP_LOCAL = "transformers:<a CLIPModel folder>, or builtin:tiny-clip to try the tools without it"
 
@@ -49,3 +50,17 @@ def test_other_errors_are_not_download_errors():
     load = fetches_weights("clip_model", CLIP_LOCAL)(load_clip)
     with pytest.raises(ValueError, match="unknown CLIP spec"):
         load("nonsense")
+
+
+def test_a_base_model_not_in_the_cache_names_the_key_the_model_and_the_component():
+    family = StableDiffusion("sdft-tests/no-such-model")
+    with pytest.raises(UserError) as error:
+        family.load()
+    message = str(error.value)
+    assert message.startswith(
+        "model.init_args.family.init_args.pretrained_model_name_or_path sdft-tests/no-such-model (text_encoder) "
+        "cannot be downloaded: offline mode is on (HF_HUB_OFFLINE)"
+    )
+    assert message.endswith(
+        "give a local diffusers folder in its place (huggingface-cli download <id> --local-dir <folder>)"
+    )
