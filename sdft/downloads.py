@@ -28,6 +28,8 @@ UNREACHABLE = frozenset(
         "URLError",
     }
 )
+#: how to give a base model the hub cannot serve
+LOCAL_MODEL = "give a local diffusers folder in its place (huggingface-cli download <id> --local-dir <folder>)"
 #: a file's address on the hub, as huggingface_hub's errors quote it
 HUB_FILE = re.compile(r"huggingface\.co/(?:api/models/)?([\w.-]+/[\w.-]+)/resolve/[^/\s]+/(\S+?)[:\s]")
 

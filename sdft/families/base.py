@@ -16,13 +16,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sdft.assets import resolve
 from sdft.batches import Batch
-from sdft.downloads import weights_fetched
 from sdft.errors import UserError
 
-#: the config key of the base model, quoted in errors
-SOURCE_KEY = "model.init_args.family.init_args.pretrained_model_name_or_path"
-#: how to give a base model the hub cannot serve
-LOCAL_MODEL = "give a local diffusers folder in its place (huggingface-cli download <id> --local-dir <folder>)"
 #: the CLIP text encoders' attention projections, LoRA's default targets there (as in diffusers' scripts)
 CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -264,7 +259,10 @@ class ModelFamily(nn.Module, ABC):
     def check_source(self) -> None:
         """Refuse, before anything loads, a model path that is a local path but not a folder (a hub id has one
         ``/``; a path starts with ``.``, ``/`` or ``~`` or has more)."""
-        source, key = self.pretrained_model_name_or_path, SOURCE_KEY
+        source, key = (
+            self.pretrained_model_name_or_path,
+            "model.init_args.family.init_args.pretrained_model_name_or_path",
+        )
         path = Path(source).expanduser()
         if path.is_file():
             raise UserError(f"{key}: {source} is a file; give the base model's diffusers folder or hub id")
@@ -315,20 +313,19 @@ class ModelFamily(nn.Module, ABC):
             source: the resolved diffusers folder or hub id.
             classes: the class of each component, by pipeline component name.
         """
-        for name, component_class in classes.items():
-            with weights_fetched(f"{SOURCE_KEY} {self.pretrained_model_name_or_path} ({name})", LOCAL_MODEL):
-                self.load_component(source, name, component_class)
+        from sdft.downloads import LOCAL_MODEL, weights_fetched
 
-    def load_component(self, source: str, name: str, component_class: type) -> None:
-        """Load one component (see :meth:`load_components`) and set it as an attribute."""
-        options = {"revision": self.revision}
-        weighted = issubclass(component_class, nn.Module)
-        if weighted and not (self.load_weights and (name != self.denoiser_name or self.load_denoiser_weights)):
-            setattr(self, name, meta_component(component_class, source, name, self.revision))
-            return
-        if not issubclass(component_class, PreTrainedTokenizerBase):
-            options["variant"] = self.variant
-        setattr(self, name, component_class.from_pretrained(source, subfolder=name, **options))
+        key = "model.init_args.family.init_args.pretrained_model_name_or_path"
+        for name, component_class in classes.items():
+            with weights_fetched(f"{key} {self.pretrained_model_name_or_path} ({name})", LOCAL_MODEL):
+                options = {"revision": self.revision}
+                weighted = issubclass(component_class, nn.Module)
+                if weighted and not (self.load_weights and (name != self.denoiser_name or self.load_denoiser_weights)):
+                    setattr(self, name, meta_component(component_class, source, name, self.revision))
+                    continue
+                if not issubclass(component_class, PreTrainedTokenizerBase):
+                    options["variant"] = self.variant
+                setattr(self, name, component_class.from_pretrained(source, subfolder=name, **options))
 
     def finish_loading(self) -> None:
         """Freeze every component and mark the family loaded: the last step of :meth:`load`."""
