@@ -189,7 +189,9 @@ def run(argv: list[str]) -> None:
         plan_command(argv[1:])
     elif argv[0] in TOOLS:
         tool = TOOLS[argv[0]]
-        auto_cli(tool, args=gathered_positionals(tool, argv[1:]), prog=f"sdft {argv[0]}")
+        from sdft.tools.arguments import listed_options
+
+        auto_cli(tool, args=listed_options(tool, gathered_positionals(tool, argv[1:])), prog=f"sdft {argv[0]}")
     else:
         run_lightning_command(argv)
 
@@ -231,7 +233,9 @@ def main(args: list[str] | None = None) -> None:
     try:
         run(sys.argv[1:] if args is None else args)
     except Exception as error:
-        mistake = user_error_in(error)
+        from sdft.downloads import download_error
+
+        mistake = user_error_in(error) or download_error(error)
         if mistake is None or os.environ.get("SDFT_DEBUG"):
             raise
         print(f"sdft: error: {mistake}", file=sys.stderr)

@@ -29,13 +29,14 @@ from sdft.callbacks import (
     StepProgressBar,
     SubjectEvaluator,
 )
-from sdft.checkpointing import AtomicCheckpointIO
+from sdft.checkpointing import AtomicCheckpointIO, check_checkpoint_file
 from sdft.data.buckets import BucketedData
 from sdft.data.sampling import check_max_steps
 from sdft.errors import UserError
 from sdft.methods import DiffusionFineTuner
 from sdft.methods.run_notes import SizedData
 from sdft.sharding import ShardedStrategy
+from sdft.storage import check_run_storage
 
 #: strategies whose ranks each hold a shard of the model
 SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
@@ -96,6 +97,11 @@ class SdftCLI(LightningCLI):
             "switches that fit it (sdft plan prints the whole plan)",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        if self.config.get("subcommand"):  # LightningCLI reads the checkpoint itself, before any of sdft's hooks
+            check_checkpoint_file(self.config[self.config["subcommand"]].get("ckpt_path"))
+
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
             check_trainer_options(self.config["fit"]["trainer"])
@@ -119,6 +125,7 @@ class SdftCLI(LightningCLI):
 
     def before_fit(self) -> None:
         check_before_loading(self.trainer, self.model, self.datamodule)
+        check_run_storage(self.trainer, self.model)
         check_memory_budget(self.config["fit"].get("memory_budget"), self.trainer, self.model, self.datamodule)
 
 

@@ -115,6 +115,25 @@ def test_a_lora_of_another_model_is_refused_from_its_file_and_the_models_configs
     check_lora_fits(tmp_path / "not-there.safetensors", family, "model.init_args.init_lora")  # named when read
 
 
+def test_sdft_fit_refuses_a_bad_checkpoint_or_a_foreign_init_lora_in_one_line_before_loading(
+    capsys, tmp_path, monkeypatch
+):
+    def refuse_loading(*arguments, **options):
+        raise AssertionError("a model loaded")
+
+    monkeypatch.setattr("sdft.families.StableDiffusion.load", refuse_loading)
+    config = ["fit", "--config", "configs/quickstart_tiny.yaml", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    files = bad_checkpoints(tmp_path)
+    for kind in ("pickled", "lora", "truncated"):
+        error = sdft_error(capsys, *config, f"--ckpt_path={files[kind][0]}")  # one line, nothing loaded
+        assert error.startswith("sdft: error: --ckpt_path: ") and str(files[kind][0]) in error
+    assert not (tmp_path / "pwned").exists()
+    lora = tmp_path / "other.safetensors"
+    save_file({"unet.down_blocks.9.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 8)}, lora)
+    error = sdft_error(capsys, *config, f"--model.init_args.init_lora={lora}")
+    assert error.startswith(f"sdft: error: model.init_args.init_lora: {lora}")
+
+
 def quickstart_fit(tmp_path: Path, save_dir: Path, *options: str):
     """The quickstart's trainer and fine-tuner writing under ``save_dir``, configured and checked, nothing loaded."""
     argv = ["--config", "configs/quickstart_tiny.yaml", f"--trainer.logger.init_args.save_dir={save_dir}", *options]

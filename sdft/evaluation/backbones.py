@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sdft.downloads import fetches_weights
 from sdft.evaluation.features import ClipFeatures, DinoFeatures, tiny_clip_features, tiny_dino_features
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ DEFAULT_CLIP = "open_clip:ViT-B-32/openai"
 DEFAULT_DINO = "facebook/dino-vits16"
 
 
+@fetches_weights("clip_model", "transformers:<a CLIPModel folder>, or builtin:tiny-clip to try without it")
 def load_clip(spec: str = DEFAULT_CLIP) -> ClipFeatures:
     """A frozen CLIP image/text embedder from its spec string (see the module docstring).
 
@@ -47,6 +49,7 @@ def load_clip(spec: str = DEFAULT_CLIP) -> ClipFeatures:
     )
 
 
+@fetches_weights("dino_model", "the path of a local ViT folder, or builtin:tiny-dino to try without it")
 def load_dino(spec: str = DEFAULT_DINO) -> DinoFeatures | ToyDinoFeatures:
     """A frozen DINO CLS-token embedder from a ViT name or path, or ``builtin:tiny-dino``; or the toy world's DINO
     stand-in.

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from torch import nn
 
 from sdft.errors import UserError
-from sdft.interop.formats import FORMATS_OF_KIND, check_formats, read_lora
+from sdft.interop.formats import FORMATS_OF_KIND, check_formats, check_lora_fits, read_lora
 from sdft.interop.kohya import TrainingNotes, kohya_metadata, to_kohya, write_kohya
 from sdft.interop.kohya_names import kohya_names
 from sdft.interop.lora_weights import KIND_NAMES, load_lora_weights_into, lora_weights_of, magnitudes_as_weights
@@ -134,6 +134,10 @@ class LoRAFineTuner(DiffusionFineTuner):
         self.export_formats = list(export_formats)
         self.init_lora = init_lora
         self.checkpoint_loaded = False  # its weights replace init_lora's: the file is not read
+
+    def check(self) -> None:
+        super().check()
+        check_lora_fits(self.init_lora, self.family, "model.init_args.init_lora")
 
     scalable = True
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sdft.errors import UserError
-from sdft.files import write_text_atomic
+from sdft.files import make_folder, write_text_atomic
 from sdft.reporting.folders import read_run, run_labels
 from sdft.reporting.html import write_page
 from sdft.reporting.markdown import curves_section, evaluation_sections, grids_section, report_header, samples_section
@@ -62,7 +62,7 @@ def write_report(run_dir: Path, output_dir: Path | None = None, embed_images: bo
     run = read_run(run_dir)
     run_dir, evaluation = run.run_dir, run.evaluation
     output_dir = Path(output_dir).resolve() if output_dir is not None else run_dir / "report"
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(output_dir)
     metrics = metric_names(evaluation.rows) if evaluation is not None else []
     lines = report_header(run_dir, output_dir, evaluation is not None)
     if evaluation is not None:
@@ -91,7 +91,7 @@ def write_comparison(run_dirs: Sequence[Path], output_dir: Path | None = None, e
         raise UserError(f"a comparison needs two runs or more, got {len(resolved)}: pass one run to report it alone")
     runs = [read_run(run_dir, label) for run_dir, label in zip(resolved, run_labels(resolved), strict=True)]
     output_dir = Path(output_dir).resolve() if output_dir is not None else comparison_folder(resolved)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(output_dir)
     return write_page(runs, output_dir, embed_images)
 
 
