@@ -11,8 +11,10 @@ GPU). For every repeat, in this order:
   checkpoint after the last step, as a new process;
 - the reference: diffusers' ``train_dreambooth_lora.py`` (for SDXL, SD3 and FLUX.1 its siblings
   ``train_dreambooth_lora_{sdxl,sd3,flux}.py`` beside it) with checkpointing and validation off, as a new process;
-- the bare loop (scripts/bare_loop.py): the denoiser's forward pass, loss, backward pass and optimizer step, over
-  and over on the inputs sdft makes of one batch (``training_inputs``), as a new process: the limit for any trainer.
+- the bare loop (scripts/bare_loop.py): sdft's numerical work of each step (the batch sdft draws, its inputs and
+  loss, backward pass, clipping, optimizer and scheduler step) and nothing else, as a new process: the limit for
+  any trainer. Before the rounds, its losses are checked to be sdft's ``train/loss`` (``check_bare_loop``); a size
+  where sdft's step beats it by more than the noise of the rounds is not reported.
 
 All three run under scripts/step_recorder.py, which notes when each optimizer step returns. Time to first step
 runs from the launch of the process (imports included) to its first step; the steady step is
@@ -38,6 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import yaml
+from bare_loop import check_bare_loop
 from benchmark_report import BARE, EVALUATED, REFERENCE, SDFT, megabytes, ratios, report
 from benchmark_runs import (
     EVALUATOR,
@@ -199,6 +202,7 @@ def measure_size(
     runs = work / "runs" / setup.name
     trainers = (SDFT, BARE) if script is None else (SDFT, REFERENCE, BARE)
     if not all(journal.has(setup.name, trainer, repeat) for trainer in trainers for repeat in range(repeats)):
+        check_bare_loop(setup, runs / "bare-check")
         warm_up(setup, script, settings, runs / "warm-up")
     for repeat in range(repeats):
         measure_round(setup, journal, repeat, script, settings, runs)

@@ -56,12 +56,38 @@ def shown(value: float | None, text: str | None) -> str:
     return megabytes(value) if text is None else text.format(value)
 
 
+def beaten_limit(rows: list[dict], size: str) -> str | None:
+    """Why ``size``'s figures cannot stand when sdft's median steady step beats the bare loop's, which does sdft's
+    numerical work and nothing else, by more than twice the standard error of the difference of the rounds' means;
+    None when it does not (or, with fewer than two rounds each, when the noise is unknown)."""
+    steps = {
+        trainer: [row["step_s"] for row in rows if (row["size"], row["trainer"]) == (size, trainer)]
+        for trainer in (SDFT, BARE)
+    }
+    if min(len(values) for values in steps.values()) < 2:
+        return None
+    error = sum(statistics.variance(values) / len(values) for values in steps.values()) ** 0.5
+    sdft, bare = (statistics.median(values) for values in steps.values())
+    if bare - sdft <= 2 * error:
+        return None
+    return (
+        f"not reported: sdft's steady step ({sdft:.4f} s) beats the bare loop's ({bare:.4f} s), its limit, by "
+        f"{bare - sdft:.4f} s, more than twice the standard error of the rounds ({error:.4f} s): the machine was "
+        "not quiet or the bare loop did not do sdft's work; measure again"
+    )
+
+
 def size_table(setup: Setup, settings: TrainingSettings, rows: list[dict]) -> list[str]:
-    """One size's medians: sdft, the reference and the bare loop side by side, with sdft's ratios to them."""
+    """One size's medians: sdft, the reference and the bare loop side by side, with sdft's ratios to them; in place
+    of the table, why not when sdft beats its limit (:func:`beaten_limit`)."""
     found = medians(rows, setup.name)
     sdft, reference, bare = (found.get(trainer, {}) for trainer in (SDFT, REFERENCE, BARE))
+    title = f"## {setup.name}: {setup.size.description}"
+    beaten = beaten_limit(rows, setup.name)
+    if beaten is not None:
+        return [title, "", f"{beaten[0].upper()}{beaten[1:]}.", "", spread(rows, setup.name), ""]
     lines = [
-        f"## {setup.name}: {setup.size.description}",
+        title,
         "",
         f"{setup.size.resolution} px, batch {settings.batch_size}{accumulated(settings.accumulation)}, "
         f"LoRA rank {settings.rank}, learning rate "
@@ -105,6 +131,9 @@ def ratios(setup: Setup, rows: list[dict]) -> str:
     """The headline ratios of one size, in a sentence."""
     found = medians(rows, setup.name)
     sdft, reference, bare = (found.get(trainer, {}) for trainer in (SDFT, REFERENCE, BARE))
+    beaten = beaten_limit(rows, setup.name)
+    if beaten is not None:
+        return f"{setup.name}: {beaten}"
     parts = []
     if reference:
         parts.append(
@@ -164,9 +193,12 @@ def method(options: argparse.Namespace) -> list[str]:
         "default). A hook on every optimizer step (`scripts/step_recorder.py`) notes when each step ends: time to",
         "first step runs from the launch of the process to the end of its first step (imports included); the",
         f"steady step is (end of step {steps} - end of step {warmup}) / {steps - warmup}. The bare loop",
-        "(`scripts/bare_loop.py`) builds the model with sdft's config parser and repeats the denoiser's forward",
-        "pass, loss, backward pass and optimizer step on the inputs sdft makes of one batch; its start includes",
-        "sdft's imports and model loading. Peak memory is the training process's peak RSS",
+        "(`scripts/bare_loop.py`) builds the model with sdft's config parser and does sdft's numerical work of each",
+        "step and nothing else: the batch sdft draws at that step, its inputs (cached posteriors sampled, noise and",
+        "timesteps drawn as sdft draws them), loss, backward pass, clipping, optimizer and scheduler step; before",
+        "the rounds its losses are checked to be sdft's `train/loss`, and a size where sdft's step beats it by more",
+        "than twice the standard error of the rounds is not reported. Its start includes sdft's imports and model",
+        "loading. Peak memory is the training process's peak RSS",
         "(`VmHWM`) on a CPU and `torch.cuda.max_memory_allocated` on a GPU. sdft caches VAE latents and prompt",
         "embeddings (`model.init_args.cache: memory`, its default); the reference encodes every step's images and",
         "prompts. The evaluator's share comes from one more sdft run with the config's callbacks and validation",

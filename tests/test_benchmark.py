@@ -25,7 +25,7 @@ for _ in range(3):
 def scripts():
     """The benchmark's modules, imported from scripts/ as the script itself imports them."""
     with script_modules(
-        "benchmark", "benchmark_runs", "benchmark_report", "real_architectures", "memory_report"
+        "benchmark", "benchmark_runs", "benchmark_report", "bare_loop", "real_architectures", "memory_report"
     ) as modules:
         yield modules
 
@@ -61,6 +61,13 @@ def test_bare_loop_times_the_step_on_sdft_inputs(scripts, pycache, tiny_sd1, sub
     assert "limit_val_batches: 0" in overrides and "every_n_train_steps: 3" in overrides
 
 
+def test_bare_loop_losses_are_sdfts(scripts, tiny_sd1, subject_dir, tmp_path):
+    """The bare loop does sdft's numerical work: its losses are sdft's ``train/loss``, step by step."""
+    setup = tiny_setup(scripts, tiny_sd1, subject_dir, tmp_path)
+    bare, sdft = scripts.bare_loop.check_bare_loop(setup, tmp_path / "check", steps=2)
+    assert bare == sdft and len(bare) == 2 and bare[0] != bare[1]  # bit-identical
+
+
 def journal_row(trainer: str, repeat: int, step_s: float, **measured: float) -> dict:
     load = {"load_before": 1.0, "load_start": 1.0, "waited_s": 0.0, "others_cpu": 0.01, "attempt": 1}
     return {"size": "tiny", "trainer": trainer, "repeat": repeat, **load, "step_s": step_s, **measured}
@@ -86,6 +93,25 @@ def test_report_holds_medians_and_ratios(scripts, tmp_path):
     assert "steady step 2.00x as fast as the reference's, peak memory 0.50x, time to first step 0.75x" in text
     assert "Steady step over the rounds: sdft 0.0400 to 0.0900 s, reference 0.0800 to 0.1200 s, bare loop" in text
     assert text.count("| tiny | ") == len(rows)
+
+
+def test_report_refuses_a_size_where_sdft_beats_its_limit(scripts, tmp_path):
+    setup = tiny_setup(scripts, tmp_path, tmp_path, tmp_path)
+    settings = scripts.benchmark_runs.TrainingSettings("a photo of sks toy", 1, 0, 4, 1e-4, False)
+    process = {"first_step_s": 6.0, "peak_bytes": 10**9, "wall_s": 20.0}
+    options = argparse.Namespace(steps=[1, 3], repeats=3, device="cpu", patience=300, attempts=3)
+
+    def text(sdft: tuple[float, ...], bare: tuple[float, ...]) -> str:
+        rows = [
+            *(journal_row("sdft", r, s, **process) for r, s in enumerate(sdft)),
+            *(journal_row("bare loop", r, s, **process) for r, s in enumerate(bare)),
+        ]
+        return scripts.benchmark_report.report(rows, [(setup, settings)], [], options, [], (2.5, 0.1))
+
+    beaten = text((0.030, 0.031, 0.029), (0.040, 0.041, 0.039))
+    assert "- tiny: not reported: sdft's steady step (0.0300 s) beats the bare loop's (0.0400 s)" in beaten
+    assert "| steady step | 0.0" not in beaten and "| sdft | 3 | 1 |" in beaten  # every round still listed
+    assert "| steady step | 0.0" in text((0.038, 0.030, 0.046), (0.040, 0.041, 0.039))  # within the noise
 
 
 @pytest.mark.slow

@@ -507,6 +507,16 @@ class DiffusionFineTuner(LightningModule):
         return NoisedLatents.cat(noised), self.conditioning(cat_batches(parts)), [len(p["prompts"]) for p in parts]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, parts = self.training_loss(batch)
+        for name, losses in parts.items():
+            self.log(f"train/{name}_loss", losses.mean(), batch_size=len(losses), sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]), sync_dist=True)
+        self.loss_faults.append(~torch.isfinite(loss.detach()))
+        return loss
+
+    def training_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A training batch's loss, and with prior preservation its parts' per-example losses (``instance``,
+        ``prior``); with prior preservation the loss is ``instance loss + prior_loss_weight * prior loss``."""
         noised, conditioning, sizes = self.training_inputs(batch)
         if len(sizes) == 1 and self.prior_loss_weight is not None:
             raise UserError(
@@ -515,16 +525,10 @@ class DiffusionFineTuner(LightningModule):
             )
         losses = weighted_losses(self.family.predict(noised, conditioning), noised)
         if len(sizes) == 1:
-            loss = losses.mean()
-        else:
-            instance, prior = losses.split(sizes)
-            weight = 1.0 if self.prior_loss_weight is None else self.prior_loss_weight
-            loss = prior_preservation_loss(instance, prior, weight)
-            self.log("train/instance_loss", instance.mean(), batch_size=len(instance), sync_dist=True)
-            self.log("train/prior_loss", prior.mean(), batch_size=len(prior), sync_dist=True)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]), sync_dist=True)
-        self.loss_faults.append(~torch.isfinite(loss.detach()))
-        return loss
+            return losses.mean(), {}
+        instance, prior = losses.split(sizes)
+        weight = 1.0 if self.prior_loss_weight is None else self.prior_loss_weight
+        return prior_preservation_loss(instance, prior, weight), {"instance": instance, "prior": prior}
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Before the weights change: a step whose loss or gradients are not finite ends the fit or is dropped
