@@ -3,7 +3,7 @@ reconstructions of subject photos, and of held-out world scenes, beside the phot
 
     uv run python scripts/measure_toyworld_autoencoder.py --model builtin:toyworld --model toyworld-factor2
         [--subjects default|all] [--photos 12] [--scenes 256] [--seed 0] [--threads 1] [--grid reconstructions.png]
-        [--output measurements.json]
+        [--output measurements.json] [--base-samples 64]
 
 A model is a folder ``scripts/train_toyworld.py`` wrote or a ``builtin:`` name. Each image goes through the
 autoencoder as the pipeline sends it (the posterior's mean, decoded, clamped and rounded to 8 bits). For every
@@ -12,7 +12,9 @@ drawn by :func:`sdft.toyworld.subject_photos` (seeded ``--seed``), and the oracl
 reconstructions: :func:`~sdft.toyworld.oracle.subject_present` (its mean: the share present when it says yes or
 no) and each feature of :func:`~sdft.toyworld.oracle.subject_likeness`. World scenes are the held-out scenes of
 ``scripts/train_toyworld.py`` (``world_dataset(seed + 1000000)``, never trained on), read with its
-``reconstruction_agreement``. The peak signal-to-noise ratio of the reconstructions is given for both. Everything
+``reconstruction_agreement``. The peak signal-to-noise ratio of the reconstructions is given for both. With
+``--base-samples N``, each model also samples every subject's prompt N times, and the oracle says in how many the
+subject is present (the base model has never seen it, so about none). Everything
 is a function of the weights and the seed; the JSON also records the machine, the versions, the date and the
 command.
 """
@@ -107,6 +109,30 @@ def measure_scenes(vaes: dict[str, AutoencoderKL], count: int, seed: int) -> dic
     }
 
 
+@torch.no_grad()
+def base_model_presence(model: str, subjects: list[Subject], count: int, seed: int) -> dict[str, float]:
+    """Per subject, the share of ``count`` base-model samples of its prompt (``a photo of sks creature``, 25 DDIM
+    steps at guidance 4, seeds ``seed, seed + 1, ...``) in which the oracle finds the subject: what the base model
+    knows of the subject before any fine-tuning (the world never draws it, so this should be about 0)."""
+    from sdft.families import StableDiffusion
+
+    family = StableDiffusion(model)
+    family.load()
+    pipeline = family.pipeline()
+    pipeline.set_progress_bar_config(disable=True)
+    shares = {}
+    for subject in subjects:
+        prompt = f"a photo of {subject.identifier} {subject.class_noun}"
+        found = 0
+        for start in range(0, count, 16):
+            seeds = range(seed + start, seed + min(start + 16, count))
+            generators = [torch.Generator().manual_seed(value) for value in seeds]
+            images = pipeline([prompt] * len(generators), generator=generators, guidance_scale=4.0).images
+            found += sum(oracle.subject_present(image, subject) for image in images)
+        shares[subject.name] = round(found / count, 4)
+    return shares
+
+
 def chosen_subjects(which: str) -> list[Subject]:
     """``default``: the default subject; ``all``: every development and held-out subject (the default first)."""
     if which == "default":
@@ -152,6 +178,9 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="CPU threads")
     parser.add_argument("--grid", type=Path, help="also save photos and reconstructions as one PNG, a row each")
     parser.add_argument("--output", type=Path, help="also write the measurements as JSON")
+    parser.add_argument(
+        "--base-samples", type=int, default=0, help="also sample each subject's prompt this many times per model"
+    )
     return parser.parse_args(argv)
 
 
@@ -165,6 +194,12 @@ def main(argv: list[str] | None = None) -> dict:
     record = {**run_facts(), "models": options.model, "photos": options.photos, "scenes": options.scenes,
               "seed": options.seed, "subjects": subjects, "world_scenes": scenes}  # fmt: skip
     print(report(subjects, scenes))
+    if options.base_samples:
+        chosen = chosen_subjects(options.subjects)
+        presence = {model: base_model_presence(model, chosen, options.base_samples, options.seed) for model in vaes}
+        record |= {"base_samples": options.base_samples, "base_model_presence": presence}
+        for model, shares in presence.items():
+            print(f"{'base samples':<16}{model:<28}" + " ".join(f"{k} {v:.3f}" for k, v in shares.items()))
     if options.grid is not None:
         image_grid([image for row in rows for image in row], columns=options.photos).save(options.grid)
     if options.output is not None:
