@@ -7,7 +7,7 @@ exists holds usable weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -33,6 +33,25 @@ def first_nonfinite(tensors: Mapping[str, torch.Tensor]) -> str | None:
     if bool(finite.all()):
         return None
     return names[int((~finite).nonzero()[0])]
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every value of every tensor is finite (this rank's shard of a sharded tensor), in one synchronisation
+    with the device.
+
+    A tensor's sum is not finite when one of its values is not, so finite sums settle it with one reduction per
+    tensor; when a sum is not finite (a nan or an infinity, or finite values that overflowed) the values are
+    checked one by one.
+
+    Args:
+        tensors: tensors on one device.
+    """
+    if not tensors:
+        return True
+    parts = [local_part(tensor) for tensor in tensors]
+    if bool(torch.stack([part.sum().float() for part in parts]).isfinite().all()):
+        return True
+    return bool(torch.stack([part.isfinite().all() for part in parts]).all())
 
 
 def local_part(tensor: torch.Tensor) -> torch.Tensor:

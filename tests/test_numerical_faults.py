@@ -9,6 +9,7 @@ import torch
 from training import MemoryLogger, brief_fit, checkpointer, cpu_trainer, lora_tuner, subject_data
 
 from sdft.errors import UserError
+from sdft.faults import all_finite
 from sdft.methods import LoRAFineTuner
 
 NAN = float("nan")
@@ -120,6 +121,14 @@ def test_non_finite_weights_are_never_checkpointed_or_exported(tiny_sd1, subject
         model.export(export)
     assert checkpoint.read_bytes() == saved and main_file.read_bytes() == exported
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
+
+
+def test_all_finite_is_exact_where_a_sum_overflows():
+    big = torch.full((4,), 3e38)  # finite values whose float32 sum is inf
+    assert all_finite([]) and all_finite([torch.ones(2, 3), big])
+    assert not all_finite([torch.ones(2), torch.tensor([1.0, float("nan")])])
+    assert not all_finite([big, torch.tensor([float("-inf"), float("inf")])])  # a sum of nan, not inf
+    assert not all_finite([torch.tensor([float("inf")], dtype=torch.bfloat16), torch.zeros(1)])
 
 
 def test_nonfinite_names_its_key():

@@ -22,6 +22,7 @@ from sdft.errors import UserError
 from sdft.families.base import Conditioning, LatentPosterior, ModelFamily, NoisedLatents
 from sdft.faults import (
     NONFINITE_ACTIONS,
+    all_finite,
     check_finite_weights,
     first_nonfinite,
     nonfinite_step_message,
@@ -533,7 +534,7 @@ class DiffusionFineTuner(LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Before the weights change: a step whose loss or gradients are not finite ends the fit or is dropped
         (``nonfinite``); ``train/skipped_steps`` counts the dropped steps, logged from the first one on."""
-        fault = self.nonfinite_fault()
+        fault = self.nonfinite_fault(optimizer)
         if fault is not None and self.nonfinite == "stop":
             raise UserError(nonfinite_step_message(self.global_step + 1, fault))
         if fault is not None:
@@ -545,17 +546,26 @@ class DiffusionFineTuner(LightningModule):
         if self.skipped_steps:
             self.log("train/skipped_steps", float(self.skipped_steps))
 
-    def nonfinite_fault(self) -> str | None:
+    def nonfinite_fault(self, optimizer: torch.optim.Optimizer) -> str | None:
         """What is not finite in the step about to update the weights, on any rank (every rank decides alike):
-        a training loss since the last optimizer step, or a gradient; None when all is finite."""
+        a training loss since the last optimizer step, or a gradient ``optimizer`` is about to apply; None when all
+        is finite."""
         faults, self.loss_faults = self.loss_faults, []
         fault = "the training loss is nan or inf" if faults and bool(torch.stack(faults).any()) else None
         if fault is None and self.trainer.precision != "16-mixed":  # float16's grad scaler skips its overflows
-            name = first_nonfinite({n: p.grad for n, p in self.named_parameters() if p.grad is not None})
-            fault = None if name is None else f"the gradient of {name} holds nan or inf"
+            fault = self.nonfinite_gradient(optimizer)
         if self.trainer.strategy.reduce_boolean_decision(fault is not None, all=False):
             return fault or "a loss or gradient on another rank holds nan or inf"
         return None
+
+    def nonfinite_gradient(self, optimizer: torch.optim.Optimizer) -> str | None:
+        """Which gradient of those ``optimizer`` is about to apply holds a nan or an infinity; None when none does.
+        The parameters are named (a walk over the whole model) only once one is found."""
+        grads = [param.grad for group in optimizer.param_groups for param in group["params"]]
+        if all_finite([grad for grad in grads if grad is not None]):
+            return None
+        name = first_nonfinite({n: p.grad for n, p in self.named_parameters() if p.grad is not None})
+        return f"the gradient of {name or 'a parameter'} holds nan or inf"
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Loss on fixed images at fixed, evenly spaced noise levels and fixed noise: comparable across steps."""
