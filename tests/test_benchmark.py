@@ -52,6 +52,7 @@ def test_step_recorder_notes_when_each_optimizer_step_ends(scripts, pycache, tmp
     assert scripts.benchmark_runs.steady_step([1.0, 2.0, 4.0, 7.0], warmup=2) == pytest.approx(2.5)
 
 
+@pytest.mark.slow  # a timed subprocess (13 s); test_bare_loop_losses_are_sdfts is the fast check of the bare loop
 def test_bare_loop_times_the_step_on_sdft_inputs(scripts, pycache, tiny_sd1, subject_dir, tmp_path):
     setup = tiny_setup(scripts, tiny_sd1, subject_dir, pycache)
     run = scripts.benchmark_runs.measure_bare_loop(setup, tmp_path / "bare")

@@ -165,6 +165,7 @@ def _generate_on_rank(rank: int, world_size: int, init_file: str, model_dir: str
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes (38 s); test_parallel_training keeps a two-process fit in the default suite
 def test_two_processes_split_the_work_and_make_the_single_process_images(generated, tiny_sd1, tmp_path):
     # three images over two ranks: rank 1 has less work and must still wait at both barriers
     spec = ClassImageSpec(SPEC.prompt, count=3, resolution=32, num_inference_steps=2)
@@ -203,6 +204,7 @@ ensure_class_images(Path(sys.argv[2]), spec, family.source(), lambda: family.bas
 """
 
 
+@pytest.mark.slow  # a killed subprocess (15 s); test_interruption keeps one in the default suite
 def test_a_generation_killed_mid_image_leaves_only_complete_images_and_resumes(generated, tiny_sd1, tmp_path):
     folder = tmp_path / "killed"
     killed = subprocess.run([sys.executable, "-c", KILLED_GENERATION, str(tiny_sd1), str(folder)], check=False)
