@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,13 +136,51 @@ def follow_umask(file: Path) -> None:
 
 
 def staging_path(path: Path, suffix: str = "") -> Path:
-    """A fresh hidden sibling of ``path`` to build it in (``.name.<random>``), not yet created.
+    """A fresh hidden sibling of ``path`` to build it in (``.name.<host>-<pid>-<random>``), not yet created; the
+    staging that a killed writer on this host left of ``path`` is removed first (see :func:`sweep_staging`).
 
     Args:
         path: the final file or folder.
         suffix: appended to the name (e.g. ``.tmp``).
     """
-    return path.with_name(f".{path.name}.{secrets.token_hex(8)}{suffix}")
+    sweep_staging(path)
+    return path.with_name(f".{path.name}.{HOST}-{os.getpid()}-{secrets.token_hex(8)}{suffix}")
+
+
+#: the host part of staging names: staging of other hosts sharing the folder is never swept from here
+HOST = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname()) or "host"
+
+
+def sweep_staging(path: Path) -> None:
+    """Remove the hidden staging siblings of ``path`` that a writer on this host left when it was killed mid-write
+    (its process is gone); writers still running, and other hosts', keep theirs.
+
+    Args:
+        path: the final file or folder.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(HOST)}-(\d+)-[0-9a-f]{{16}}(\.tmp)?")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        found = pattern.fullmatch(sibling.name)
+        if found and not process_alive(int(found.group(1))):
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host has the id ``pid``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -17,7 +17,16 @@ from safetensors.torch import save_file
 
 from sdft import assets
 from sdft.caching import EncodingCache
-from sdft.files import WriteError, make_folder, write_atomic, write_folder_atomic, write_json, write_named_atomic
+from sdft.files import (
+    HOST,
+    WriteError,
+    make_folder,
+    write_atomic,
+    write_folder_atomic,
+    write_json,
+    write_named_atomic,
+    write_text_atomic,
+)
 
 
 @pytest.fixture(params=[0o022, 0o002, 0o027], ids=["022", "002", "027"])
@@ -69,6 +78,25 @@ def test_safetensors_files_in_a_folder_or_alone_follow_the_umask(tmp_path: Path,
     write_named_atomic(tmp_path / "alone.safetensors", lambda staging: save_file(tensors, staging))
     assert oct(mode(tmp_path / "best" / "lora.safetensors")) == oct(0o666 & ~umask)
     assert oct(mode(tmp_path / "alone.safetensors")) == oct(0o666 & ~umask)
+
+
+def test_the_staging_a_killed_writer_left_is_swept_by_the_next_write(tmp_path: Path) -> None:
+    """A SIGKILL mid-write leaves the hidden staging behind; the next write of the same path on this host removes
+    it, but never the staging of a writer still running or of another host sharing the folder."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    stale_folder = tmp_path / f".best.{HOST}-{dead}-{'a' * 16}"
+    stale_folder.mkdir()
+    (stale_folder / "weights.bin").write_bytes(b"half")
+    stale_file = tmp_path / f".run.json.{HOST}-{dead}-{'b' * 16}.tmp"
+    stale_file.write_bytes(b"half")
+    live = tmp_path / f".best.{HOST}-{os.getpid()}-{'c' * 16}"
+    other_host = tmp_path / f".best.elsewhere-{dead}-{'d' * 16}"
+    live.mkdir()
+    other_host.mkdir()
+    write_folder_atomic(tmp_path / "best", fill)
+    write_text_atomic(tmp_path / "run.json", "{}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["best", "run.json", live.name, other_host.name])
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path: Path) -> None:
