@@ -8,8 +8,6 @@ traceback instead.
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -189,9 +187,9 @@ def run(argv: list[str]) -> None:
         plan_command(argv[1:])
     elif argv[0] in TOOLS:
         tool = TOOLS[argv[0]]
-        from sdft.tools.arguments import listed_options
+        from sdft.tools.arguments import as_parsed
 
-        auto_cli(tool, args=listed_options(tool, gathered_positionals(tool, argv[1:])), prog=f"sdft {argv[0]}")
+        auto_cli(tool, args=as_parsed(tool, argv[1:]), prog=f"sdft {argv[0]}")
     else:
         run_lightning_command(argv)
 
@@ -210,18 +208,6 @@ def run_lightning_command(argv: list[str]) -> None:
     from sdft.lightning_cli import run_lightning
 
     run_lightning(argv)
-
-
-def gathered_positionals(tool: Callable[..., object] | type, args: list[str]) -> list[str]:
-    """The leading positional values of a tool whose first argument is a list, as the one JSON list the parser
-    reads: users type ``sdft compare run a.safetensors``, not ``sdft compare '["run", "a.safetensors"]'``."""
-    if isinstance(tool, type):
-        return args
-    first = next(iter(inspect.signature(tool).parameters.values()), None)
-    count = next((index for index, arg in enumerate(args) if arg.startswith("-")), len(args))
-    if first is None or "list[" not in str(first.annotation) or count == 0 or args[0].startswith("["):
-        return args
-    return [json.dumps(args[:count]), *args[count:]]
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """Command lines of the tools as users type them: a list option given one value at a time.
 
 The tools' parser reads a list option as one JSON or YAML list (``--lora '["a", "b"]'``); users type
-``--lora runs/x/best``, or ``--lora a --lora b``. :func:`listed_options` turns those into the one list the parser reads.
+``--lora runs/x/best``, or ``--lora a --lora b``, and list the values of a first list argument one after another
+(``sdft compare run a.safetensors``). :func:`as_parsed` turns both into the lists the parser reads.
 """
 
 from __future__ import annotations
@@ -12,6 +13,23 @@ import typing
 from collections.abc import Callable
 from types import UnionType
 from typing import Any
+
+
+def as_parsed(tool: Callable[..., object] | type, args: list[str]) -> list[str]:
+    """``args`` as the tools' parser reads them: :func:`listed_positionals`, then :func:`listed_options`."""
+    return listed_options(tool, listed_positionals(tool, args))
+
+
+def listed_positionals(tool: Callable[..., object] | type, args: list[str]) -> list[str]:
+    """The leading positional values of a tool whose first argument is a list, as the one JSON list the parser
+    reads: users type ``sdft compare run a.safetensors``, not ``sdft compare '["run", "a.safetensors"]'``."""
+    if isinstance(tool, type):
+        return args
+    first = next(iter(inspect.signature(tool).parameters.values()), None)
+    count = next((index for index, arg in enumerate(args) if arg.startswith("-")), len(args))
+    if first is None or "list[" not in str(first.annotation) or count == 0 or args[0].startswith("["):
+        return args
+    return [json.dumps(args[:count]), *args[count:]]
 
 
 def listed_options(tool: Callable[..., object] | type, args: list[str]) -> list[str]:
