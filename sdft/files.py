@@ -12,6 +12,7 @@ should be) is a :class:`WriteError`: one line naming the file or folder, the rea
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -143,7 +144,7 @@ def staging_path(path: Path, suffix: str = "") -> Path:
         path: the final file or folder.
         suffix: appended to the name (e.g. ``.tmp``).
     """
-    sweep_staging(path)
+    sweep_staging(path.parent.resolve())
     return path.with_name(f".{path.name}.{HOST}-{os.getpid()}-{secrets.token_hex(8)}{suffix}")
 
 
@@ -151,20 +152,25 @@ def staging_path(path: Path, suffix: str = "") -> Path:
 HOST = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname()) or "host"
 
 
-def sweep_staging(path: Path) -> None:
-    """Remove the hidden staging siblings of ``path`` that a writer on this host left when it was killed mid-write
-    (its process is gone); writers still running, and other hosts', keep theirs.
+#: a staging name of this host (see :func:`staging_path`), with its process id
+STAGING = re.compile(rf"\..+\.{re.escape(HOST)}-(\d+)-[0-9a-f]{{16}}(\.tmp)?")
+
+
+@functools.cache
+def sweep_staging(folder: Path) -> None:
+    """Remove the hidden staging that writers on this host left in ``folder`` when they were killed mid-write (their
+    process is gone); writers still running, and other hosts', keep theirs. Once per folder and process: staging
+    left behind is a past process's, and a folder of many files is not listed again at every write.
 
     Args:
-        path: the final file or folder.
+        folder: the folder written into (resolved).
     """
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(HOST)}-(\d+)-[0-9a-f]{{16}}(\.tmp)?")
     try:
-        siblings = list(path.parent.iterdir())
+        siblings = list(folder.iterdir())
     except OSError:
         return
     for sibling in siblings:
-        found = pattern.fullmatch(sibling.name)
+        found = STAGING.fullmatch(sibling.name)
         if found and not process_alive(int(found.group(1))):
             if sibling.is_dir() and not sibling.is_symlink():
                 shutil.rmtree(sibling, ignore_errors=True)
