@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,6 @@ class PipelineSampler:
     pipeline: Any
     family: Any
     device: str
-    scale: float = 1.0
-    adapters: list[str] = field(default_factory=list)
 
     def generate(
         self, prompts: list[str], seeds: list[int], resolution: int, num_inference_steps: int, guidance_scale: float
@@ -116,8 +114,9 @@ def compare(
         )
     output = Path(output) if output is not None else run / "compare"
     resolved = [resolve_entry(path, output) for path in paths]
-    rows, scores = score_entries(run, resolved, output, scale, clip_model, dino_model, device)
-    write_comparison(output, rows, scores, run)
+    evaluator = run_evaluator(run, clip_model, dino_model)
+    rows, scores = score_entries(run, evaluator, resolved, output, scale, device)
+    write_comparison(output, rows, scores, evaluator.rule)
     from sdft.reporting.comparison import write_comparison_page
 
     print(write_comparison_page(output, run))
@@ -184,19 +183,20 @@ def export_entry(folder: Path, name: str, source: str) -> Entry:
     return Entry(name, source, loras, embeddings)
 
 
+def run_evaluator(run: Path, clip_model: str | None, dino_model: str | None) -> Any:
+    """The run's ``SubjectEvaluator`` as its config sets it (``clip_model`` / ``dino_model`` replacing its own)."""
+    from sdft.evaluation.posthoc import evaluator_from_config
+    from sdft.runs import read_config
+
+    return evaluator_from_config(read_config(run / "config.yaml"), clip_model=clip_model, dino_model=dino_model)
+
+
 def score_entries(
-    run: Path,
-    entries: list[Entry],
-    output: Path,
-    scale: float,
-    clip_model: str | None,
-    dino_model: str | None,
-    device: str,
+    run: Path, evaluator: Any, entries: list[Entry], output: Path, scale: float, device: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, list[float]]]]:
     """The base model's row and each entry's (metrics, standard errors, grid), and every probe's scores."""
     from lightning.pytorch import LightningDataModule
 
-    from sdft.evaluation.posthoc import evaluator_from_config
     from sdft.runs import instantiate, read_config
     from sdft.tools import sources
     from sdft.tools.grids import image_grid
@@ -204,7 +204,6 @@ def score_entries(
     config = read_config(run / "config.yaml")
     data = instantiate(config["data"], LightningDataModule)
     data.setup("validate")
-    evaluator = evaluator_from_config(config, clip_model=clip_model, dino_model=dino_model)
     scorer = evaluator.prepare(data)
     scorer.to(device)
     scorer.set_reference(data.images)
@@ -233,13 +232,12 @@ def score_entries(
     return rows, scores
 
 
-def write_comparison(output: Path, rows: list[dict[str, Any]], scores: list[dict[str, list[float]]], run: Path) -> None:
+def write_comparison(
+    output: Path, rows: list[dict[str, Any]], scores: list[dict[str, list[float]]], rule: dict[str, Any]
+) -> None:
     """``comparison.json`` with the rule's choice among the entries, and ``scores.jsonl``."""
-    from sdft.evaluation.posthoc import evaluator_from_config
     from sdft.evaluation.selection import Axis, select_step
-    from sdft.runs import read_config
 
-    rule = evaluator_from_config(read_config(run / "config.yaml")).rule
     axis = Axis("entry", "entries", "entry", "listed first", lambda index: rows[index]["name"])
     table = [{**row, "step": index} for index, row in enumerate(rows)]
     selection = select_step(table, **rule, scores=dict(enumerate(scores)), axis=axis)
